@@ -1,0 +1,67 @@
+"""`dlio-ext`: thin subcommands over the package.
+
+    dlio-ext run workload=<name>[/<preset>] storage=<posix|s3> [key=value | ++key=value ...]
+    dlio-ext dlio [dlio_benchmark's own Hydra arguments]
+    dlio-ext s3-server start|stop|status [--dir D]
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+from dlio_ext.errors import UsageError
+from dlio_ext.metrics.world import env_rank
+from dlio_ext.storage.base import StorageError
+
+USAGE = __doc__ or ""
+
+
+def _run(argv: Sequence[str]) -> int:
+    from dlio_ext.workloads.harness import run
+
+    return run(list(argv))
+
+
+def _dlio(argv: Sequence[str]) -> int:
+    from dlio_ext.dlio import main as dlio_main
+
+    return dlio_main(list(argv))
+
+
+def _s3_server(argv: Sequence[str]) -> int:
+    from dlio_ext.s3server import main as server_main
+
+    return server_main(list(argv))
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "run": _run,
+    "dlio": _dlio,
+    "s3-server": _s3_server,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE.strip())
+        return 0 if args else 2
+    cmd, rest = args[0], args[1:]
+    if cmd not in COMMANDS:
+        print(f"dlio-ext: error: unknown command {cmd!r}; use one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[cmd](rest)
+    except (UsageError, StorageError) as exc:
+        # every rank reaches the same verdict; one line from rank 0 is enough
+        if env_rank() == 0:
+            print(f"dlio-ext: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dlio-ext: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

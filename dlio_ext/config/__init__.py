@@ -1,0 +1,161 @@
+"""Hydra-composed run configuration, validated against typed schemas.
+
+Composition is Hydra's (DLIO-style `key=value` and `++key=value` overrides over the YAML in
+workload_configs/); validation is ours: every workload and backend declares a dataclass, and a key
+it does not declare, a value of the wrong type or out of range is one `UsageError` line naming
+the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from dlio_ext.config.schema import RUN_SCHEMA, STORAGE_SCHEMAS
+from dlio_ext.errors import UsageError
+
+SECRET_KEYS = re.compile(r"(secret|password|token|access_key|credential)", re.IGNORECASE)
+REDACTED = "***"
+
+
+def config_dir() -> Path:
+    env = os.environ.get("DLIO_EXT_CONFIG_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "workload_configs"
+
+
+def _choices(group: str) -> list[str]:
+    base = config_dir() / group
+    return sorted(str(p.relative_to(base).with_suffix("")) for p in base.rglob("*.yaml"))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def compose(overrides: Sequence[str]) -> DictConfig:
+    """Hydra composition with its errors folded into one line each."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import ConfigKeyError
+
+    for ov in overrides:
+        if "=" not in ov:
+            raise UsageError(f"argument {ov!r} is not key=value; e.g. workload=storage_sweep storage=posix")
+        key, _, value = ov.lstrip("+~").partition("=")
+        if key in ("workload", "storage") and value not in _choices(key):
+            raise UsageError(f"{key}={value!r} is unknown; choose one of: {', '.join(_choices(key))}")
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name="dlio_ext"):
+            return hydra_compose(config_name="config", overrides=list(overrides))
+    except (HydraException, ConfigKeyError, OmegaConfBaseException) as exc:
+        msg = _one_line(str(exc))
+        m = re.search(r"Could not override '([^']+)'", msg) or re.search(r"Key '([^']+)' is not in struct", msg)
+        if m:
+            raise UsageError(
+                f"unknown key {m.group(1)!r}; check the spelling, or add it with ++{m.group(1)}=... "
+                "only if the workload declares it"
+            ) from None
+        raise UsageError(f"bad arguments: {msg}") from None
+
+
+def _check_section(section: str, schema: type, node: Mapping[str, Any]) -> Any:
+    """Merge into the typed schema: unknown keys and wrong types become one clear line."""
+    fields = {f.name for f in dataclasses.fields(schema)}
+    for key in node:
+        if key not in fields:
+            raise UsageError(
+                f"unknown key {section}.{key}; {section} accepts: {', '.join(sorted(fields))}"
+            )
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(schema), node)
+        obj = OmegaConf.to_object(typed)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or getattr(exc, "key", "")
+        field_type = {f.name: f.type for f in dataclasses.fields(schema)}.get(str(key).split(".")[-1], "")
+        value = getattr(exc, "value", None)
+        raise UsageError(
+            f"{section}.{key}={value!r} has the wrong type; expected {_type_name(field_type)}"
+        ) from None
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        problem = validate()
+        if problem:
+            raise UsageError(f"{section}.{problem}")
+    return obj
+
+
+def _type_name(t: object) -> str:
+    s = str(t).replace("typing.", "")
+    return {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}.get(s, s)
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """The composed, validated configuration of one run."""
+
+    raw: DictConfig
+    run: Any
+    storage: Any
+    workload: Any
+    workload_name: str
+
+    def resolved(self) -> dict[str, Any]:
+        return OmegaConf.to_container(self.raw, resolve=True)  # type: ignore[return-value]
+
+    def redacted(self) -> dict[str, Any]:
+        return redact(self.resolved())
+
+
+def redact(obj: Any) -> Any:
+    """A copy with every credential-like value replaced; safe to write into results."""
+    if isinstance(obj, Mapping):
+        return {
+            k: (REDACTED if SECRET_KEYS.search(str(k)) and v not in (None, "") else redact(v))
+            for k, v in obj.items()
+        }
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def redact_args(args: Sequence[str]) -> list[str]:
+    """Command-line overrides with credential values hidden, for logs and results."""
+    out = []
+    for a in args:
+        key, eq, _ = a.partition("=")
+        out.append(f"{key}={REDACTED}" if eq and SECRET_KEYS.search(key) else a)
+    return out
+
+
+def load(overrides: Sequence[str]) -> RunConfig:
+    from dlio_ext.workloads import registry
+
+    cfg = compose(overrides)
+    wl_node = OmegaConf.to_container(cfg.workload, resolve=True)
+    st_node = OmegaConf.to_container(cfg.storage, resolve=True)
+    run_node = OmegaConf.to_container(cfg.run, resolve=True)
+    assert isinstance(wl_node, dict) and isinstance(st_node, dict) and isinstance(run_node, dict)
+    name = wl_node.get("name")
+    workloads = registry()
+    if name not in workloads:
+        raise UsageError(f"workload.name={name!r} is unknown; known workloads: {', '.join(sorted(workloads))}")
+    st_type = st_node.get("type")
+    if st_type not in STORAGE_SCHEMAS:
+        raise UsageError(f"storage.type={st_type!r} is unknown; use one of: {', '.join(STORAGE_SCHEMAS)}")
+    return RunConfig(
+        raw=cfg,
+        run=_check_section("run", RUN_SCHEMA, run_node),
+        storage=_check_section("storage", STORAGE_SCHEMAS[st_type], st_node),
+        workload=_check_section("workload", workloads[name].Config, wl_node),
+        workload_name=name,
+    )

@@ -1,0 +1,350 @@
+"""POSIX files, buffered or O_DIRECT, with an explicit fsync policy.
+
+Every fsync that is asked for is issued and timed on its own (`fsync_seconds`), so a
+workload can report it apart from the data transfer: DLIO's checkpoints skip it silently.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from dlio_ext.storage.base import (
+    AccessDenied,
+    Backend,
+    NotFound,
+    ObjectInfo,
+    StorageError,
+    Unsupported,
+    Writer,
+)
+from dlio_ext.storage.buffers import ALIGN, aligned_buffer, is_aligned, round_up
+
+FSYNC_POLICIES = ("none", "file", "file_and_dir")
+_DIRECT = getattr(os, "O_DIRECT", 0)
+
+
+def _translate(exc: OSError, key: str) -> StorageError:
+    if exc.errno == errno.ENOENT:
+        return NotFound(f"no such file: {key}", key)
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return AccessDenied(f"permission denied: {key} ({exc.strerror})", key)
+    return StorageError(f"{key}: {exc.strerror or exc}", key)
+
+
+class PosixBackend(Backend):
+    name = "posix"
+    capabilities = {"mkdir": "native", "rename": "native", "list": "native"}
+
+    def __init__(self, root: str, direct: bool = False, fsync: str = "none", chunk_size: int = 8 << 20):
+        super().__init__()
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync must be one of {FSYNC_POLICIES}")
+        self.root = Path(root)
+        self.direct = direct
+        self.fsync_policy = fsync
+        self.chunk_size = round_up(chunk_size)
+        self.fsync_calls = 0
+        self.fsync_seconds = 0.0
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    # helpers -------------------------------------------------------------------------------
+    def path(self, key: str) -> str:
+        return os.path.join(self.root, key)
+
+    def _bounce(self, nbytes: int) -> memoryview:
+        """A per-thread aligned staging buffer for callers whose buffer O_DIRECT cannot take."""
+        buf = getattr(self._local, "bounce", None)
+        if buf is None or len(buf) < nbytes:
+            buf = aligned_buffer(round_up(max(nbytes, self.chunk_size)))
+            self._local.bounce = buf
+        return buf
+
+    def _fsync(self, fd: int) -> None:
+        t0 = time.perf_counter()
+        os.fsync(fd)
+        dt = time.perf_counter() - t0
+        with self._lock:
+            self.fsync_calls += 1
+            self.fsync_seconds += dt
+
+    def _fsync_dir(self, key: str) -> None:
+        fd = os.open(os.path.dirname(self.path(key)) or ".", os.O_RDONLY)
+        try:
+            self._fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _open_write(self, key: str) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (_DIRECT if self.direct else 0)
+        path = self.path(key)
+        try:
+            return os.open(path, flags, 0o644)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            return os.open(path, flags, 0o644)
+
+    def _write_all(self, fd: int, data: memoryview, offset: int) -> int:
+        """Write `data` at `offset`; under O_DIRECT a short tail is padded, then truncated."""
+        n = len(data)
+        if not self.direct:
+            done = 0
+            while done < n:
+                done += os.pwrite(fd, data[done:], offset + done)
+            return n
+        body = n // ALIGN * ALIGN
+        done = 0
+        if body and is_aligned(data):
+            while done < body:
+                done += os.pwrite(fd, data[done:body], offset + done)
+        else:
+            while done < body:
+                step = min(body - done, self.chunk_size)
+                bounce = self._bounce(step)
+                bounce[:step] = data[done : done + step]
+                os.pwrite(fd, bounce[:step], offset + done)
+                done += step
+        tail = n - body
+        if tail:
+            bounce = self._bounce(ALIGN)
+            bounce[:tail] = data[body:]
+            bounce[tail:ALIGN] = bytes(ALIGN - tail)
+            os.pwrite(fd, bounce[:ALIGN], offset + body)
+            os.ftruncate(fd, offset + n)
+        return n
+
+    def _read_into(self, fd: int, into: memoryview, offset: int) -> int:
+        want = len(into)
+        if not self.direct:
+            done = 0
+            while done < want:
+                got = os.preadv(fd, [into[done:]], offset + done)
+                if got == 0:
+                    break
+                done += got
+            return done
+        if offset % ALIGN:
+            raise ValueError("O_DIRECT reads start at a multiple of 4096 bytes")
+        target = into if (is_aligned(into) and want % ALIGN == 0) else None
+        done = 0
+        if target is not None:
+            while done < want:
+                got = os.preadv(fd, [target[done:]], offset + done)
+                if got == 0:
+                    break
+                done += got
+            return done
+        while done < want:
+            step = min(round_up(want - done), self.chunk_size)
+            bounce = self._bounce(step)
+            got = os.preadv(fd, [bounce[:step]], offset + done)
+            if got == 0:
+                break
+            take = min(got, want - done)
+            into[done : done + take] = bounce[:take]
+            done += take
+            if got < step:
+                break
+        return done
+
+    # verbs ---------------------------------------------------------------------------------
+    def put(self, key: str, data: memoryview | bytes) -> None:
+        mv = memoryview(data).cast("B")
+        try:
+            fd = self._open_write(key)
+        except OSError as exc:
+            raise _translate(exc, key) from exc
+        try:
+            self._write_all(fd, mv, 0)
+            if self.fsync_policy != "none":
+                self._fsync(fd)
+        except OSError as exc:
+            raise _translate(exc, key) from exc
+        finally:
+            os.close(fd)
+        if self.fsync_policy == "file_and_dir":
+            self._fsync_dir(key)
+
+    def _open_read(self, key: str) -> int:
+        try:
+            return os.open(self.path(key), os.O_RDONLY | (_DIRECT if self.direct else 0))
+        except OSError as exc:
+            raise _translate(exc, key) from exc
+
+    def get(self, key: str, into: memoryview) -> int:
+        fd = self._open_read(key)
+        try:
+            size = os.fstat(fd).st_size
+            if size > len(into):
+                raise StorageError(f"{key}: {size} bytes do not fit a {len(into)}-byte buffer", key)
+            # under O_DIRECT a caller's aligned buffer takes the padded span; EOF stops at `size`
+            span = min(len(into), round_up(size)) if self.direct else size
+            return self._read_into(fd, into[:span], 0)
+        except OSError as exc:
+            raise _translate(exc, key) from exc
+        finally:
+            os.close(fd)
+
+    def get_range(self, key: str, offset: int, into: memoryview) -> int:
+        fd = self._open_read(key)
+        try:
+            if self.direct and offset % ALIGN:
+                # O_DIRECT reads whole blocks: fetch the covering span, hand back the slice asked for
+                start = offset // ALIGN * ALIGN
+                span = round_up(offset + len(into)) - start
+                bounce = self._bounce(span)
+                got = self._read_into(fd, bounce[:span], start)
+                take = max(0, min(len(into), got - (offset - start)))
+                into[:take] = bounce[offset - start : offset - start + take]
+                return take
+            return self._read_into(fd, into, offset)
+        except OSError as exc:
+            raise _translate(exc, key) from exc
+        finally:
+            os.close(fd)
+
+    def writer(self, key: str) -> Writer:
+        try:
+            return _PosixWriter(self, key, self._open_write(key))
+        except OSError as exc:
+            raise _translate(exc, key) from exc
+
+    def stat(self, key: str) -> ObjectInfo:
+        try:
+            st = os.stat(self.path(key))
+        except OSError as exc:
+            raise _translate(exc, key) from exc
+        return ObjectInfo(key=key, size=st.st_size, mtime=st.st_mtime)
+
+    def list(self, prefix: str = "", delimiter: str | None = None) -> Iterator[str]:
+        base, _, stem = prefix.rpartition("/")
+        top = self.path(base) if base else str(self.root)
+        try:
+            entries = sorted(os.scandir(top), key=lambda e: e.name)
+        except OSError as exc:
+            raise _translate(exc, base or ".") from exc
+        rel = f"{base}/" if base else ""
+        for entry in entries:
+            if not entry.name.startswith(stem):
+                continue
+            key = rel + entry.name
+            if entry.is_dir(follow_symlinks=False):
+                if delimiter == "/":
+                    yield key + "/"
+                else:
+                    yield from self.list(key + "/", None)
+            else:
+                yield key
+
+    def delete(self, key: str) -> None:
+        try:
+            os.unlink(self.path(key))
+        except OSError as exc:
+            raise _translate(exc, key) from exc
+
+    def mkdir(self, key: str) -> None:
+        try:
+            os.makedirs(self.path(key), exist_ok=True)
+        except OSError as exc:
+            raise _translate(exc, key) from exc
+
+    def rmdir(self, key: str) -> None:
+        try:
+            os.rmdir(self.path(key))
+        except OSError as exc:
+            raise _translate(exc, key) from exc
+
+    def rename(self, src: str, dst: str) -> None:
+        try:
+            os.rename(self.path(src), self.path(dst))
+        except OSError as exc:
+            raise _translate(exc, src) from exc
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AccessDenied(f"cannot create storage root {self.root}: {exc.strerror}") from exc
+        if not os.access(self.root, os.W_OK):
+            raise AccessDenied(f"storage root {self.root} is not writable; choose another storage.root")
+        if self.direct:
+            probe = self.root / f".dlio_ext_odirect_probe.{os.getpid()}"
+            try:
+                fd = os.open(probe, os.O_WRONLY | os.O_CREAT | _DIRECT, 0o600)
+            except OSError as exc:
+                if exc.errno == errno.EINVAL:
+                    raise Unsupported(
+                        f"the file system at {self.root} refuses O_DIRECT; set storage.direct=false "
+                        "or choose a storage.root on a disk file system"
+                    ) from exc
+                raise _translate(exc, str(probe)) from exc
+            try:
+                buf = aligned_buffer(ALIGN)
+                os.pwrite(fd, buf, 0)
+            except OSError as exc:
+                raise Unsupported(f"O_DIRECT write refused at {self.root}: {exc.strerror}") from exc
+            finally:
+                os.close(fd)
+                probe.unlink(missing_ok=True)
+
+    def describe(self) -> dict[str, object]:
+        return {"backend": self.name, "root": str(self.root), "direct": self.direct, "fsync": self.fsync_policy}
+
+
+class _PosixWriter(Writer):
+    """Streams chunks at increasing offsets; under O_DIRECT, unaligned pieces are staged."""
+
+    def __init__(self, backend: PosixBackend, key: str, fd: int):
+        self.b, self.key, self.fd = backend, key, fd
+        self.offset = 0
+        self.pending = 0  # bytes staged in the bounce buffer (O_DIRECT only)
+        self.stage = aligned_buffer(backend.chunk_size) if backend.direct else None
+
+    def write(self, chunk: memoryview | bytes) -> None:
+        mv = memoryview(chunk).cast("B")
+        try:
+            if self.stage is None:
+                self.offset += self.b._write_all(self.fd, mv, self.offset)
+                return
+            if not self.pending and len(mv) % ALIGN == 0 and is_aligned(mv):
+                self.offset += self.b._write_all(self.fd, mv, self.offset)
+                return
+            pos = 0
+            while pos < len(mv):
+                take = min(len(self.stage) - self.pending, len(mv) - pos)
+                self.stage[self.pending : self.pending + take] = mv[pos : pos + take]
+                self.pending += take
+                pos += take
+                if self.pending == len(self.stage):
+                    self._flush()
+        except OSError as exc:
+            raise _translate(exc, self.key) from exc
+
+    def _flush(self) -> None:
+        if self.pending and self.stage is not None:
+            self.offset += self.b._write_all(self.fd, self.stage[: self.pending], self.offset)
+            self.pending = 0
+
+    def close(self) -> None:
+        try:
+            self._flush()
+            if self.b.fsync_policy != "none":
+                self.b._fsync(self.fd)
+        except OSError as exc:
+            raise _translate(exc, self.key) from exc
+        finally:
+            os.close(self.fd)
+        if self.b.fsync_policy == "file_and_dir":
+            self.b._fsync_dir(self.key)
+
+    def abort(self) -> None:
+        os.close(self.fd)
+        try:
+            os.unlink(self.b.path(self.key))
+        except OSError:
+            pass

