@@ -1,8 +1,8 @@
 """`dlio-ext`: thin subcommands over the package.
 
-    dlio-ext run workload=<name>[/<preset>] storage=<posix|s3> [key=value | ++key=value ...]
-    dlio-ext dlio [dlio_benchmark's own Hydra arguments]
-    dlio-ext s3-server start|stop|status [--dir D]
+dlio-ext run workload=<name>[/<preset>] storage=<posix|s3> [key=value | ++key=value ...]
+dlio-ext dlio [dlio_benchmark's own Hydra arguments]
+dlio-ext s3-server start|stop|status [--dir D]
 """
 
 from __future__ import annotations

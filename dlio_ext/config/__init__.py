@@ -59,7 +59,9 @@ def compose(overrides: Sequence[str]) -> DictConfig:
             return hydra_compose(config_name="config", overrides=list(overrides))
     except (HydraException, ConfigKeyError, OmegaConfBaseException) as exc:
         msg = _one_line(str(exc))
-        m = re.search(r"Could not override '([^']+)'", msg) or re.search(r"Key '([^']+)' is not in struct", msg)
+        m = re.search(r"Could not override '([^']+)'", msg) or re.search(
+            r"Key '([^']+)' is not in struct", msg
+        )
         if m:
             raise UsageError(
                 f"unknown key {m.group(1)!r}; check the spelling, or add it with ++{m.group(1)}=... "
@@ -73,9 +75,7 @@ def _check_section(section: str, schema: type, node: Mapping[str, Any]) -> Any:
     fields = {f.name for f in dataclasses.fields(schema)}
     for key in node:
         if key not in fields:
-            raise UsageError(
-                f"unknown key {section}.{key}; {section} accepts: {', '.join(sorted(fields))}"
-            )
+            raise UsageError(f"unknown key {section}.{key}; {section} accepts: {', '.join(sorted(fields))}")
     try:
         typed = OmegaConf.merge(OmegaConf.structured(schema), node)
         obj = OmegaConf.to_object(typed)
@@ -148,7 +148,9 @@ def load(overrides: Sequence[str]) -> RunConfig:
     name = wl_node.get("name")
     workloads = registry()
     if name not in workloads:
-        raise UsageError(f"workload.name={name!r} is unknown; known workloads: {', '.join(sorted(workloads))}")
+        raise UsageError(
+            f"workload.name={name!r} is unknown; known workloads: {', '.join(sorted(workloads))}"
+        )
     st_type = st_node.get("type")
     if st_type not in STORAGE_SCHEMAS:
         raise UsageError(f"storage.type={st_type!r} is unknown; use one of: {', '.join(STORAGE_SCHEMAS)}")

@@ -84,7 +84,9 @@ class S3Schema:
             positive("read_timeout", self.read_timeout),
         ]
         if self.part_size < 5 << 20:
-            problems.append(f"part_size={self.part_size} is below S3's 5 MiB multipart minimum; use >= 5242880")
+            problems.append(
+                f"part_size={self.part_size} is below S3's 5 MiB multipart minimum; use >= 5242880"
+            )
         if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
             problems.append(f"endpoint={self.endpoint!r} must start with http:// or https://")
         return first_problem(*problems)

@@ -47,18 +47,18 @@ def merge_phase(per_rank: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "bytes": nbytes,
         "errors": errors,
         "error_kinds": kinds,
-        "seconds": round(seconds, 6),
+        "seconds": round(seconds, 9),
         "ops_per_s": round(ops / seconds, 3) if seconds else 0.0,
         "GBps": round(nbytes / seconds / 1e9, 6) if seconds else 0.0,
         "latency_us": {k: lat[k] for k in ("p50", "p90", "p95", "p99", "p999", "max", "mean")},
         "rank_seconds": {
-            "min": round(rank_secs[0], 6) if rank_secs else 0.0,
-            "p50": round(median, 6),
-            "max": round(rank_secs[-1], 6) if rank_secs else 0.0,
+            "min": round(rank_secs[0], 9) if rank_secs else 0.0,
+            "p50": round(median, 9),
+            "max": round(rank_secs[-1], 9) if rank_secs else 0.0,
         },
         # elbencho's columns: when the first rank finished, and when the last did
         "first_done_s": round(min((r["end"] for r in active), default=0.0) - first_start, 6),
-        "last_done_s": round(seconds, 6),
+        "last_done_s": round(seconds, 9),
         "straggler_ratio": round(rank_secs[-1] / median, 4) if median else 0.0,
     }
     firsts = [r["first_error"] for r in per_rank if r.get("first_error")]

@@ -164,6 +164,7 @@ class Backend(abc.ABC):
     # lifecycle
     def check(self) -> None:
         """Fail fast with a clear StorageError if the medium cannot be used as configured."""
+        return None
 
     def describe(self) -> dict[str, object]:
         """The configuration worth recording in results (never credentials)."""

@@ -19,9 +19,11 @@ def round_up(n: int, align: int = ALIGN) -> int:
 
 def aligned_buffer(nbytes: int) -> memoryview:
     """A zeroed, page-aligned writable buffer of at least one page."""
-    return memoryview(mmap.mmap(-1, max(round_up(nbytes), ALIGN)))[:nbytes] if nbytes else memoryview(
-        mmap.mmap(-1, ALIGN)
-    )[:0]
+    return (
+        memoryview(mmap.mmap(-1, max(round_up(nbytes), ALIGN)))[:nbytes]
+        if nbytes
+        else memoryview(mmap.mmap(-1, ALIGN))[:0]
+    )
 
 
 def address(buf: memoryview | bytes | bytearray) -> int:

@@ -293,7 +293,12 @@ class PosixBackend(Backend):
                 probe.unlink(missing_ok=True)
 
     def describe(self) -> dict[str, object]:
-        return {"backend": self.name, "root": str(self.root), "direct": self.direct, "fsync": self.fsync_policy}
+        return {
+            "backend": self.name,
+            "root": str(self.root),
+            "direct": self.direct,
+            "fsync": self.fsync_policy,
+        }
 
 
 class _PosixWriter(Writer):

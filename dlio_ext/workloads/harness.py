@@ -111,13 +111,20 @@ def _counters(backend: Backend) -> dict[str, Any]:
 
 
 def _print_table(summary: dict[str, Any]) -> None:
-    print(f"{'phase':<18}{'ops':>10}{'GB/s':>10}{'ops/s':>12}{'p50 us':>11}{'p99 us':>11}{'max us':>11}"
-          f"{'straggler':>10}{'errors':>8}")
+    print(
+        f"{'phase':<18}{'ops':>10}{'GB/s':>10}{'ops/s':>12}{'p50 us':>11}{'p99 us':>11}{'max us':>11}"
+        f"{'straggler':>10}{'errors':>8}"
+    )
     for name, p in summary["phases"].items():
         lat = p["latency_us"]
-        print(f"{name:<18}{p['ops']:>10}{p['GBps']:>10.3f}{p['ops_per_s']:>12,.0f}{lat['p50']:>11,.0f}"
-              f"{lat['p99']:>11,.0f}{lat['max']:>11,.0f}{p['straggler_ratio']:>10.2f}{p['errors']:>8}")
-    print(f"valid: {summary['valid']}" + ("" if summary["valid"] else f" ({'; '.join(summary['invalid_reasons'])})"))
+        print(
+            f"{name:<18}{p['ops']:>10}{p['GBps']:>10.3f}{p['ops_per_s']:>12,.0f}{lat['p50']:>11,.0f}"
+            f"{lat['p99']:>11,.0f}{lat['max']:>11,.0f}{p['straggler_ratio']:>10.2f}{p['errors']:>8}"
+        )
+    print(
+        f"valid: {summary['valid']}"
+        + ("" if summary["valid"] else f" ({'; '.join(summary['invalid_reasons'])})")
+    )
 
 
 def run(argv: list[str]) -> int:
@@ -127,10 +134,22 @@ def run(argv: list[str]) -> int:
     log = _logger(run_dir, world.rank)
     started = datetime.now(timezone.utc)
     if world.rank == 0:
-        log.info("dlio-ext %s: workload %s on %s, %d rank(s), results in %s",
-                 __version__, cfg.workload_name, cfg.storage.type, world.size, run_dir)
         res.write_yaml(run_dir / "config.yaml", cfg.redacted())
-    backend = _backend(cfg, run_dir, world)
+    try:
+        backend = _backend(cfg, run_dir, world)
+    except UsageError as exc:
+        if world.rank == 0:
+            (run_dir / INCOMPLETE).write_text(f"this run did not start: {exc}\n")
+        raise
+    if world.rank == 0:
+        log.info(
+            "dlio-ext %s: workload %s on %s, %d rank(s), results in %s",
+            __version__,
+            cfg.workload_name,
+            cfg.storage.type,
+            world.size,
+            run_dir,
+        )
     module = registry()[cfg.workload_name]
     ctx = Context(
         world=world,
@@ -149,8 +168,11 @@ def run(argv: list[str]) -> int:
     except Exception as exc:
         # A rank that dies here would leave the others waiting at a barrier: record, then abort all.
         log.error("rank %d failed: %s\n%s", world.rank, exc, traceback.format_exc())
-        print(f"dlio-ext: error: rank {world.rank}: {type(exc).__name__}: {exc} (details in {run_dir})",
-              file=sys.stderr, flush=True)
+        print(
+            f"dlio-ext: error: rank {world.rank}: {type(exc).__name__}: {exc} (details in {run_dir})",
+            file=sys.stderr,
+            flush=True,
+        )
         if world.size > 1:
             world.abort(3)
         return 3
@@ -191,12 +213,24 @@ def _rank_record(r: dict[str, Any]) -> dict[str, Any]:
         q["seconds"] = max(p["end"] - p["start"], 0.0)
         q["latency_us"] = Histogram.from_state(p["hist"]).summary()
         phases[p["name"]] = q
-    return {"rank": r["rank"], "host": r["host"], "wall_seconds": r["wall_seconds"], "phases": phases,
-            "counters": r["counters"], "metrics": r["metrics"]}
+    return {
+        "rank": r["rank"],
+        "host": r["host"],
+        "wall_seconds": r["wall_seconds"],
+        "phases": phases,
+        "counters": r["counters"],
+        "metrics": r["metrics"],
+    }
 
 
-def _summarize(cfg: RunConfig, module: Any, ctx: Context, backend: Backend,
-               gathered: list[dict[str, Any]], started: datetime) -> dict[str, Any]:
+def _summarize(
+    cfg: RunConfig,
+    module: Any,
+    ctx: Context,
+    backend: Backend,
+    gathered: list[dict[str, Any]],
+    started: datetime,
+) -> dict[str, Any]:
     names = [p["name"] for p in gathered[0]["phases"]]
     phases = {n: res.merge_phase([r["phases"][i] for r in gathered]) for i, n in enumerate(names)}
     counters: dict[str, Any] = {}
@@ -212,8 +246,11 @@ def _summarize(cfg: RunConfig, module: Any, ctx: Context, backend: Backend,
     reasons = []
     if errors:
         reasons.append(f"{errors} operation(s) failed")
-    unfinished = [n for n, p in phases.items() if p["ops"] + p["errors"] < p["planned_ops"]
-                  and not p.get("extra", {}).get("stonewalled")]
+    unfinished = [
+        n
+        for n, p in phases.items()
+        if p["ops"] + p["errors"] < p["planned_ops"] and not p.get("extra", {}).get("stonewalled")
+    ]
     if unfinished:
         reasons.append(f"phase(s) not finished: {', '.join(unfinished)}")
     summary: dict[str, Any] = {

@@ -1,0 +1,56 @@
+"""Running the real CLI (optionally under the real mpirun) from tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def mpirun() -> str:
+    here = Path(PY).parent / "mpirun"
+    found = str(here) if here.exists() else shutil.which("mpirun")
+    assert found, "mpirun not found: run scripts/setup.sh"
+    return found
+
+
+@dataclass
+class Done:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def results(self) -> Path:
+        lines = [ln for ln in self.out.splitlines() if ln.strip()]
+        assert lines and lines[-1].startswith("results: "), f"no results line:\n{self.out}\n{self.err}"
+        return Path(lines[-1].removeprefix("results: "))
+
+    def summary(self) -> dict:
+        return json.loads((self.results / "summary.json").read_text())
+
+
+def run_cli(
+    *args: str,
+    np: int | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 300,
+) -> Done:
+    cmd = [PY, "-m", "dlio_ext.cli", *args]
+    if np is not None:
+        cmd = [mpirun(), "--oversubscribe", "--allow-run-as-root", "-np", str(np), *cmd]
+    full_env = dict(os.environ)
+    full_env.update(
+        {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "PYTHONPATH": str(ROOT)}
+    )
+    full_env.update(env or {})
+    p = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=cwd or ROOT, timeout=timeout)
+    return Done(p.returncode, p.stdout, p.stderr)

@@ -1,0 +1,114 @@
+"""The bad-input catalogue: each case gives one line naming what is wrong, exit 2, no traceback,
+and writes nothing outside the run's own results directory."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+from helpers import run_cli
+
+
+def _snapshot(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+CASES = {
+    # id: (arguments, words the one line must contain)
+    "unknown-key": (["workload.objekt_size=5"], ["objekt_size"]),
+    "unknown-top-key": (["colour=red"], ["colour"]),
+    "not-key-value": (["storage_sweep"], ["key=value"]),
+    "wrong-type": (["workload.object_size=big"], ["object_size", "integer"]),
+    "negative-size": (["workload.object_size=-4096"], ["object_size", "> 0"]),
+    "zero-objects": (["workload.objects_per_rank=0"], ["objects_per_rank"]),
+    "unknown-workload": (["workload=nosuch"], ["nosuch", "storage_sweep"]),
+    "unknown-storage": (["storage=nfs"], ["nfs", "posix", "s3"]),
+    "bad-fsync": (["storage.fsync=always"], ["fsync", "file_and_dir"]),
+    "unknown-phase": (["workload.phases=[write,fly]"], ["fly", "read_random"]),
+    "bool-wanted": (["storage.direct=maybe"], ["direct"]),
+    "s3-part-size": (["storage=s3", "storage.bucket=b", "storage.part_size=1024"], ["part_size", "5 MiB"]),
+    "s3-endpoint-scheme": (
+        ["storage=s3", "storage.bucket=b", "storage.endpoint=localhost:9000"],
+        ["endpoint", "http"],
+    ),
+    "s3-bad-client": (["storage=s3", "storage.bucket=b", "storage.client=curl"], ["client", "obstore"]),
+    "s3-unreachable": (
+        [
+            "storage=s3",
+            "storage.bucket=b",
+            "storage.endpoint=http://127.0.0.1:9",
+            "storage.access_key=AKIAFAKE",
+            "storage.secret_key=not-a-secret-zzz",
+        ],
+        ["127.0.0.1:9"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_one_line_exit_2(tmp_path, case):
+    args, words = CASES[case]
+    work = tmp_path / "cwd"
+    work.mkdir()
+    results = tmp_path / "results"
+    before = _snapshot(tmp_path)
+    d = run_cli("run", *args, f"run.results_dir={results}", cwd=work, timeout=120)
+    assert d.code == 2, (d.code, d.out, d.err)
+    lines = [ln for ln in d.err.splitlines() if ln.strip()]
+    assert len(lines) == 1, d.err
+    assert lines[0].startswith("dlio-ext: error: ")
+    assert "Traceback" not in d.err + d.out
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    assert "not-a-secret-zzz" not in d.err + d.out
+    # nothing outside the run's own directory (results/<run>/) was created
+    created = _snapshot(tmp_path) - before
+    assert all(c.startswith("results") for c in created), created
+
+
+def test_unwritable_results_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    d = run_cli("run", f"run.results_dir={blocker}/sub", cwd=tmp_path)
+    assert d.code == 2
+    assert d.err.count("\n") == 1 and "results directory" in d.err and "run.results_dir" in d.err
+
+
+def test_unwritable_storage_root(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    d = run_cli("run", f"storage.root={blocker}/data", f"run.results_dir={tmp_path}/r", cwd=tmp_path)
+    assert d.code == 2
+    assert d.err.count("\n") == 1 and "storage root" in d.err
+
+
+def test_bad_input_under_mpirun_prints_one_line(tmp_path):
+    d = run_cli("run", "workload.object_size=-1", f"run.results_dir={tmp_path}", np=2)
+    assert d.code != 0
+    assert [ln for ln in d.err.splitlines() if "dlio-ext: error" in ln] == [
+        "dlio-ext: error: workload.object_size=-1 must be > 0"
+    ]
+
+
+def test_odirect_refused_by_fake_fs(tmp_path, monkeypatch, capsys):
+    """No file system on this machine refuses O_DIRECT (tmpfs takes it since Linux 6.6), so the
+    refusal is injected: a fake os.open that fails O_DIRECT opens with EINVAL, as FUSE or old tmpfs do."""
+    import dlio_ext.storage.posix as posix
+    from dlio_ext.cli import main
+
+    real_open = posix.os.open
+
+    def fake_no_direct_open(path, flags, *args):
+        if flags & posix._DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(posix.os, "open", fake_no_direct_open)
+    code = main(
+        ["run", "storage.direct=true", f"storage.root={tmp_path}/data", f"run.results_dir={tmp_path}/r"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "refuses O_DIRECT" in err and "storage.direct=false" in err
+    assert not list((tmp_path / "data").iterdir())
