@@ -131,7 +131,7 @@ class PhaseRunner:
             hist, state = hists[t], states[t]
             perf = time.perf_counter
             first = last = None
-            ops = nbytes = 0
+            ops = nbytes = published = 0
             while True:
                 i = next(counter)
                 if i >= n_ops:
@@ -155,11 +155,14 @@ class PhaseRunner:
                 hist.record(last - s)
                 ops += 1
                 nbytes += moved
-                if ops % 64 == 0:
+                if ops % 64 == 0:  # progress is read from another thread: publish in batches
                     with lock:
                         tally["ops"] += 64
+                        tally["bytes"] += nbytes - published
+                    published = nbytes
             with lock:
                 tally["ops"] += ops % 64
+                tally["bytes"] += nbytes - published
                 res.ops += ops
                 res.bytes += nbytes
                 if first is not None:
@@ -168,7 +171,7 @@ class PhaseRunner:
 
         self.world.barrier()
         t0 = time.perf_counter()
-        with _Progress(name, n_ops, self.progress_interval, lambda: (tally["ops"], 0)):
+        with _Progress(name, n_ops, self.progress_interval, lambda: (tally["ops"], tally["bytes"])):
             if io_depth == 1:
                 worker(0)
             else:
