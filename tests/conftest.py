@@ -1,0 +1,120 @@
+"""Shared fixtures, by section. Add new ones under a section of their own.
+
+- CLI: run `python -m dlio_ext.cli ...` as a subprocess.
+- Local S3 server: one real SeaweedFS for the whole session, always stopped at the end.
+- S3 storage configs: `storage` dicts for `open_backend`, one prefix per test, for either client.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import Done, run_cli
+
+from dlio_ext.s3server import ServerInfo, start_server, stop_server
+from dlio_ext.storage import Backend, open_backend
+
+# --- CLI ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli() -> Callable[..., Done]:
+    """`cli("s3-server", "status", cwd=..., env=...)` -> Done(code, out, err)."""
+    return run_cli
+
+
+# --- local S3 server (SeaweedFS) ------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> ServerInfo:
+    """One authenticated SeaweedFS for the session; stopped at the end whatever happened."""
+    d: Path = tmp_path_factory.mktemp("s3-server")
+    # registered before starting, so a server that fails half-way through start-up is stopped too
+    request.addfinalizer(lambda: stop_server(d))
+    return start_server(d)
+
+
+@pytest.fixture(scope="session")
+def s3_admin(s3_server: ServerInfo) -> Any:
+    """A plain boto3 client on the session server, for looking behind a backend's back."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=s3_server.endpoint,
+        region_name=s3_server.region,
+        aws_access_key_id=s3_server.access_key,
+        aws_secret_access_key=s3_server.secret_key,
+        config=Config(
+            s3={"addressing_style": "path"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
+    )
+
+
+# --- S3 storage configs ---------------------------------------------------------------------
+
+S3_CLIENTS = ("obstore", "boto3")
+
+
+def unique_prefix(tag: str = "t") -> str:
+    return f"{tag}-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def s3_cfg_for(s3_server: ServerInfo) -> Callable[..., dict[str, Any]]:
+    """Factory: `s3_cfg_for("boto3", part_size=..., ...)` -> a storage config on the session
+    server, under a fresh prefix unless one is given. Credentials are passed in the config, so
+    the environment of the test run does not matter."""
+
+    def make(client: str = "obstore", **overrides: Any) -> dict[str, Any]:
+        cfg: dict[str, Any] = {
+            "type": "s3",
+            "client": client,
+            "endpoint": s3_server.endpoint,
+            "bucket": s3_server.bucket,
+            "prefix": unique_prefix(),
+            "region": s3_server.region,
+            "path_style": True,
+            "access_key": s3_server.access_key,
+            "secret_key": s3_server.secret_key,
+            "part_size": 5 << 20,
+            "concurrency": 4,
+            "checksum": "when_required",
+            "retries": 2,
+            "backoff_base": 0.01,
+            "backoff_max": 0.05,
+            "connect_timeout": 2.0,
+            "read_timeout": 30.0,
+        }
+        cfg.update(overrides)
+        return cfg
+
+    return make
+
+
+@pytest.fixture(params=S3_CLIENTS)
+def s3_client(request: pytest.FixtureRequest) -> str:
+    """Each test that uses it runs once per S3 client."""
+    return str(request.param)
+
+
+@pytest.fixture
+def s3_cfg(s3_cfg_for: Callable[..., dict[str, Any]], s3_client: str) -> dict[str, Any]:
+    return s3_cfg_for(s3_client)
+
+
+@pytest.fixture
+def s3_backend(s3_cfg: dict[str, Any]) -> Iterator[Backend]:
+    backend = open_backend(s3_cfg)
+    try:
+        yield backend
+    finally:
+        backend.close()

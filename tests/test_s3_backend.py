@@ -1,0 +1,533 @@
+"""The S3 backend against a real SeaweedFS (session fixture), once per client (obstore, boto3).
+
+Only `Fake503Proxy` is fake: it injects the faults a real server cannot be made to produce on
+demand (503 SlowDown, 500s, a listing that breaks half-way) in front of the real server.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from conftest import S3_CLIENTS
+
+from dlio_ext.errors import UsageError
+from dlio_ext.s3server import ServerInfo
+from dlio_ext.storage import open_backend
+from dlio_ext.storage.base import (
+    AccessDenied,
+    Backend,
+    NotFound,
+    StorageError,
+    Throttled,
+    Unreachable,
+)
+from dlio_ext.storage.s3 import S3Backend
+
+MIB = 1 << 20
+CfgFor = Callable[..., dict[str, Any]]
+
+
+def _payload(n: int, seed: int = 0) -> bytearray:
+    return bytearray(os.urandom(n)) if seed == 0 else bytearray((i * seed) % 251 for i in range(n))
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def backend_for(s3_cfg_for: CfgFor) -> Iterator[Callable[..., S3Backend]]:
+    """Open backends from configs, closing them all at the end of the test."""
+    opened: list[Backend] = []
+
+    def make(client: str, **overrides: Any) -> S3Backend:
+        backend = open_backend(s3_cfg_for(client, **overrides))
+        assert isinstance(backend, S3Backend)
+        opened.append(backend)
+        return backend
+
+    yield make
+    for backend in opened:
+        backend.close()
+
+
+# --- data verbs -----------------------------------------------------------------------------
+
+
+def test_put_get_range_stat_delete(s3_backend: Backend) -> None:
+    data = _payload(1000)
+    s3_backend.put("dir/obj", memoryview(data))
+
+    into = memoryview(bytearray(4096))
+    assert s3_backend.get("dir/obj", into) == 1000
+    assert into[:1000] == data
+
+    part = memoryview(bytearray(100))
+    assert s3_backend.get_range("dir/obj", 450, part) == 100
+    assert part == data[450:550]
+    assert s3_backend.get_range("dir/obj", 950, part) == 50  # crosses the end: what there is
+    assert part[:50] == data[950:]
+    assert s3_backend.get_range("dir/obj", 1000, part) == 0  # at the end: nothing, no error
+    assert s3_backend.get_range("dir/obj", 5000, part) == 0  # past the end: nothing, no error
+
+    info = s3_backend.stat("dir/obj")
+    assert (info.key, info.size) == ("dir/obj", 1000)
+    assert info.etag and '"' not in info.etag
+    assert info.mtime is not None and abs(info.mtime - time.time()) < 300
+
+    with pytest.raises(StorageError, match="do not fit"):
+        s3_backend.get("dir/obj", memoryview(bytearray(999)))
+
+    s3_backend.delete("dir/obj")
+    with pytest.raises(NotFound):
+        s3_backend.stat("dir/obj")
+    assert s3_backend.counters.errors == 2  # the buffer too small, then the stat of a deleted key
+
+
+def test_missing_key_is_not_found_and_counted(s3_backend: Backend) -> None:
+    buf = memoryview(bytearray(10))
+    for call in (lambda: s3_backend.get("nope", buf), lambda: s3_backend.stat("nope")):
+        with pytest.raises(NotFound) as err:
+            call()
+        assert "'nope'" in str(err.value) and "404" in str(err.value)
+    with pytest.raises(NotFound):
+        s3_backend.get_range("nope", 0, buf)
+    assert s3_backend.counters.errors_by_kind == {"not_found": 3}
+    assert s3_backend.counters.retries == 0  # a 404 is never retried
+
+
+def test_multipart_put_and_writer_are_byte_exact(s3_backend: Backend) -> None:
+    data = _payload(12 * MIB + 12345)
+    view = memoryview(data)
+
+    s3_backend.put("big/put", view)  # > part_size (5 MiB): multipart, 3 parts
+    back = memoryview(bytearray(len(data) + 10))
+    assert s3_backend.get("big/put", back) == len(data)
+    assert back[: len(data)] == data
+    assert str(s3_backend.stat("big/put").etag).endswith("-3")
+
+    with s3_backend.writer("big/stream") as w:
+        step = 700 * 1024 + 3  # chunks that never line up with parts
+        for off in range(0, len(data), step):
+            w.write(view[off : off + step])
+    back[:] = bytes(len(back))
+    assert s3_backend.get("big/stream", back) == len(data)
+    assert back[: len(data)] == data
+    assert str(s3_backend.stat("big/stream").etag).endswith("-3")
+
+    with s3_backend.writer("small/stream") as w:  # fits one part: a plain PUT at close
+        w.write(view[:1000])
+        w.write(view[1000:5000])
+    assert s3_backend.stat("small/stream").size == 5000
+    assert "-" not in str(s3_backend.stat("small/stream").etag)
+
+    with s3_backend.writer("empty/stream"):
+        pass
+    assert s3_backend.stat("empty/stream").size == 0
+    assert s3_backend.counters.errors == 0
+
+
+def test_writer_abort_leaves_no_object_and_no_upload(
+    s3_backend: Backend, s3_cfg: dict[str, Any], s3_admin: Any, s3_server: ServerInfo
+) -> None:
+    chunk = memoryview(_payload(MIB, seed=7))
+    w = s3_backend.writer("gone/a")
+    for _ in range(11):  # two parts on their way
+        w.write(chunk)
+    w.abort()
+
+    with pytest.raises(RuntimeError), s3_backend.writer("gone/b") as w2:
+        for _ in range(11):
+            w2.write(chunk)
+        raise RuntimeError("the caller fails half-way")
+
+    for key in ("gone/a", "gone/b"):
+        with pytest.raises(NotFound):
+            s3_backend.stat(key)
+        full = f"{s3_cfg['prefix']}/{key}"
+        uploads = s3_admin.list_multipart_uploads(Bucket=s3_server.bucket, Prefix=full).get("Uploads", [])
+        assert uploads == [], uploads
+
+
+def test_concurrent_threads_share_one_backend(s3_backend: Backend) -> None:
+    blobs = [_payload(4096 + i, seed=i + 1) for i in range(8)]
+
+    def work(i: int) -> None:
+        buf = memoryview(bytearray(8192))
+        for round_ in range(10):
+            key = f"thr/{i}/{round_}"
+            s3_backend.put(key, blobs[i])
+            assert s3_backend.get(key, buf) == len(blobs[i])
+            assert buf[: len(blobs[i])] == blobs[i]
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(work, range(8)))
+    assert sum(1 for _ in s3_backend.list("thr/")) == 80
+
+
+@pytest.mark.parametrize("client", S3_CLIENTS)
+def test_checksum_when_supported_round_trips(backend_for: Callable[..., S3Backend], client: str) -> None:
+    # boto3 sends CRC32 (and validates it on GET); obstore sends SHA-256. SeaweedFS takes both.
+    b = backend_for(client, checksum="when_supported")
+    for key, size in (("cs/small", 1000), ("cs/multi", 11 * MIB)):
+        data = _payload(size)
+        b.put(key, data)
+        back = memoryview(bytearray(size))
+        assert b.get(key, back) == size and back == data
+        # a ranged GET carries no whole-object checksum to validate against
+        assert b.get_range(key, 100, back[:500]) == 500 and back[:500] == data[100:600]
+    with b.writer("cs/stream") as w:
+        w.write(data)
+    assert b.stat("cs/stream").size == len(data)
+
+
+# --- listing --------------------------------------------------------------------------------
+
+MANY = 1005  # more than one ListObjectsV2 page (1,000)
+
+
+@pytest.fixture(scope="module")
+def many_keys(s3_server: ServerInfo) -> Iterator[tuple[str, list[str]]]:
+    """1,005 keys under one shared prefix, written with 16 threads; removed with delete_many."""
+    prefix = f"many-{uuid.uuid4().hex[:8]}"
+    cfg = {
+        "type": "s3",
+        "client": "obstore",
+        "endpoint": s3_server.endpoint,
+        "bucket": s3_server.bucket,
+        "prefix": prefix,
+        "access_key": s3_server.access_key,
+        "secret_key": s3_server.secret_key,
+    }
+    backend = open_backend(cfg)
+    keys = sorted(f"k/{i:05d}" for i in range(MANY))
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: backend.put(k, b"x"), keys))
+    yield prefix, keys
+    assert backend.delete_many(iter(keys)) == MANY  # two DeleteObjects batches
+    assert list(backend.list("")) == []
+    backend.close()
+
+
+def test_list_paginates_exactly(
+    many_keys: tuple[str, list[str]], backend_for: Callable[..., S3Backend], s3_client: str
+) -> None:
+    prefix, keys = many_keys
+    b = backend_for(s3_client, prefix=prefix)
+    assert list(b.list("")) == keys
+    assert list(b.list("k/")) == keys
+    assert list(b.list("k/001")) == keys[100:200]  # a plain-string prefix, not only a "directory"
+    assert list(b.list("k/01000")) == ["k/01000"]
+    assert list(b.list("k/0", delimiter="/")) == keys
+    assert list(b.list("", delimiter="/")) == ["k/"]
+    assert list(b.list("nothing-here/")) == []
+    assert b.counters.errors == 0
+
+
+def test_list_with_delimiter(s3_backend: Backend) -> None:
+    for key in ("a/1", "a/2", "b/x/1", "b/x/2", "b/y", "c", "ca/1"):
+        s3_backend.put(key, b"1")
+    assert list(s3_backend.list("", delimiter="/")) == ["a/", "b/", "c", "ca/"]
+    assert list(s3_backend.list("b/", delimiter="/")) == ["b/x/", "b/y"]
+    assert list(s3_backend.list("c", delimiter="/")) == ["c", "ca/"]
+    assert list(s3_backend.list("b/")) == ["b/x/1", "b/x/2", "b/y"]
+    assert list(s3_backend.list("c")) == ["c", "ca/1"]
+
+
+# --- faults ---------------------------------------------------------------------------------
+
+
+class Fake503Proxy:
+    """FAKE: a tiny HTTP front for the real SeaweedFS, used only to inject faults that a real
+    server cannot be made to produce on demand (503 SlowDown, 500, a listing failing on a later
+    page). `rule(n, method, target)` sees the n-th request (from 0) and returns a status to fail
+    it with, or None to forward it unchanged (Host header included, so signatures verify)."""
+
+    CODES = {503: "SlowDown", 500: "InternalError", 429: "TooManyRequests", 400: "InvalidRequest"}
+
+    def __init__(self, upstream: str, rule: Callable[[int, str, str], int | None]):
+        self.upstream = urlsplit(upstream)
+        self.rule = rule
+        self.seen = 0
+        self.failed = 0
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                with proxy._lock:
+                    n = proxy.seen
+                    proxy.seen += 1
+                status = proxy.rule(n, self.command, self.path)
+                if status is not None:
+                    with proxy._lock:
+                        proxy.failed += 1
+                    xml = f"<Error><Code>{proxy.CODES.get(status, 'Fault')}</Code></Error>".encode()
+                    self._reply(status, [("Content-Type", "application/xml")], xml)
+                    return
+                conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                # a HEAD answer has no body but tells the object's size in Content-Length
+                length = int(resp.getheader("Content-Length") or 0) if self.command == "HEAD" else len(data)
+                skip = {"content-length", "transfer-encoding", "connection"}
+                headers = [(k, v) for k, v in resp.getheaders() if k.lower() not in skip]
+                self._reply(resp.status, headers, data, length)
+                conn.close()
+
+            def _reply(
+                self, status: int, headers: list[tuple[str, str]], body: bytes, length: int = -1
+            ) -> None:
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body) if length < 0 else length))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Fake503Proxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("client", S3_CLIENTS)
+def test_retries_are_counted_then_succeed(
+    backend_for: Callable[..., S3Backend], s3_server: ServerInfo, client: str
+) -> None:
+    # the first two requests are throttled, the next one fails with 500, then all pass through
+    with Fake503Proxy(s3_server.endpoint, lambda n, m, t: {0: 503, 1: 429, 2: 500}.get(n)) as proxy:
+        b = backend_for(client, endpoint=proxy.endpoint, retries=3)
+        b.put("r/obj", b"hello")  # 503, 429, 500, then stored
+        buf = memoryview(bytearray(16))
+        assert b.get("r/obj", buf) == 5 and buf[:5] == b"hello"
+    assert proxy.failed == 3
+    assert b.counters.as_dict() == {"retries": 3, "throttles": 2, "errors": 0, "errors_by_kind": {}}
+
+
+@pytest.mark.parametrize("client", S3_CLIENTS)
+def test_throttling_past_the_budget_raises_throttled(
+    backend_for: Callable[..., S3Backend], s3_server: ServerInfo, client: str
+) -> None:
+    with Fake503Proxy(s3_server.endpoint, lambda n, m, t: 503) as proxy:
+        b = backend_for(client, endpoint=proxy.endpoint, retries=2)
+        with pytest.raises(Throttled, match="503 SlowDown"):
+            b.put("r/obj", b"hello")
+        with pytest.raises(StorageError, match="400"):  # 4xx other than 429: never retried
+            proxy.rule = lambda n, m, t: 400
+            b.get("r/obj", memoryview(bytearray(8)))  # a HEAD would make botocore probe the region
+    assert proxy.failed == 3 + 1
+    assert b.counters.as_dict() == {
+        "retries": 2,
+        "throttles": 2,
+        "errors": 2,
+        "errors_by_kind": {"throttled": 1, "error": 1},
+    }
+
+
+@pytest.mark.parametrize("client", S3_CLIENTS)
+def test_list_failing_midway_raises_and_a_blip_is_retried(
+    many_keys: tuple[str, list[str]],
+    backend_for: Callable[..., S3Backend],
+    s3_server: ServerInfo,
+    client: str,
+) -> None:
+    prefix, keys = many_keys
+    lists: list[int] = []
+
+    def every_later_list_fails(n: int, method: str, target: str) -> int | None:
+        if "list-type=2" not in target:
+            return None
+        lists.append(n)
+        return 500 if len(lists) > 1 else None
+
+    with Fake503Proxy(s3_server.endpoint, every_later_list_fails) as proxy:
+        lists.clear()
+        b = backend_for(client, prefix=prefix, endpoint=proxy.endpoint, retries=2)
+        got: list[str] = []
+        with pytest.raises(StorageError, match="list"):
+            for key in b.list("k/"):
+                got.append(key)
+        assert got == keys[: len(got)] and 0 < len(got) < len(keys)  # a prefix, then an error
+        assert b.counters.errors == 1 and b.counters.retries == 2
+
+    def second_list_fails_once(n: int, method: str, target: str) -> int | None:
+        if "list-type=2" not in target:
+            return None
+        lists.append(n)
+        return 500 if len(lists) == 2 else None
+
+    with Fake503Proxy(s3_server.endpoint, second_list_fails_once) as proxy:
+        lists.clear()
+        b = backend_for(client, prefix=prefix, endpoint=proxy.endpoint, retries=2)
+        assert list(b.list("k/")) == keys  # resumed: nothing lost, nothing twice
+        assert b.counters.retries == 1 and b.counters.errors == 0
+
+
+@pytest.mark.parametrize("client", S3_CLIENTS)
+def test_a_failing_part_leaves_no_upload_behind(
+    backend_for: Callable[..., S3Backend], s3_server: ServerInfo, s3_admin: Any, client: str
+) -> None:
+    def part_two_fails(n: int, method: str, target: str) -> int | None:
+        return 500 if method == "PUT" and "partNumber=2&" in target + "&" else None
+
+    data = memoryview(_payload(11 * MIB, seed=3))
+    with Fake503Proxy(s3_server.endpoint, part_two_fails) as proxy:
+        b = backend_for(client, endpoint=proxy.endpoint, retries=1)
+        with pytest.raises(StorageError, match="500"):
+            b.put("fail/put", data)
+        with pytest.raises(StorageError, match="500"):
+            with b.writer("fail/stream") as w:
+                for off in range(0, len(data), MIB):
+                    w.write(data[off : off + MIB])
+    assert proxy.failed >= 2
+    for key in ("fail/put", "fail/stream"):
+        full = f"{b.settings.prefix}/{key}"
+        assert s3_admin.list_multipart_uploads(Bucket=s3_server.bucket, Prefix=full).get("Uploads", []) == []
+        with pytest.raises(NotFound):
+            b.stat(key)
+
+
+# --- credentials, bucket, endpoint ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("client", S3_CLIENTS)
+def test_wrong_credentials_are_access_denied_without_leaking(
+    backend_for: Callable[..., S3Backend], s3_server: ServerInfo, client: str
+) -> None:
+    wrong = "WRONG-secret-4f1b9c2e7d-not-the-real-one"
+    b = backend_for(client, secret_key=wrong)
+    with pytest.raises(AccessDenied) as on_check:
+        b.check()
+    assert "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY" in str(on_check.value)
+    with pytest.raises(AccessDenied) as on_put:
+        b.put("x", b"1")
+    assert "403" in str(on_put.value)
+    shown = [str(on_check.value), str(on_put.value), repr(b), repr(b.settings), str(b.describe())]
+    for text in shown:
+        assert wrong not in text and s3_server.access_key not in text, text
+    assert on_check.value.__cause__ is None and on_put.value.__suppress_context__
+
+
+@pytest.mark.parametrize("client", S3_CLIENTS)
+def test_missing_bucket_fails_check(backend_for: Callable[..., S3Backend], client: str) -> None:
+    b = backend_for(client, bucket="no-such-bucket-dlio-ext")
+    with pytest.raises(StorageError, match="bucket no-such-bucket-dlio-ext does not exist"):
+        b.check()
+
+
+@pytest.mark.parametrize("client", S3_CLIENTS)
+def test_unreachable_endpoint_fails_fast(backend_for: Callable[..., S3Backend], client: str) -> None:
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    b = backend_for(client, endpoint=endpoint, retries=3)
+    t0 = time.monotonic()
+    with pytest.raises(Unreachable, match=f"cannot reach {endpoint}"):
+        b.check()
+    with pytest.raises(Unreachable, match="after 4 attempts"):
+        b.put("x", b"1")
+    assert time.monotonic() - t0 < 5
+    assert b.counters.retries == 2 + 3  # the check's short budget, then the put's
+
+
+def test_good_check_passes(s3_backend: Backend) -> None:
+    s3_backend.check()
+    assert s3_backend.counters.errors == 0
+
+
+# --- directory-ish verbs, config, description ----------------------------------------------
+
+
+def test_rename_is_emulated_and_works(s3_backend: Backend) -> None:
+    assert s3_backend.capabilities["rename"] == "emulated"
+    assert s3_backend.capabilities["mkdir"] == "emulated"
+    s3_backend.mkdir("d")  # a no-op on S3
+    s3_backend.put("d/src", b"payload")
+    s3_backend.rename("d/src", "d/dst")
+    assert list(s3_backend.list("d/")) == ["d/dst"]
+    buf = memoryview(bytearray(16))
+    assert s3_backend.get("d/dst", buf) == 7 and buf[:7] == b"payload"
+    with pytest.raises(NotFound):
+        s3_backend.rename("d/src", "d/again")
+    s3_backend.rmdir("d")
+
+
+def test_describe_has_settings_and_no_credentials(s3_backend: Backend, s3_server: ServerInfo) -> None:
+    d = s3_backend.describe()
+    assert set(d) == {
+        "backend",
+        "endpoint",
+        "bucket",
+        "prefix",
+        "region",
+        "client",
+        "path_style",
+        "part_size",
+        "concurrency",
+        "checksum",
+    }
+    assert d["endpoint"] == s3_server.endpoint and d["part_size"] == 5 << 20
+    assert s3_server.secret_key not in repr(s3_backend) + str(d)
+
+
+def test_config_falls_back_to_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("DLIO_EXT_S3_BUCKET", "from-env")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDENV")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-from-env")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    b = S3Backend.from_config({"type": "s3", "client": "boto3"})
+    d = b.describe()
+    assert (d["endpoint"], d["bucket"], d["region"], d["prefix"]) == (
+        "http://127.0.0.1:1",
+        "from-env",
+        "us-east-1",
+        "dlio-ext",
+    )
+    assert "secret-from-env" not in repr(b.settings)
+    b.close()
+
+    monkeypatch.delenv("DLIO_EXT_S3_BUCKET")
+    with pytest.raises(UsageError, match="storage.bucket or DLIO_EXT_S3_BUCKET"):
+        S3Backend.from_config({"type": "s3"})
+    for bad, words in (
+        ({"part_size": 1024}, "5 MiB"),
+        ({"client": "curl"}, "obstore or boto3"),
+        ({"endpoint": "localhost:9000"}, "http://"),
+        ({"colour": "red"}, "storage.colour"),
+        ({"concurrency": 0}, "concurrency"),
+    ):
+        with pytest.raises(UsageError, match=words):
+            S3Backend.from_config({"type": "s3", "bucket": "b", **bad})
