@@ -10,6 +10,7 @@ import importlib
 from types import ModuleType
 
 WORKLOADS = {
+    "kv_cache": "dlio_ext.workloads.kv_cache",
     "storage_sweep": "dlio_ext.workloads.storage_sweep",
 }
 
