@@ -102,9 +102,14 @@ class BurstCheckpointing(BaseCheckpointing):
 
     def save_state(self, suffix, state) -> None:  # noqa: ANN001
         path = os.path.abspath(self.get_name(suffix))
-        key = os.path.relpath(path, self.root)
-        if key.startswith(".."):
-            raise UsageError(f"checkpoint file {path} lies outside the backend root {self.root}")
+        spec = getattr(self.args, "dlio_ext_spec", None)
+        if spec is not None:
+            # the adapter keeps checkpoints under the storage root (bucket or storage_root)
+            key = spec.root_key(self.get_name(suffix))
+        else:
+            key = os.path.relpath(path, self.root)
+            if key.startswith(".."):
+                raise UsageError(f"checkpoint file {path} lies outside the backend root {self.root}")
         f = PlannedFile(key, os.path.basename(path), _nbytes(state), len(self._current), self.rank, "dlio")
         ev = self.engine.write_file(f, self.ckpt)
         self._current.append(ev)

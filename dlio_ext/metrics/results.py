@@ -70,11 +70,18 @@ def merge_phase(per_rank: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+#: numeric extras whose merge over ranks is the largest value, not the sum: a time on the phase's
+#: clock, or a value all ranks agreed on (the stonewall's, see PhaseRunner.run)
+MAX_EXTRAS = frozenset({"stonewall_seconds", "stonewall_target"})
+
+
 def _sum_extras(extras: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for e in extras:
         for k, v in e.items():
-            if isinstance(v, int | float) and not isinstance(v, bool):
+            if k in MAX_EXTRAS and isinstance(v, int | float):
+                out[k] = max(out.get(k, v), v)
+            elif isinstance(v, int | float) and not isinstance(v, bool):
                 out[k] = out.get(k, 0) + v
             else:
                 out.setdefault(k, v)

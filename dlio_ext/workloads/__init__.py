@@ -13,6 +13,7 @@ WORKLOADS = {
     "kv_cache": "dlio_ext.workloads.kv_cache",
     "storage_sweep": "dlio_ext.workloads.storage_sweep",
     "checkpoint_burst": "dlio_ext.workloads.checkpoint_burst",
+    "metadata": "dlio_ext.workloads.metadata",
 }
 
 

@@ -165,6 +165,11 @@ def run(argv: list[str]) -> int:
     try:
         phases = module.run(ctx)
         extra = module.rank_metrics(ctx) if hasattr(module, "rank_metrics") else {}
+    except UsageError as exc:
+        # a workload's check of its config against the world (same verdict on every rank)
+        if world.rank == 0:
+            (run_dir / INCOMPLETE).write_text(f"this run did not start: {exc}\n")
+        raise
     except Exception as exc:
         # A rank that dies here would leave the others waiting at a barrier: record, then abort all.
         log.error("rank %d failed: %s\n%s", world.rank, exc, traceback.format_exc())
@@ -201,7 +206,8 @@ def run(argv: list[str]) -> int:
     _print_table(summary)
     log.info("finished in %.1f s", wall)
     print(f"results: {run_dir}", flush=True)
-    return 0
+    # an invalid run still leaves its results, but a script or CI job must not read it as a pass
+    return 0 if summary["valid"] else 1
 
 
 def _rank_record(r: dict[str, Any]) -> dict[str, Any]:

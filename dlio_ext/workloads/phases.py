@@ -7,15 +7,17 @@ their wall clocks: a phase lasts from the first rank's first op to the last rank
 
 from __future__ import annotations
 
-import itertools
 import sys
 import threading
 import time
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dlio_ext.metrics.histogram import Histogram
+import numpy as np
+
+from dlio_ext.metrics.histogram import NBUCKETS, SUB, Histogram
 from dlio_ext.metrics.world import SoloWorld
 from dlio_ext.storage.base import StorageError
 
@@ -27,6 +29,34 @@ class VerifyError(StorageError):
     """Bytes read back differ from the bytes written."""
 
     kind = "corrupt"
+
+
+#: op latencies a thread keeps (8 bytes each) before binning them into its histogram at once
+LATENCY_BATCH = 1 << 14
+
+
+def record_many(hist: Histogram, seconds: array) -> None:
+    """`hist.record(x)` for every x, vectorised: the same buckets, at a few ns a sample.
+
+    Binning one sample in Python costs about as much as a stat() of a cached file, so the runner
+    appends each op's latency to a flat array and bins a batch at a time with numpy."""
+    if not len(seconds):
+        return
+    us = np.frombuffer(seconds, dtype=np.float64) * 1e6
+    m, e = np.frexp(us)  # us = m * 2**e with 0.5 <= m < 1
+    idx = np.where(
+        us < 1.0,
+        0,
+        np.minimum((e.astype(np.int64) - 1) * SUB + ((m - 0.5) * 2 * SUB).astype(np.int64), NBUCKETS - 1),
+    )
+    add = np.bincount(idx, minlength=NBUCKETS)
+    counts = hist.counts
+    for j in np.flatnonzero(add).tolist():
+        counts[j] += int(add[j])
+    hist.n += len(us)
+    hist.total_us += float(us.sum())
+    hist.min_us = min(hist.min_us, float(us.min()))
+    hist.max_us = max(hist.max_us, float(us.max()))
 
 
 @dataclass
@@ -112,32 +142,42 @@ class PhaseRunner:
         io_depth: int = 1,
         thread_state: Callable[[int], Any] | None = None,
         deadline_s: float | None = None,
+        catch_up: bool = False,
     ) -> PhaseResult:
         """Run ops 0..n_ops-1 on `io_depth` threads; every rank enters and leaves together.
 
         `thread_state(t)` builds what thread t reuses across its ops (its buffers), before the
-        clock starts. With `deadline_s`, ops stop being issued once the deadline has passed.
+        clock starts. With `deadline_s`, ops stop being issued once the deadline has passed; the
+        ops issued are always a prefix 0..k-1 (an index taken is an index run).
+
+        `catch_up` (with `deadline_s`) is mdtest's stonewall wear-out: when the deadline stops a
+        rank, the ranks agree on the highest k any of them reached (allreduce max) and every rank
+        goes on to that k, on the same clock. `extra` then records `stonewall_items` (this rank's
+        k), `stonewall_seconds` (when its last op before the stop ended), `wearout_items` (ops it
+        did after the agreement), `stonewall_target` (the agreed k) and `stonewalled` (whether the
+        agreed k is short of n_ops: the phase then counts as finished at the agreed k).
         """
         states = [thread_state(t) if thread_state else None for t in range(io_depth)]
         hists = [Histogram() for _ in range(io_depth)]
-        counter = itertools.count()
+        # one index iterator shared by the threads (its next() is atomic under the GIL)
+        indices = iter(range(n_ops))
         res = PhaseResult(name=name, planned_ops=n_ops)
         lock = threading.Lock()
         tally = {"ops": 0, "bytes": 0}
         firsts: list[float] = []
         lasts: list[float] = []
+        stop_at: float | None = None  # absolute deadline; None in the catch-up round
 
         def worker(t: int) -> None:
+            # the hot loop: every line here is paid on every op, so it stays this lean
             hist, state = hists[t], states[t]
             perf = time.perf_counter
+            lat = array("d")
+            keep = lat.append
+            stop = stop_at
             first = last = None
             ops = nbytes = published = 0
-            while True:
-                i = next(counter)
-                if i >= n_ops:
-                    break
-                if deadline_s is not None and perf() - t0 >= deadline_s:
-                    break
+            for i in indices:
                 s = perf()
                 if first is None:
                     first = s
@@ -150,18 +190,27 @@ class PhaseRunner:
                         res.error_kinds[exc.kind] = res.error_kinds.get(exc.kind, 0) + 1
                         if res.first_error is None:
                             res.first_error = str(exc)
+                    if stop is not None and last >= stop:
+                        break
                     continue
                 last = perf()
-                hist.record(last - s)
+                keep(last - s)
                 ops += 1
                 nbytes += moved
-                if ops % 64 == 0:  # progress is read from another thread: publish in batches
+                if not ops & 63:  # progress is read from another thread: publish in batches
                     with lock:
                         tally["ops"] += 64
                         tally["bytes"] += nbytes - published
                     published = nbytes
+                    if len(lat) >= LATENCY_BATCH:
+                        record_many(hist, lat)
+                        del lat[:]
+                # checked after an op, before the next index is taken: none is taken and dropped
+                if stop is not None and last >= stop:
+                    break
+            record_many(hist, lat)
             with lock:
-                tally["ops"] += ops % 64
+                tally["ops"] += ops & 63
                 tally["bytes"] += nbytes - published
                 res.ops += ops
                 res.bytes += nbytes
@@ -169,9 +218,7 @@ class PhaseRunner:
                     firsts.append(first)
                     lasts.append(last if last is not None else first)
 
-        self.world.barrier()
-        t0 = time.perf_counter()
-        with _Progress(name, n_ops, self.progress_interval, lambda: (tally["ops"], tally["bytes"])):
+        def round_() -> None:
             if io_depth == 1:
                 worker(0)
             else:
@@ -180,6 +227,26 @@ class PhaseRunner:
                     th.start()
                 for th in threads:
                     th.join()
+
+        self.world.barrier()
+        t0 = time.perf_counter()
+        if deadline_s is not None:
+            stop_at = t0 + deadline_s
+        with _Progress(name, n_ops, self.progress_interval, lambda: (tally["ops"], tally["bytes"])):
+            round_()
+            if catch_up and deadline_s is not None:
+                reached = min(res.ops + res.errors, n_ops)
+                stopped = (max(lasts) - t0) if lasts else 0.0
+                target = int(self.world.allreduce_max(reached))
+                indices, stop_at = iter(range(reached, target)), None
+                round_()
+                res.extra.update(
+                    stonewall_items=reached,
+                    stonewall_seconds=stopped,
+                    wearout_items=res.ops + res.errors - reached,
+                    stonewall_target=target,
+                    stonewalled=target < n_ops,
+                )
         res.start = (min(firsts) - t0) if firsts else 0.0
         res.end = (max(lasts) - t0) if lasts else 0.0
         res.hist = Histogram.merged(hists)
