@@ -28,7 +28,7 @@ from dlio_ext.s3server import ServerInfo, server_env
 from dlio_ext.storage.base import NotFound
 from dlio_ext.workloads import harness
 from dlio_ext.workloads.metadata import PHASES, Config
-from dlio_ext.workloads.phases import PhaseRunner, record_many
+from dlio_ext.workloads.phases import PhaseRunner
 
 FILE_PHASES = [p for p in PHASES if not p.startswith(("dir_", "tree_"))]
 DIR_PHASES = [p for p in PHASES if p.startswith(("dir_", "tree_"))]
@@ -162,8 +162,8 @@ def test_batched_latency_binning_equals_record() -> None:
     for x in xs:
         one.record(x)
     batch = Histogram()
-    record_many(batch, array("d", xs[:7]))
-    record_many(batch, array("d", xs[7:]))
+    batch.record_many(array("d", xs[:7]))
+    batch.record_many(array("d", xs[7:]))
     assert batch.counts == one.counts and batch.n == one.n
     assert (batch.min_us, batch.max_us) == (one.min_us, one.max_us)
     assert batch.total_us == pytest.approx(one.total_us, rel=1e-12)

@@ -9,6 +9,7 @@ Python list: no allocation, no lock (one histogram per thread).
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable
 from math import frexp
 
@@ -44,6 +45,35 @@ class Histogram:
             self.min_us = us
         if us > self.max_us:
             self.max_us = us
+
+    def record_many(self, seconds: np.ndarray | array) -> None:
+        """`record(x)` for every x, vectorised: the same buckets, at a few ns a sample.
+
+        Binning one sample in Python costs about as much as a stat() of a cached file, so hot
+        loops append latencies to a flat float array and bin a batch at a time."""
+        if not len(seconds):
+            return
+        us = (
+            np.asarray(
+                np.frombuffer(seconds, dtype=np.float64) if isinstance(seconds, array) else seconds,
+                dtype=np.float64,
+            )
+            * 1e6
+        )
+        m, e = np.frexp(us)  # us = m * 2**e with 0.5 <= m < 1
+        idx = np.where(
+            us < 1.0,
+            0,
+            np.minimum((e.astype(np.int64) - 1) * SUB + ((m - 0.5) * 2 * SUB).astype(np.int64), NBUCKETS - 1),
+        )
+        add = np.bincount(idx, minlength=NBUCKETS)
+        counts = self.counts
+        for j in np.flatnonzero(add).tolist():
+            counts[j] += int(add[j])
+        self.n += len(us)
+        self.total_us += float(us.sum())
+        self.min_us = min(self.min_us, float(us.min()))
+        self.max_us = max(self.max_us, float(us.max()))
 
     # merging ------------------------------------------------------------------------------
     def to_state(self) -> dict[str, object]:

@@ -11,7 +11,7 @@ import abc
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Support = Literal["native", "emulated", "unsupported"]
 
@@ -46,8 +46,9 @@ class Unsupported(StorageError):
     kind = "unsupported"
 
 
-@dataclass(frozen=True)
-class ObjectInfo:
+class ObjectInfo(NamedTuple):
+    """What stat returns; a NamedTuple because it is built on every metadata op."""
+
     key: str
     size: int
     mtime: float | None = None

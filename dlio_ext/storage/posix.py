@@ -45,6 +45,8 @@ class PosixBackend(Backend):
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {FSYNC_POLICIES}")
         self.root = Path(root)
+        # key -> path is on every op's path: a string concat, not os.path.join over a Path
+        self._prefix = os.path.join(str(self.root), "")
         self.direct = direct
         self.fsync_policy = fsync
         self.chunk_size = round_up(chunk_size)
@@ -55,7 +57,7 @@ class PosixBackend(Backend):
 
     # helpers -------------------------------------------------------------------------------
     def path(self, key: str) -> str:
-        return os.path.join(self.root, key)
+        return self._prefix + key
 
     def _bounce(self, nbytes: int) -> memoryview:
         """A per-thread aligned staging buffer for callers whose buffer O_DIRECT cannot take."""

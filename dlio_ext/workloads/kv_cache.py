@@ -39,7 +39,7 @@ import numpy as np
 import xxhash
 
 from dlio_ext.config.schema import first_problem, one_of, positive
-from dlio_ext.metrics.histogram import NBUCKETS, SUB, Histogram
+from dlio_ext.metrics.histogram import Histogram
 from dlio_ext.storage.base import NotFound, StorageError
 from dlio_ext.storage.buffers import ALIGN, aligned_buffer, fill_random, round_up
 from dlio_ext.workloads.context import Context
@@ -341,22 +341,7 @@ class SampleLog:
         pairs = np.array(self.buf, np.float64).reshape(-1, 2)
         self.buf.clear()
         ends, secs = pairs[:, 0], pairs[:, 1]
-        n = len(secs)
-        us = secs * 1e6
-        idx = np.zeros(n, np.int64)
-        big = us >= 1.0
-        m, e = np.frexp(us[big])
-        idx[big] = np.minimum(
-            (e.astype(np.int64) - 1) * SUB + ((m - 0.5) * 2 * SUB).astype(np.int64), NBUCKETS - 1
-        )
-        binned = np.bincount(idx, minlength=NBUCKETS)
-        h = self.hist
-        for i in np.flatnonzero(binned).tolist():
-            h.counts[i] += int(binned[i])
-        h.n += n
-        h.total_us += float(us.sum())
-        h.min_us = min(h.min_us, float(us.min()))
-        h.max_us = max(h.max_us, float(us.max()))
+        self.hist.record_many(secs)
         self.first = min(self.first, float((ends - secs).min()))
         self.last = max(self.last, float(ends.max()))
         slot = np.maximum((ends - self.t0) // self.interval, 0).astype(np.int64)

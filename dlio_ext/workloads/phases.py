@@ -15,9 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from dlio_ext.metrics.histogram import NBUCKETS, SUB, Histogram
+from dlio_ext.metrics.histogram import Histogram
 from dlio_ext.metrics.world import SoloWorld
 from dlio_ext.storage.base import StorageError
 
@@ -33,30 +31,6 @@ class VerifyError(StorageError):
 
 #: op latencies a thread keeps (8 bytes each) before binning them into its histogram at once
 LATENCY_BATCH = 1 << 14
-
-
-def record_many(hist: Histogram, seconds: array) -> None:
-    """`hist.record(x)` for every x, vectorised: the same buckets, at a few ns a sample.
-
-    Binning one sample in Python costs about as much as a stat() of a cached file, so the runner
-    appends each op's latency to a flat array and bins a batch at a time with numpy."""
-    if not len(seconds):
-        return
-    us = np.frombuffer(seconds, dtype=np.float64) * 1e6
-    m, e = np.frexp(us)  # us = m * 2**e with 0.5 <= m < 1
-    idx = np.where(
-        us < 1.0,
-        0,
-        np.minimum((e.astype(np.int64) - 1) * SUB + ((m - 0.5) * 2 * SUB).astype(np.int64), NBUCKETS - 1),
-    )
-    add = np.bincount(idx, minlength=NBUCKETS)
-    counts = hist.counts
-    for j in np.flatnonzero(add).tolist():
-        counts[j] += int(add[j])
-    hist.n += len(us)
-    hist.total_us += float(us.sum())
-    hist.min_us = min(hist.min_us, float(us.min()))
-    hist.max_us = max(hist.max_us, float(us.max()))
 
 
 @dataclass
@@ -203,12 +177,12 @@ class PhaseRunner:
                         tally["bytes"] += nbytes - published
                     published = nbytes
                     if len(lat) >= LATENCY_BATCH:
-                        record_many(hist, lat)
+                        hist.record_many(lat)
                         del lat[:]
                 # checked after an op, before the next index is taken: none is taken and dropped
                 if stop is not None and last >= stop:
                     break
-            record_many(hist, lat)
+            hist.record_many(lat)
             with lock:
                 tally["ops"] += ops & 63
                 tally["bytes"] += nbytes - published
