@@ -112,3 +112,10 @@ def test_odirect_refused_by_fake_fs(tmp_path, monkeypatch, capsys):
     assert code == 2
     assert err.count("\n") == 1 and "refuses O_DIRECT" in err and "storage.direct=false" in err
     assert not list((tmp_path / "data").iterdir())
+
+
+def test_run_help_lists_every_workload_preset():
+    d = run_cli("run", "--help")
+    assert d.code == 0
+    for name in ("storage_sweep", "checkpoint_burst/llama3_405b", "metadata/hard", "kv_cache/deepseek_v3"):
+        assert name in d.out

@@ -32,7 +32,7 @@ def config_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "workload_configs"
 
 
-def _choices(group: str) -> list[str]:
+def choices(group: str) -> list[str]:
     base = config_dir() / group
     return sorted(str(p.relative_to(base).with_suffix("")) for p in base.rglob("*.yaml"))
 
@@ -52,8 +52,8 @@ def compose(overrides: Sequence[str]) -> DictConfig:
         if "=" not in ov:
             raise UsageError(f"argument {ov!r} is not key=value; e.g. workload=storage_sweep storage=posix")
         key, _, value = ov.lstrip("+~").partition("=")
-        if key in ("workload", "storage") and value not in _choices(key):
-            raise UsageError(f"{key}={value!r} is unknown; choose one of: {', '.join(_choices(key))}")
+        if key in ("workload", "storage") and value not in choices(key):
+            raise UsageError(f"{key}={value!r} is unknown; choose one of: {', '.join(choices(key))}")
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name="dlio_ext"):
             return hydra_compose(config_name="config", overrides=list(overrides))

@@ -127,7 +127,22 @@ def _print_table(summary: dict[str, Any]) -> None:
     )
 
 
+RUN_HELP = """usage: dlio-ext run workload=<name>[/<preset>] storage=<posix|s3> [key=value | ++key=value ...]
+
+workloads: {workloads}
+storage:   {storage}
+Every key is documented in workload_configs/ (config.yaml, workload/, storage/) and in the README.
+The last line printed is `results: <dir>`; exit 0 for a valid run, 1 for an invalid one, 2 for bad input."""
+
+
 def run(argv: list[str]) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        from dlio_ext.config import choices
+
+        print(
+            RUN_HELP.format(workloads=", ".join(choices("workload")), storage=", ".join(choices("storage")))
+        )
+        return 0
     world = get_world()
     cfg = load(argv)
     run_dir, run_id = on_rank0(world, lambda: _make_run_dir(cfg))
