@@ -531,3 +531,155 @@ def test_config_falls_back_to_environment(monkeypatch: pytest.MonkeyPatch) -> No
     ):
         with pytest.raises(UsageError, match=words):
             S3Backend.from_config({"type": "s3", "bucket": "b", **bad})
+
+
+# --- large GETs: one ranged request first, then the other parts in parallel ----------------
+
+
+@pytest.mark.parametrize("client", S3_CLIENTS)
+def test_large_get_in_parallel_ranges_is_byte_exact(
+    backend_for: Callable[..., S3Backend], s3_cfg_for: CfgFor, s3_server: ServerInfo, client: str
+) -> None:
+    data = _payload(23 * MIB + 7)  # 5 MiB parts: a first range, then 4 more (the last one short)
+    size = len(data)
+    cfg = s3_cfg_for(client)
+    writer = backend_for(client, prefix=cfg["prefix"])
+    writer.put("big", data)
+    writer.put("empty", b"")
+
+    with Fake503Proxy(s3_server.endpoint, lambda n, m, t: None) as proxy:
+        b = backend_for(client, prefix=cfg["prefix"], endpoint=proxy.endpoint, concurrency=3)
+        back = memoryview(bytearray(size + 100))
+        back[size:] = b"\xee" * 100
+        assert b.get("big", back) == size
+        assert back[:size] == data and back[size:] == b"\xee" * 100  # nothing past the object
+        assert proxy.seen == 5  # one GET per part, no HEAD
+
+        proxy.seen = 0
+        assert b.get("empty", back) == 0  # no first byte to range over: a plain GET follows
+        assert proxy.seen == 2
+
+    # ranges at and past the end of a large object still read nothing, without an error
+    b = backend_for(client, prefix=cfg["prefix"], concurrency=3)
+    part = memoryview(bytearray(MIB))
+    assert b.get_range("big", size, part) == 0
+    assert b.get_range("big", size + 10 * MIB, part) == 0
+    assert b.get_range("big", size - 100, part) == 100 and part[:100] == data[-100:]
+    assert b.get_range("big", 7 * MIB + 3, part) == MIB and part == data[7 * MIB + 3 : 8 * MIB + 3]
+
+    # an object bigger than the buffer raises, one byte short or many, and is counted once
+    for short in (size - 1, 6 * MIB, 100):
+        with pytest.raises(StorageError, match="do not fit"):
+            b.get("big", memoryview(bytearray(short)))
+    assert b.counters.as_dict() == {
+        "retries": 0,
+        "throttles": 0,
+        "errors": 3,
+        "errors_by_kind": {"error": 3},
+    }
+
+
+@pytest.mark.parametrize("client", S3_CLIENTS)
+def test_a_failing_range_is_retried_alone_and_counted_once(
+    backend_for: Callable[..., S3Backend], s3_cfg_for: CfgFor, s3_server: ServerInfo, client: str
+) -> None:
+    data = _payload(17 * MIB, seed=5)  # 4 parts of 5 MiB
+    cfg = s3_cfg_for(client)
+    backend_for(client, prefix=cfg["prefix"]).put("big", data)
+    back = memoryview(bytearray(len(data)))
+
+    # the third GET (one of the parallel parts) is throttled once: only it is sent again
+    with Fake503Proxy(s3_server.endpoint, lambda n, m, t: 503 if n == 2 else None) as proxy:
+        b = backend_for(client, prefix=cfg["prefix"], endpoint=proxy.endpoint, concurrency=4, retries=2)
+        assert b.get("big", back) == len(data) and back == data
+        assert (proxy.seen, proxy.failed) == (5, 1)
+        assert b.counters.as_dict() == {"retries": 1, "throttles": 1, "errors": 0, "errors_by_kind": {}}
+
+    # every part after the first fails for good: the GET raises, counts one error, and stops
+    # (concurrency=1: the parts follow one another in the caller's thread)
+    with Fake503Proxy(s3_server.endpoint, lambda n, m, t: 500 if n >= 1 else None) as proxy:
+        b = backend_for(client, prefix=cfg["prefix"], endpoint=proxy.endpoint, concurrency=1, retries=1)
+        with pytest.raises(StorageError, match="get 'big': server error \\(HTTP 500"):
+            b.get("big", back)
+        assert (proxy.seen, proxy.failed) == (3, 2)  # the first part, then the second twice
+        assert b.counters.as_dict() == {
+            "retries": 1,
+            "throttles": 0,
+            "errors": 1,
+            "errors_by_kind": {"error": 1},
+        }
+
+
+def test_boto3_gets_reuse_pooled_connections(backend_for: Callable[..., S3Backend]) -> None:
+    b = backend_for("boto3", concurrency=3)
+    data = _payload(12 * MIB, seed=9)
+    b.put("big", data)
+    b.put("small", data[:1000])
+    back = memoryview(bytearray(len(data)))
+    for _ in range(100):  # 3x the pool: a connection not given back would show as a new one
+        assert b.get("small", back) == 1000
+    for _ in range(5):
+        assert b.get("big", back) == len(data)
+    assert back == data
+    manager = b._driver.client._endpoint.http_session._manager  # type: ignore[union-attr]
+    pools = [manager.pools[k] for k in manager.pools.keys()]
+    assert sum(p.num_requests for p in pools) >= 100 + 5 * 3 + 2
+    assert sum(p.num_connections for p in pools) <= 3  # the parts in flight at once, no more
+
+
+class _TruncatingServer:
+    """FAKE: answers every GET with a Content-Length of 1000 and then only 500 bytes, as a server
+    dying mid-body would; counts the requests."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                server.requests += 1
+                ranged = "Range" in self.headers
+                self.send_response(206 if ranged else 200)
+                if ranged:
+                    self.send_header("Content-Range", "bytes 0-999/1000")
+                self.send_header("Content-Length", "1000")
+                self.send_header("ETag", '"0123456789abcdef0123456789abcdef"')
+                self.send_header("Last-Modified", "Mon, 23 Nov 2026 10:00:00 GMT")
+                self.end_headers()
+                self.wfile.write(b"t" * 500)
+                self.wfile.flush()
+                self.close_connection = True
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _TruncatingServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("client", S3_CLIENTS)
+def test_a_truncated_body_is_retried_then_raises(backend_for: Callable[..., S3Backend], client: str) -> None:
+    with _TruncatingServer() as server:
+        b = backend_for(client, endpoint=server.endpoint, retries=1, backoff_base=0.01)
+        buf = memoryview(bytearray(2000))
+        with pytest.raises(StorageError, match="transfer failed \\(io error after 2 attempts\\)"):
+            b.get("obj", buf)
+        assert server.requests == 2
+        assert b.counters.as_dict() == {
+            "retries": 1,
+            "throttles": 0,
+            "errors": 1,
+            "errors_by_kind": {"error": 1},
+        }

@@ -18,11 +18,18 @@ What the two clients can and cannot do differently:
   is yielded (obstore has no paged variant); boto3 streams every page, for any delimiter.
 - checksum=when_supported makes boto3 send CRC32 and validate response checksums; obstore has
   no CRC32, so it sends SHA-256 (`checksum_algorithm`) and validates nothing on download.
+
+A `get` asks for the first part_size bytes (a ranged GET, whose Content-Range tells the object's
+size); an object larger than that has its other parts fetched in parallel, up to `concurrency`
+at once, straight into slices of the caller's buffer, each part retried alone and pinned to the
+first answer's ETag (If-Match). Both clients, except boto3 with checksum=when_supported: a ranged
+answer has no whole-object checksum, so there a GET stays one plain request.
 """
 
 from __future__ import annotations
 
 import heapq
+import http.client
 import io
 import os
 import random
@@ -276,6 +283,14 @@ class _Failure:
         return self.transport in ("connect", "timeout", "io", "checksum")
 
 
+class _BodyError(Exception):
+    """Internal: a response body we read ourselves broke off or timed out (retryable)."""
+
+    def __init__(self, transport: str, done: int = 0, want: int = 0):
+        super().__init__(f"{transport} error reading a response body ({done} of {want} bytes)")
+        self.transport = transport
+
+
 class _GaveUp(Exception):
     """Internal: the retry loop is out of attempts (or the failure is not worth retrying)."""
 
@@ -297,6 +312,8 @@ def _clean_code(code: object) -> str | None:
 def _classify_boto3(exc: BaseException) -> _Failure | None:
     from botocore import exceptions as bx
 
+    if isinstance(exc, _BodyError):
+        return _Failure(transport=exc.transport)
     if isinstance(exc, bx.ClientError):
         response: Mapping[str, Any] = getattr(exc, "response", {}) or {}
         status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -326,6 +343,8 @@ def _classify_obstore(exc: BaseException) -> _Failure | None:
     """obstore raises a few exception classes and puts the rest into its message; read both."""
     from obstore import exceptions as ox
 
+    if isinstance(exc, _BodyError):
+        return _Failure(transport=exc.transport)
     if not isinstance(exc, (ox.BaseError, OSError)):
         return None
     text = str(exc)
@@ -394,7 +413,77 @@ class _ViewReader(io.RawIOBase):
 
 
 def _read_body(body: Any, into: memoryview) -> int:
-    """Fill `into` straight from the HTTP stream (no intermediate bytes object)."""
+    """Fill `into` (exactly the response's Content-Length) from the HTTP stream; returns its size.
+
+    A plain body is read with http.client's own `readinto`, which receives straight into the
+    caller's buffer: urllib3 2.x `readinto` is a read() into fresh bytes and a copy, which costs
+    about as much CPU as the transfer itself at 64 MiB. A body that validates a checksum, or one
+    whose internals look different (other urllib3/botocore versions), takes the public path."""
+    fp = _raw_fp(body)
+    if fp is None:
+        return _read_body_public(body, into)
+    raw = body._raw_stream
+    done, want = 0, len(into)
+    try:
+        while done < want:
+            got = fp.readinto(into[done:])
+            if not got:
+                break
+            done += got
+        if done < want:
+            raise _BodyError("io", done, want)
+        # http.client closes its side once Content-Length bytes are in; if it has not, anything
+        # further is more than the server announced
+        if not fp.isclosed() and fp.readinto(_EOF_PROBE):
+            raise StorageError("the server sent more bytes than its Content-Length")
+    except BaseException as exc:
+        _drop_connection(raw)
+        if isinstance(exc, TimeoutError):
+            raise _BodyError("timeout", done, want) from None
+        if isinstance(exc, (OSError, http.client.HTTPException)):
+            raise _BodyError("io", done, want) from None
+        raise
+    raw.release_conn()  # fully read: the connection goes back to the pool for the next request
+    return done
+
+
+def _raw_fp(body: Any) -> Any:
+    """The http.client response under a plain botocore body, or None to use the public path."""
+    from botocore.response import StreamingBody
+
+    if type(body) is not StreamingBody:  # e.g. StreamingChecksumBody: its reads validate
+        return None
+    raw = getattr(body, "_raw_stream", None)
+    fp = getattr(raw, "_fp", None)
+    if (
+        not isinstance(fp, http.client.HTTPResponse)
+        or getattr(raw, "_decoder", None) is not None
+        or getattr(raw, "_fp_bytes_read", 0)
+        or not callable(getattr(raw, "release_conn", None))
+    ):
+        return None
+    return fp
+
+
+def _drop_connection(raw: Any) -> None:
+    """Close a half-read response's connection, and give its slot back to the pool (urllib3
+    reconnects a closed pooled connection on its next use, as after its own read errors)."""
+    try:
+        raw.close()
+        raw.release_conn()
+    except Exception:
+        pass
+
+
+def _discard(body: Any) -> None:
+    """Give up on a body before reading it."""
+    if _raw_fp(body) is not None:
+        _drop_connection(body._raw_stream)
+    else:
+        body.close()
+
+
+def _read_body_public(body: Any, into: memoryview) -> int:
     done, want = 0, len(into)
     while done < want:
         got = body.readinto(into[done:])
@@ -405,6 +494,15 @@ def _read_body(body: Any, into: memoryview) -> int:
         body.close()
         raise StorageError("the server sent more bytes than its Content-Length")
     return done
+
+
+def _total_size(content_range: str | None, length: int) -> int:
+    """The object's size from a Content-Range ("bytes 0-99/1000"); a 200 answer has none."""
+    if content_range:
+        total = content_range.rpartition("/")[2].strip()
+        if total.isdigit():
+            return int(total)
+    return length
 
 
 class _Boto3Driver:
@@ -437,6 +535,9 @@ class _Boto3Driver:
         )
         self.bucket = s.bucket
         self.base = f"{s.prefix}/" if s.prefix else ""
+        # a ranged answer carries no whole-object checksum: with checksum=when_supported a GET
+        # stays one plain request, so botocore can validate it
+        self.ranged = s.checksum != "when_supported"
 
     def probe(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)
@@ -448,9 +549,54 @@ class _Boto3Driver:
         resp = self.client.get_object(Bucket=self.bucket, Key=self.base + key)
         body, size = resp["Body"], int(resp["ContentLength"])
         if size > len(into):
-            body.close()
+            _discard(body)
             raise StorageError(f"get {key!r}: {size} bytes do not fit a {len(into)}-byte buffer", key)
         return _read_body(body, into[:size])
+
+    def get_first(
+        self, key: str, into: memoryview, part: int, on_size: Callable[[int, str | None], None]
+    ) -> int:
+        """GET the object's first `part` bytes into `into`, learning its size from Content-Range;
+        `on_size(size, etag)` runs before the body is read when there is more to fetch."""
+        from botocore.exceptions import ClientError
+
+        if not self.ranged:
+            return self.get_into(key, into)
+        try:
+            resp = self.client.get_object(
+                Bucket=self.bucket, Key=self.base + key, Range=f"bytes=0-{part - 1}"
+            )
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 416:
+                return self.get_into(key, into)  # an empty object has no first byte to range over
+            raise
+        body, n = resp["Body"], int(resp["ContentLength"])
+        total = _total_size(resp.get("ContentRange"), n)
+        if total > len(into) or n > total:
+            _discard(body)
+            if n > total:
+                raise StorageError(f"get {key!r}: the server's Content-Range does not match its body", key)
+            raise StorageError(f"get {key!r}: {total} bytes do not fit a {len(into)}-byte buffer", key)
+        if total > n:
+            on_size(total, resp.get("ETag"))
+        _read_body(body, into[:n])
+        return total
+
+    def get_part(self, key: str, offset: int, into: memoryview, etag: str | None) -> None:
+        """One range of an object whose size is known; If-Match: the same version as the first."""
+        args: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": self.base + key,
+            "Range": f"bytes={offset}-{offset + len(into) - 1}",
+        }
+        if etag:
+            args["IfMatch"] = etag
+        resp = self.client.get_object(**args)
+        body, n = resp["Body"], int(resp["ContentLength"])
+        if n != len(into):
+            _discard(body)
+            raise StorageError(f"get {key!r}: the object changed while it was read", key)
+        _read_body(body, into)
 
     def get_range_into(self, key: str, offset: int, into: memoryview) -> int:
         from botocore.exceptions import ClientError
@@ -629,24 +775,57 @@ class _ObstoreDriver:
         size = int(result.meta["size"])
         if size > len(into):
             raise StorageError(f"get {key!r}: {size} bytes do not fit a {len(into)}-byte buffer", key)
-        data = result.bytes()
-        n = len(data)
-        into[:n] = data  # obstore owns the received bytes; one copy into the caller's buffer
-        return n
+        return _stream_into(result, into[:size], key)
+
+    def get_first(
+        self, key: str, into: memoryview, part: int, on_size: Callable[[int, str | None], None]
+    ) -> int:
+        """GET the object's first `part` bytes into `into`, learning its size from Content-Range;
+        `on_size(size, etag)` runs before the body is read when there is more to fetch."""
+        import obstore as obs
+
+        try:
+            result = obs.get(self.store, key, options={"range": (0, part)})
+        except Exception as exc:
+            failure = _classify_obstore(exc)
+            if failure is not None and failure.status == 416:
+                return self.get_into(key, into)  # an empty object has no first byte to range over
+            raise
+        total = int(result.meta["size"])
+        start, end = result.range
+        if total > len(into):
+            raise StorageError(f"get {key!r}: {total} bytes do not fit a {len(into)}-byte buffer", key)
+        if start != 0 or end > total:
+            raise StorageError(f"get {key!r}: the server's Content-Range does not match the request", key)
+        if total > end:
+            on_size(total, result.meta.get("e_tag"))
+        _stream_into(result, into[:end], key)
+        return total
+
+    def get_part(self, key: str, offset: int, into: memoryview, etag: str | None) -> None:
+        """One range of an object whose size is known; If-Match: the same version as the first."""
+        import obstore as obs
+
+        options: dict[str, Any] = {"range": (offset, offset + len(into))}
+        if etag:
+            options["if_match"] = etag
+        result = obs.get(self.store, key, options=options)  # type: ignore[arg-type]
+        if tuple(result.range) != (offset, offset + len(into)):
+            raise StorageError(f"get {key!r}: the object changed while it was read", key)
+        _stream_into(result, into, key)
 
     def get_range_into(self, key: str, offset: int, into: memoryview) -> int:
         import obstore as obs
 
         try:
-            data = obs.get_range(self.store, key, start=offset, length=len(into))
+            result = obs.get(self.store, key, options={"range": (offset, offset + len(into))})
         except Exception as exc:
             failure = _classify_obstore(exc)
             if failure is not None and failure.status == 416:
                 return 0  # the range starts at or past the end: nothing to read, not a failure
             raise
-        n = len(data)
-        into[:n] = data
-        return n
+        start, end = result.range
+        return _stream_into(result, into[: max(0, end - start)], key)
 
     def head(self, key: str) -> ObjectInfo:
         import obstore as obs
@@ -713,6 +892,22 @@ class _ObstoreDriver:
     def close(self) -> None:
         if self._janitor is not None:
             self._janitor.close()
+
+
+def _stream_into(result: Any, into: memoryview, key: str) -> int:
+    """Copy an obstore response body into `into`, which it must fill exactly, chunk by chunk:
+    `GetResult.bytes()` would gather the whole body into fresh memory first (new pages, faulted
+    in on every GET) and cost a second full copy."""
+    done, want = 0, len(into)
+    for chunk in result.stream(min_chunk_size=MIB):
+        n = len(chunk)
+        if done + n > want:
+            raise StorageError(f"get {key!r}: the server sent more bytes than its Content-Length", key)
+        into[done : done + n] = chunk
+        done += n
+    if done < want:
+        raise _BodyError("io", done, want)
+    return done
 
 
 _Driver = _Boto3Driver | _ObstoreDriver
@@ -885,7 +1080,26 @@ class S3Backend(Backend):
             raise
 
     def get(self, key: str, into: memoryview) -> int:
-        return self._call("get", key, self._driver.get_into, key, _as_view(into))
+        """One ranged GET of the first part_size bytes tells the object's size; a larger object's
+        other parts are then fetched in parallel (`concurrency` in flight) into the caller's
+        buffer, each retried alone. A small object costs one request, as a plain GET would."""
+        view = _as_view(into)
+        rest = _RangedGet(self, key, view)
+        try:
+            size = self._call(
+                "get", key, self._driver.get_first, key, view, self.settings.part_size, rest.start
+            )
+        except BaseException:
+            rest.stop()
+            raise
+        try:
+            rest.finish()
+        except StorageError as exc:
+            self.counters.error(exc.kind)
+            raise
+        except _GaveUp as gave_up:
+            self._raise("get", key, gave_up.failure, gave_up.attempts)
+        return size
 
     def get_range(self, key: str, offset: int, into: memoryview) -> int:
         view = _as_view(into)
@@ -1082,6 +1296,61 @@ def _just_before(prefix: str) -> str | None:
     if not _SAFE_STEP.match(last) or last == "0" or last == "A" or last == "a":
         return None
     return prefix[:-1] + chr(ord(last) - 1) + "\U0010ffff"
+
+
+class _RangedGet:
+    """The parts of one object after its first: `concurrency` ranges in flight, counting the
+    caller's thread, which joins in once its first part is read. Each range is retried alone;
+    the first range that fails for good stops the rest, and the GET raises (and counts) it once."""
+
+    def __init__(self, backend: S3Backend, key: str, view: memoryview):
+        self.b, self.key, self.view = backend, key, view
+        self.pending: list[tuple[int, int]] = []  # (start, end) still to fetch, last first
+        self.helpers: list[Future[None]] = []
+        self.failure: BaseException | None = None
+        self.etag: str | None = None
+        self.started = False
+        self.lock = threading.Lock()
+
+    def start(self, total: int, etag: str | None) -> None:
+        """Called by the first range once its headers are in: the object is `total` bytes."""
+        with self.lock:
+            if self.started:  # the first range was retried: its parts are on their way already
+                return
+            self.started, self.etag = True, etag
+            step = self.b.settings.part_size
+            self.pending = [(off, min(off + step, total)) for off in range(step, total, step)][::-1]
+            helpers = min(self.b.settings.concurrency - 1, len(self.pending))
+        if helpers > 0:
+            executor = self.b._parts_executor()
+            self.helpers = [executor.submit(self._work) for _ in range(helpers)]
+
+    def _work(self) -> None:
+        driver, budget = self.b._driver, self.b.settings.retries
+        while True:
+            with self.lock:
+                if self.failure is not None or not self.pending:
+                    return
+                start, end = self.pending.pop()
+            try:
+                self.b._attempts(driver.get_part, (self.key, start, self.view[start:end], self.etag), budget)
+            except BaseException as exc:
+                with self.lock:
+                    if self.failure is None:
+                        self.failure = exc
+                return
+
+    def finish(self) -> None:
+        self._work()
+        wait(self.helpers)
+        if self.failure is not None:
+            raise self.failure
+
+    def stop(self) -> None:
+        """The first range failed: fetch nothing more, and let no helper write after we return."""
+        with self.lock:
+            self.pending.clear()
+        wait(self.helpers)
 
 
 class _Multipart:
