@@ -221,7 +221,7 @@ class PosixBackend(Backend):
             st = os.stat(self.path(key))
         except OSError as exc:
             raise _translate(exc, key) from exc
-        return ObjectInfo(key=key, size=st.st_size, mtime=st.st_mtime)
+        return ObjectInfo(key, st.st_size, st.st_mtime)
 
     def list(self, prefix: str = "", delimiter: str | None = None) -> Iterator[str]:
         base, _, stem = prefix.rpartition("/")
