@@ -28,6 +28,7 @@ answer has no whole-object checksum, so there a GET stays one plain request.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import http.client
 import io
@@ -1404,10 +1405,9 @@ class _Multipart:
             fut.cancel()
         wait(self.inflight)
         self.inflight.clear()
-        try:
+        # a failed abort is counted; the error that caused the abort is the one worth raising
+        with contextlib.suppress(StorageError):
             self.b._call("abort", self.key, self.d.abort_upload, self.key, self.upload_id)
-        except StorageError:
-            pass  # counted; the error that caused the abort is the one worth raising
 
 
 class _Boto3Writer(Writer):
@@ -1512,11 +1512,10 @@ class _ObstoreWriter(Writer):
         if self.done:
             return
         self.done = True
-        try:
-            # obstore's WritableFile aborts (AbortMultipartUpload) when left with an exception
+        # obstore's WritableFile aborts (AbortMultipartUpload) when left with an exception; if it
+        # already failed or closed, the sweep below still runs
+        with contextlib.suppress(Exception):
             self.w.__exit__(RuntimeError, RuntimeError("aborted"), None)
-        except Exception:
-            pass  # already failed or closed; the sweep below still runs
         self.d.sweep_uploads(self.key)
 
     def _fail(self, op: str, exc: Exception) -> NoReturn:

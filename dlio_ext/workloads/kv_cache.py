@@ -26,6 +26,7 @@ Verification runs after the clock stops.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import struct
@@ -776,7 +777,8 @@ def _cleanup(ctx: Context, storage: StorageTier, server: Server) -> dict[str, An
                 failed += 1
     ctx.world.barrier()
     if ctx.rank == 0 and ctx.backend.capabilities.get("rmdir") == "native":
-        try:
+        # a directory that still holds something (another run's chunks, a failed rename) stays
+        with contextlib.suppress(StorageError):
             for d in list(ctx.backend.list(storage.prefix + "/", delimiter="/")):
                 if d.endswith("/"):
                     ctx.backend.rmdir(d.rstrip("/"))
@@ -784,8 +786,6 @@ def _cleanup(ctx: Context, storage: StorageTier, server: Server) -> dict[str, An
             parent = storage.prefix.rpartition("/")[0]
             if parent:
                 ctx.backend.rmdir(parent)
-        except StorageError:
-            pass  # a directory still holds something (another run's chunks, a failed rename): leave it
     if failed:
         ctx.log.warning("rank %d: %d chunk(s) could not be deleted", ctx.rank, failed)
     return {"deleted": deleted, "failed": failed}
