@@ -293,14 +293,21 @@ def _start(d: Path, bucket: str, timeout: float) -> tuple[ServerInfo, bool]:
     stale = _read_pid(d)
     if stale is not None and _alive(stale) and _is_our_server(stale, d):
         _terminate(stale)  # running but its env file is gone: start afresh with new keys
-    weed = find_weed()
-    (d / "data").mkdir(parents=True, exist_ok=True)
     ports: dict[str, int] = {}
     for server, port in zip(SERVERS, _free_port_pairs(len(SERVERS)), strict=True):
         ports[f"{server}.port"] = port
         ports[f"{server}.port.grpc"] = port + GRPC_OFFSET
     access_key = "DLIO" + "".join(secrets.choice(string.ascii_uppercase + string.digits) for _ in range(16))
     secret_key = "".join(secrets.choice(_KEY_CHARS) for _ in range(40))
+    return _launch(d, bucket, ports, access_key, secret_key, timeout), True
+
+
+def _launch(
+    d: Path, bucket: str, ports: dict[str, int], access_key: str, secret_key: str, timeout: float
+) -> ServerInfo:
+    """Run `weed mini` for d on exactly these ports with these keys; wait until S3 serves the bucket."""
+    weed = find_weed()
+    (d / "data").mkdir(parents=True, exist_ok=True)
     args = [
         weed,
         "mini",
@@ -355,7 +362,7 @@ def _start(d: Path, bucket: str, timeout: float) -> tuple[ServerInfo, bool]:
         _terminate(proc.pid)
         (d / "server.pid").unlink(missing_ok=True)
         raise
-    return info, True
+    return info
 
 
 def start_server(
@@ -393,6 +400,30 @@ def stop_server(dir: str | os.PathLike[str]) -> bool:
         (d / "server.pid").unlink(missing_ok=True)
         _remove_sockets(d)
         return running
+
+
+def restart_server(
+    dir: str | os.PathLike[str], timeout: float = START_TIMEOUT, down: float = 0.0
+) -> ServerInfo:
+    """Stop the server of `dir` (if it runs), wait `down` seconds, and start it again on the SAME
+    ports, data directory, bucket and keys, so that clients holding its endpoint and credentials
+    carry on. Needs the server.json and env a previous start left in `dir`."""
+    d = Path(dir).resolve()
+    try:
+        meta = json.loads((d / "server.json").read_text())
+        ports = {str(k): int(v) for k, v in meta["ports"].items()}
+        bucket = str(meta["bucket"])
+        words = dict(w.split("=", 1) for w in shlex.split((d / "env").read_text()) if "=" in w)
+        keys = words["AWS_ACCESS_KEY_ID"], words["AWS_SECRET_ACCESS_KEY"]
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        raise UsageError(
+            f"no server was started in {d} (server.json or env missing); start one first"
+        ) from None
+    stop_server(d)
+    if down > 0:
+        time.sleep(down)
+    with _locked(d):
+        return _launch(d, bucket, ports, *keys, timeout)
 
 
 def server_status(dir: str | os.PathLike[str]) -> ServerInfo | None:

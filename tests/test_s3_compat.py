@@ -335,11 +335,15 @@ def _faults(s3_server: ServerInfo, tmp_path: Path, *args: str) -> tuple[Done, di
         "DLIO_EXT_S3_BUCKET": s3_server.bucket,
     }
     out = tmp_path / "faults"
-    done = run_cli("s3-faults", "--prefix", "faults-test", "--out", str(out), *args, env=env, cwd=tmp_path)
+    done = run_cli(
+        "s3-faults", "--scenario", "proxy", "--prefix", "faults-test", "--out", str(out), *args,
+        env=env, cwd=tmp_path,
+    )  # fmt: skip
     report = json.loads((out / "s3-faults.json").read_text())
-    texts = [done.out, done.err, (out / "s3-faults.json").read_text()]
+    texts = [done.out, done.err, (out / "s3-faults.json").read_text(), (out / "s3-faults.md").read_text()]
     assert not any(s3_server.secret_key in t or s3_server.access_key in t for t in texts)
-    return done, report
+    assert report["skipped"] == {} and list(report["scenarios"]) == ["proxy"]
+    return done, report["scenarios"]["proxy"]
 
 
 @pytest.mark.parametrize("client", ["boto3", "obstore"])
@@ -386,3 +390,116 @@ def test_s3_faults_catches_bytes_corrupted_in_transit(s3_server: ServerInfo, tmp
     assert injected > 0 and report["corrupt_reads"] == injected  # every flipped byte was caught
     assert report["intact"] is True and report["corrupt_in_store"] == 0  # the store itself is fine
     assert "corrupt reads caught in transit: " + str(injected) in done.out
+
+
+_NO_STORE_ENV = {
+    "AWS_ENDPOINT_URL": "",
+    "AWS_ACCESS_KEY_ID": "",
+    "AWS_SECRET_ACCESS_KEY": "",
+    "DLIO_EXT_S3_BUCKET": "",
+}
+
+
+def test_s3_faults_restart_mid_run_keeps_every_acknowledged_write(tmp_path: Path) -> None:
+    """No endpoint given: s3-faults starts its own SeaweedFS (not the shared session one), stops it
+    a quarter into the writes and restarts it on the same ports, data and keys."""
+    from dlio_ext.s3server import server_status
+
+    out = tmp_path / "faults"
+    started = time.monotonic()
+    done = run_cli("s3-faults", "--scenario", "restart", "--out", str(out), env=_NO_STORE_ENV, cwd=tmp_path)
+    seconds = time.monotonic() - started
+    report = json.loads((out / "s3-faults.json").read_text())
+    r = report["scenarios"]["restart"]
+    assert report["own_server"] is True
+    assert r["outage_hit_run"] is True, r
+    # the outage cost requests and retries, all counted; the run ends valid or invalid, with counts
+    assert r["requests_failed_in_outage"] > 0 and r["retries"] > 0, r
+    assert r["outage_s"] >= r["down_s"] > 0 and r["time_to_recover_s"] is not None
+    assert isinstance(r["sweep_valid"], bool) and r["consistent"] is True
+    assert r["sweep_valid"] == (r["failed_operations"] == 0)
+    assert r["sweep_exit_code"] == (0 if r["sweep_valid"] else 1)
+    # every write acknowledged before the stop, and every one acknowledged at all, is intact
+    assert 0 < r["acknowledged_before_stop"] == r["acknowledged_before_stop_intact"]
+    assert r["lost_before_stop"] == [] and r["read_back_directly"]["corrupt"] == 0
+    assert r["read_back_directly"]["intact"] >= r["acknowledged_writes"] > 0
+    assert r["intact"] is True and report["ok"] is True
+    assert done.code == 0, done.err[-2000:]  # never exit 0 unless the data is all there
+    assert "restart: store stopped after" in done.out and "acknowledged writes intact: True" in done.out
+    assert "## restart" in (out / "s3-faults.md").read_text()
+    # its own server came back on the same endpoint, and is stopped at the end
+    server = out / "s3-server"
+    assert server_status(server) is None
+    assert report["endpoint"] == json.loads((server / "server.json").read_text())["endpoint"]
+    keys = dict(w.split("=", 1) for w in (server / "env").read_text().split()[1:])
+    texts = [done.out, done.err, (out / "s3-faults.json").read_text(), (out / "s3-faults.md").read_text()]
+    for secret in (keys["AWS_SECRET_ACCESS_KEY"].strip("'"), keys["AWS_ACCESS_KEY_ID"].strip("'")):
+        assert not any(secret in t for t in texts)
+    assert seconds < 60, seconds
+
+
+def test_s3_faults_restart_is_refused_on_a_store_given_by_endpoint(
+    s3_server: ServerInfo, tmp_path: Path
+) -> None:
+    env = {
+        "AWS_ENDPOINT_URL": s3_server.endpoint,
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "DLIO_EXT_S3_BUCKET": s3_server.bucket,
+    }
+    done = run_cli("s3-faults", "--scenario", "restart", "--out", str(tmp_path / "f"), env=env, cwd=tmp_path)
+    assert done.code == 2 and done.out == ""
+    assert done.err.strip().count("\n") == 0 and "restart scenario" in done.err and "--local" in done.err
+
+
+def test_s3_faults_wrong_credentials_fail_fast_and_write_nothing(
+    s3_server: ServerInfo, s3_admin: Any, tmp_path: Path
+) -> None:
+    out = tmp_path / "faults"
+    env = {
+        "AWS_ENDPOINT_URL": s3_server.endpoint,
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "DLIO_EXT_S3_BUCKET": s3_server.bucket,
+    }
+    args = ("--scenario", "wrong-credentials", "--prefix", "faults-test", "--out", str(out))
+    done = run_cli("s3-faults", *args, env=env, cwd=tmp_path)
+    assert done.code == 0, done.out + done.err[-2000:]
+    report = json.loads((out / "s3-faults.json").read_text())
+    r = report["scenarios"]["wrong_credentials"]
+    assert r["exit_code"] == 2 and r["error_lines"] == 1 and r["objects_written"] == 0
+    assert r["failed_fast"] is True and r["secret_in_output"] is False
+    assert "access denied" in r["error"] and r["seconds"] < 30
+    assert "wrong-credentials: failed fast: exit 2" in done.out
+    listed = s3_admin.list_objects_v2(Bucket=s3_server.bucket, Prefix=r["prefix"])
+    assert listed.get("KeyCount", 0) == 0
+    wrong = s3_server.secret_key[::-1] + "x"
+    texts = [done.out, done.err, (out / "s3-faults.json").read_text(), (out / "s3-faults.md").read_text()]
+    for secret in (s3_server.secret_key, s3_server.access_key, wrong):
+        assert not any(secret in t for t in texts)
+
+
+def test_s3_faults_lost_data_is_never_exit_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Whatever the store did, a restart run that lost acknowledged writes ends loudly, exit 1."""
+    from dlio_ext.compat import faults
+
+    info = ServerInfo("http://127.0.0.1:9", "AKFAKE", "fake-secret", "us-east-1", "b", 1, str(tmp_path))
+    lost = {
+        "outage_hit_run": True, "stopped_after_requests": 41, "outage_s": 3.2, "stop_s": 1.2, "down_s": 1.0,
+        "restart_s": 1.0, "requests_failed_in_outage": 30, "time_to_recover_s": 0.9, "client_outage_s": 3.0,
+        "retries": 30, "throttles": 0, "failed_operations": 0, "sweep_valid": True, "sweep_exit_code": 0,
+        "acknowledged_writes": 160, "acknowledged_before_stop": 36, "acknowledged_before_stop_intact": 35,
+        "lost_before_stop": ["x/sweep/r00000/obj000007"], "stored_objects": 159,
+        "read_back_directly": {"objects": 159, "intact": 159, "corrupt": 0}, "consistent": True,
+        "intact": False,
+    }  # fmt: skip
+    monkeypatch.setattr(faults, "_local_server", lambda out, bucket: (tmp_path, info))
+    monkeypatch.setattr(faults, "stop_server", lambda d: True)
+    monkeypatch.setattr(faults, "run_restart", lambda *a: lost)
+    code = faults.main(["--scenario", "restart", "--out", str(tmp_path / "out")], _NO_STORE_ENV)
+    assert code == 1
+    printed = capsys.readouterr().out
+    assert "DATA LOST: 1 write(s) acknowledged before the stop" in printed
+    assert json.loads((tmp_path / "out" / "s3-faults.json").read_text())["ok"] is False

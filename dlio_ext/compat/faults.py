@@ -1,7 +1,18 @@
-"""`dlio-ext s3-faults`: a storage_sweep through a fault-injecting proxy in front of a real store.
+"""`dlio-ext s3-faults`: a storage_sweep through faults in front of, or done to, a real store.
 
-dlio-ext s3-faults [--endpoint URL] [--bucket B] [--prefix P] [--slowdown 0.1] [--reset 0.05]
+dlio-ext s3-faults [--scenario proxy|restart|wrong-credentials|all] [--endpoint URL | --local]
+                   [--bucket B] [--prefix P] [--slowdown 0.1] [--reset 0.05]
                    [--latency 0.2 --latency-ms 50] [--seed 1] [--client boto3|obstore] [--out DIR]
+                   [--outage 1 --restart-retries 30 --restart-backoff-base 0.1 --restart-backoff-max 1]
+
+Scenarios (default all; docs/s3-compat.md): `proxy` (below); `restart`: the store, a SeaweedFS
+this tool started, is stopped a quarter into the writes and restarted on the same ports, data and
+keys (s3server.restart_server) while the sweep retries through a pass-through proxy that records
+every request, which gives the outage, the requests failed in it, the time to recover and the
+exact writes acknowledged before the stop; `wrong-credentials`: the sweep with a wrong secret must
+exit 2 with one line and write nothing.
+
+Proxy scenario:
 
 The proxy listens on 127.0.0.1 only. After the first --spare requests (the sweep's start-up
 check, which does not retry as much as the data path), each request is, at random (seeded): answered 503 SlowDown
@@ -22,6 +33,7 @@ all acknowledged writes were intact (read back and verified by the sweep's stamp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -38,10 +50,11 @@ from collections.abc import Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from dlio_ext.compat.runner import guard, make_client, make_target, scrub
 from dlio_ext.errors import UsageError
+from dlio_ext.s3server import DEFAULT_BUCKET, restart_server, start_server, stop_server
 from dlio_ext.storage.s3 import _redact_url
 from dlio_ext.workloads.phases import VerifyError
 
@@ -73,6 +86,11 @@ class FaultProxy:
         self.injected = dict.fromkeys(KINDS, 0)
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
+        #: every forwarded request: (monotonic time of the answer, method, path, status or None
+        #: when the store could not be reached)
+        self.timeline: list[tuple[float, str, str, int | None]] = []
+        self.trigger_at = 0  # > 0: set `triggered` when this many requests have come in
+        self.triggered = threading.Event()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -93,7 +111,13 @@ class FaultProxy:
                     return
                 if fault == "latency":
                     time.sleep(proxy.latency_s)
-                status, headers, data, size = proxy._forward(self.command, self.path, self.headers, body)
+                try:
+                    status, headers, data, size = proxy._forward(self.command, self.path, self.headers, body)
+                except (OSError, http.client.HTTPException):  # the store is down: so is the connection
+                    proxy._note(self.command, self.path, None)
+                    self._reset()
+                    return
+                proxy._note(self.command, self.path, status)
                 if fault == "reset_after":  # the store applied it; the client never hears so
                     self._reset()
                     return
@@ -127,9 +151,15 @@ class FaultProxy:
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
+    def _note(self, method: str, path: str, status: int | None) -> None:
+        with self._lock:
+            self.timeline.append((time.monotonic(), method, path, status))
+
     def _draw(self) -> str | None:
         with self._lock:
             self.requests += 1
+            if self.requests == self.trigger_at:
+                self.triggered.set()
             if self.requests <= self.spare:
                 return None
             x = self._rng.random()
@@ -173,6 +203,40 @@ class FaultProxy:
         self.server.server_close()
 
 
+def _child_env(
+    endpoint: str, target: Any, env: Mapping[str, str], secret: str | None = None
+) -> dict[str, str]:
+    s = target.settings
+    child_env = dict(env)
+    child_env.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID=s.access_key.reveal() if s.access_key else "",
+        AWS_SECRET_ACCESS_KEY=secret if secret is not None else s.secret_key.reveal() if s.secret_key else "",
+        DLIO_EXT_S3_BUCKET=s.bucket,
+        AWS_REGION=s.region,
+    )
+    return child_env
+
+
+def _sweep_cmd(
+    phases: str,
+    args: argparse.Namespace,
+    prefix: str,
+    out: Path,
+    retry: tuple[int, float, float],
+    objects: int,
+) -> list[str]:
+    retries, base, cap = retry
+    return [
+        sys.executable, "-m", "dlio_ext.cli", "run", "workload=storage_sweep", "storage=s3",
+        f"storage.client={args.client}", f"storage.prefix={prefix}", f"storage.retries={retries}",
+        f"storage.backoff_base={base}", f"storage.backoff_max={cap}", f"run.seed={args.seed}",
+        f"workload.objects_per_rank={objects}", f"workload.object_size={args.object_size}",
+        f"workload.io_depth={args.io_depth}", f"workload.phases=[{phases}]", "workload.verify=true",
+        "workload.read_shift=0", f"run.results_dir={out / 'sweep'}",
+    ]  # fmt: skip
+
+
 def _sweep(
     endpoint: str,
     phases: str,
@@ -181,26 +245,14 @@ def _sweep(
     prefix: str,
     out: Path,
     env: Mapping[str, str],
+    retry: tuple[int, float, float] | None = None,
+    objects: int | None = None,
 ) -> dict[str, Any]:
     """One storage_sweep subprocess on `endpoint` (the proxy, or the store itself); its summary."""
-    s = target.settings
-    child_env = dict(env)
-    child_env.update(
-        AWS_ENDPOINT_URL=endpoint,
-        AWS_ACCESS_KEY_ID=s.access_key.reveal() if s.access_key else "",
-        AWS_SECRET_ACCESS_KEY=s.secret_key.reveal() if s.secret_key else "",
-        DLIO_EXT_S3_BUCKET=s.bucket,
-        AWS_REGION=s.region,
+    cmd = _sweep_cmd(phases, args, prefix, out, retry or (args.retries, 0.01, 0.2), objects or args.objects)
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, env=_child_env(endpoint, target, env), timeout=args.timeout
     )
-    cmd = [
-        sys.executable, "-m", "dlio_ext.cli", "run", "workload=storage_sweep", "storage=s3",
-        f"storage.client={args.client}", f"storage.prefix={prefix}", f"storage.retries={args.retries}",
-        "storage.backoff_base=0.01", "storage.backoff_max=0.2", f"run.seed={args.seed}",
-        f"workload.objects_per_rank={args.objects}", f"workload.object_size={args.object_size}",
-        f"workload.io_depth={args.io_depth}", f"workload.phases=[{phases}]", "workload.verify=true",
-        "workload.read_shift=0", f"run.results_dir={out / 'sweep'}",
-    ]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, env=child_env, timeout=args.timeout)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("results: ")]
     if not lines:
         last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no output"
@@ -231,33 +283,37 @@ def _remove(client: Any, bucket: str, prefix: str) -> None:
 _SWEEP_KEY = re.compile(r"/sweep/r(\d+)/obj(\d+)$")
 
 
-def _read_back(client: Any, bucket: str, prefix: str, seed: int, size: int) -> dict[str, Any]:
-    """Read every object under prefix directly; how many are intact (as storage_sweep checks)."""
+def _read_back_keys(client: Any, bucket: str, prefix: str, seed: int, size: int) -> dict[str, bool]:
+    """Every object under prefix, read directly: whether it is intact (as storage_sweep checks)."""
     import xxhash
 
     from dlio_ext.workloads.storage_sweep import STAMP, _Content, _stamp
 
     hashes: dict[int, int] = {}
-    intact = corrupt = objects = 0
+    verdicts: dict[str, bool] = {}
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     for key in [o["Key"] for page in pages for o in page.get("Contents", [])]:
-        objects += 1
         found = _SWEEP_KEY.search(key)
         data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
         if found is None:
-            corrupt += 1
+            verdicts[key] = False
             continue
         rank, index = int(found.group(1)), int(found.group(2))
         if rank not in hashes:
             hashes[rank] = _Content(seed, rank, size).body_hash
-        ok = (
+        verdicts[key] = (
             len(data) == size
             and data[: min(STAMP, size)] == _stamp(rank, index)[: min(STAMP, size)]
             and (size <= STAMP or xxhash.xxh3_64_intdigest(data[STAMP:]) == hashes[rank])
         )
-        intact += ok
-        corrupt += not ok
-    return {"objects": objects, "intact": intact, "corrupt": corrupt}
+    return verdicts
+
+
+def _read_back(client: Any, bucket: str, prefix: str, seed: int, size: int) -> dict[str, Any]:
+    """Read every object under prefix directly; how many are intact (as storage_sweep checks)."""
+    verdicts = _read_back_keys(client, bucket, prefix, seed, size)
+    intact = sum(verdicts.values())
+    return {"objects": len(verdicts), "intact": intact, "corrupt": len(verdicts) - intact}
 
 
 def run_faults(target: Any, args: argparse.Namespace, out: Path, env: Mapping[str, str]) -> dict[str, Any]:
@@ -305,12 +361,228 @@ def run_faults(target: Any, args: argparse.Namespace, out: Path, env: Mapping[st
     }
 
 
+run_proxy = run_faults
+
+
+def _key_of(path: str, bucket: str) -> str:
+    """The object key of a path-style request path (/bucket/key?query)."""
+    return unquote(urlsplit(path).path).removeprefix(f"/{bucket}/")
+
+
+def _restart_timeline(
+    timeline: list[tuple[float, str, str, int | None]], t_stop: float, t_restart: float
+) -> dict[str, Any]:
+    """What the requests through the proxy saw around the outage (times relative to the stop)."""
+
+    def ok(status: int | None) -> bool:
+        return status is not None and status < 500
+
+    failed = [e for e in timeline if t_stop <= e[0] and not ok(e[3])]
+    after = [e[0] for e in timeline if e[0] >= t_restart and ok(e[3])]
+    first_ok = min(after) if after else None
+    first_fail = min(e[0] for e in failed) if failed else None
+    return {
+        "requests_failed_in_outage": len(failed),
+        "first_failure_s": round(first_fail - t_stop, 3) if first_fail is not None else None,
+        # the first request the store answered after its restart began, from that moment (the
+        # store's own readiness check took restart_s of it)
+        "time_to_recover_s": round(first_ok - t_restart, 3) if first_ok is not None else None,
+        # what the client saw: from its first failed request to its first good one again
+        "client_outage_s": round(first_ok - first_fail, 3)
+        if first_ok is not None and first_fail is not None
+        else None,
+        "requests_after_restart": sum(1 for e in timeline if e[0] >= t_restart),
+    }
+
+
+def run_restart(
+    server_dir: Path, target: Any, args: argparse.Namespace, out: Path, env: Mapping[str, str]
+) -> dict[str, Any]:
+    """A sweep through a pass-through proxy while the store it reaches is stopped and restarted on
+    the same ports, data and keys; then every write acknowledged before the stop is read back."""
+    base = f"{target.user_prefix}/" if target.user_prefix else ""
+    prefix = f"{base}dlio-ext-faults-restart-{secrets.token_hex(6)}"
+    bucket, upstream = target.settings.bucket, str(target.settings.endpoint)
+    client = make_client(target)
+    guard(client, target)
+    objects = args.restart_objects
+    # every request is delayed a little, so that the sweep is still running when the store goes
+    proxy = FaultProxy(upstream, latency=1.0, latency_ms=args.restart_latency_ms, seed=args.seed)
+    proxy.trigger_at = 1 + max(1, objects // 4)  # a quarter into the writes
+    marks: dict[str, float] = {}
+    problem: list[str] = []
+
+    finished = threading.Event()
+
+    def outage() -> None:
+        if not proxy.triggered.wait(args.timeout) or finished.is_set():
+            return
+        marks["stop"] = time.monotonic()
+        try:
+            stop_server(server_dir)
+            marks["stopped"] = time.monotonic()
+            time.sleep(args.outage)
+            marks["restart"] = time.monotonic()
+            restart_server(server_dir)
+            marks["up"] = time.monotonic()
+        except UsageError as exc:
+            problem.append(str(exc))
+
+    retry = (args.restart_retries, args.restart_backoff_base, args.restart_backoff_max)
+    controller = threading.Thread(target=outage, daemon=True)
+    started = time.monotonic()
+    try:
+        with proxy:
+            controller.start()
+            try:
+                summary = _sweep(
+                    proxy.endpoint, "write,read_sequential,read_random", target, args, prefix, out, env,
+                    retry=retry, objects=objects,
+                )  # fmt: skip
+            finally:
+                finished.set()  # a sweep shorter than the trigger: no outage, and no wait
+                proxy.triggered.set()
+                controller.join()
+        if problem:
+            raise UsageError(f"restart: SeaweedFS did not come back: {problem[0]}")
+        seconds = time.monotonic() - started
+        # the writes the store acknowledged (200 to a PUT) before it was stopped, by key
+        t_stop = marks.get("stop", float("inf"))
+        acked_before = {
+            _key_of(path, bucket)
+            for t, method, path, status in proxy.timeline
+            if method == "PUT" and status == 200 and t < t_stop
+        }
+        verdicts = _read_back_keys(client, bucket, prefix + "/", args.seed, args.object_size)
+    finally:
+        with contextlib.suppress(Exception):
+            _remove(client, bucket, prefix + "/")
+    faulted = _ops(summary)
+    acknowledged = faulted["write"]["ops"]
+    intact = sum(verdicts.values())
+    lost_before = sorted(k for k in acked_before if not verdicts.get(k))
+    counters = summary.get("counters", {})
+    report: dict[str, Any] = {
+        "prefix": prefix,
+        "outage_hit_run": "stop" in marks,
+        "stopped_after_requests": proxy.trigger_at,
+        "retries_allowed": args.restart_retries,
+        "backoff": {"base_s": args.restart_backoff_base, "max_s": args.restart_backoff_max},
+        "retries": counters.get("retries", 0),
+        "throttles": counters.get("throttles", 0),
+        "failed_operations": counters.get("errors", 0),
+        "errors_by_kind": counters.get("errors_by_kind", {}),
+        "sweep_seconds": round(seconds, 3),
+        "sweep_valid": summary.get("valid"),
+        "sweep_exit_code": summary.get("exit_code"),
+        "invalid_reasons": summary.get("invalid_reasons", []),
+        "through_restart": faulted,
+        "acknowledged_writes": acknowledged,
+        "acknowledged_before_stop": len(acked_before),
+        "acknowledged_before_stop_intact": len(acked_before) - len(lost_before),
+        "lost_before_stop": lost_before[:20],
+        "stored_objects": len(verdicts),
+        "read_back_directly": {"objects": len(verdicts), "intact": intact, "corrupt": len(verdicts) - intact},
+        "proxy_requests": proxy.stats()["requests"],
+    }
+    if "stop" in marks:
+        report.update(
+            stop_s=round(marks["stopped"] - marks["stop"], 3),
+            down_s=args.outage,
+            restart_s=round(marks["up"] - marks["restart"], 3),
+            outage_s=round(marks["up"] - marks["stop"], 3),
+            **_restart_timeline(proxy.timeline, marks["stop"], marks["restart"]),
+        )
+    # a sweep that says valid must have done every op; and nothing acknowledged may be missing
+    report["consistent"] = not (report["sweep_valid"] and report["failed_operations"])
+    report["intact"] = (
+        not lost_before and report["read_back_directly"]["corrupt"] == 0 and intact >= acknowledged
+    )
+    return report
+
+
+def run_wrong_credentials(
+    target: Any, args: argparse.Namespace, out: Path, env: Mapping[str, str]
+) -> dict[str, Any]:
+    """The sweep with a wrong secret: it must stop at once with one line (exit 2) and write nothing."""
+    base = f"{target.user_prefix}/" if target.user_prefix else ""
+    prefix = f"{base}dlio-ext-faults-badkey-{secrets.token_hex(6)}"
+    s = target.settings
+    right = s.secret_key.reveal() if s.secret_key else ""
+    wrong = (right[::-1] + "x") if right else "dlio-ext-wrong-secret"
+    hidden = [*target.secrets, wrong]
+    client = make_client(target)
+    cmd = _sweep_cmd("write,read_sequential", args, prefix, out, (args.retries, 0.01, 0.2), args.objects)
+    started = time.monotonic()
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, env=_child_env(str(s.endpoint), target, env, wrong),
+        timeout=args.timeout,
+    )  # fmt: skip
+    seconds = time.monotonic() - started
+    listed = client.list_objects_v2(Bucket=s.bucket, Prefix=prefix + "/")
+    written = listed.get("KeyCount", 0)
+    if written:
+        _remove(client, s.bucket, prefix + "/")
+    err_lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    leaked = any(x and (x in done.stdout or x in done.stderr) for x in hidden)
+    return {
+        "prefix": prefix,
+        "exit_code": done.returncode,
+        "seconds": round(seconds, 3),
+        "error": scrub(err_lines[-1], hidden) if err_lines else "",
+        "error_lines": len(err_lines),
+        "objects_written": written,
+        "secret_in_output": leaked,
+        # refused before any data moved, with one line and the bad-input exit status
+        "failed_fast": done.returncode == 2 and written == 0 and len(err_lines) == 1 and not leaked,
+    }
+
+
+def _local_server(out: Path, bucket: str | None) -> tuple[Path, Any]:
+    d = (out / "s3-server").resolve()
+    return d, start_server(d, bucket or DEFAULT_BUCKET)
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    lines = ["# s3-faults", "", f"endpoint: `{report['endpoint']}`, bucket `{report['bucket']}`", ""]
+    for name, r in report["scenarios"].items():
+        lines += [f"## {name}", "", "| | |", "|---|---|"]
+        for k, v in r.items():
+            if not isinstance(v, dict | list):
+                lines.append(f"| {k} | {v} |")
+        lines.append("")
+    for name, why in report["skipped"].items():
+        lines += [f"## {name}", "", f"skipped: {why}", ""]
+    lines.append(f"**all acknowledged writes intact: {report['ok']}**")
+    return "\n".join(lines) + "\n"
+
+
+SCENARIOS = ("proxy", "restart", "wrong-credentials")
+
+
 def main(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
     parser = argparse.ArgumentParser(
-        prog="dlio-ext s3-faults", description="A storage_sweep through injected S3 faults."
+        prog="dlio-ext s3-faults",
+        description="A storage_sweep through S3 faults: injected by a proxy (503 SlowDown, resets, "
+        "latency), a restart of the store mid-run, and wrong credentials.",
+        epilog="Without an endpoint (no --endpoint, no AWS_ENDPOINT_URL) or with --local, s3-faults starts "
+        "its own SeaweedFS in OUT/s3-server and stops it at the end; the restart scenario needs that "
+        "server (a store given with an endpoint is never restarted: `all` then skips restart). "
+        "Exit 0 when every acknowledged write was intact afterwards and wrong credentials failed fast; "
+        "1 when a write was lost or corrupted, a corrupted read got through, or wrong credentials were not "
+        "refused; 2 for bad input.",
+    )
+    parser.add_argument(
+        "--scenario",
+        choices=(*SCENARIOS, "all"),
+        default="all",
+        help="which faults (default: all; all skips restart on a store given by endpoint)",
     )
     parser.add_argument("--endpoint", help="the real store (default: AWS_ENDPOINT_URL)")
+    parser.add_argument(
+        "--local", action="store_true", help="ignore AWS_ENDPOINT_URL: start a SeaweedFS of our own"
+    )
     parser.add_argument("--bucket", help="bucket (default: DLIO_EXT_S3_BUCKET)")
     parser.add_argument("--prefix", help="a prefix of your own under which the sweep writes")
     parser.add_argument("--slowdown", type=float, default=0.1, help="fraction answered 503 SlowDown")
@@ -329,34 +601,142 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
     parser.add_argument("--objects", type=int, default=64)
     parser.add_argument("--object-size", type=int, default=64 << 10)
     parser.add_argument("--io-depth", type=int, default=4)
+    restart = parser.add_argument_group("restart scenario")
+    restart.add_argument("--outage", type=float, default=1.0, help="seconds the store stays down (default 1)")
+    restart.add_argument("--restart-objects", type=int, default=160, help="objects of the restart sweep")
+    restart.add_argument(
+        "--restart-latency-ms",
+        type=float,
+        default=20.0,
+        help="delay on every request, so the sweep outlasts the stop",
+    )
+    restart.add_argument("--restart-retries", type=int, default=30, help="retries per operation (default 30)")
+    restart.add_argument("--restart-backoff-base", type=float, default=0.1)
+    restart.add_argument("--restart-backoff-max", type=float, default=1.0)
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument(
-        "--out", default="results/s3-faults", help="directory for s3-faults.json and the sweep's results"
+        "--out", default="results/s3-faults", help="directory for s3-faults.json/.md and the sweep's results"
     )
     args = parser.parse_args(list(argv))
-    target = make_target("faults", args.endpoint, args.bucket, args.prefix, env)
-    if not target.settings.endpoint or urlsplit(target.settings.endpoint).scheme != "http":
+    wanted = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    own = args.local or not (args.endpoint or env.get("AWS_ENDPOINT_URL"))
+    if "restart" in wanted and not own and args.scenario == "restart":
         raise UsageError(
-            "s3-faults proxies plain http endpoints only (a local server); give --endpoint http://..."
+            "the restart scenario stops and restarts the store, so it runs only on a SeaweedFS that "
+            "s3-faults starts itself: drop --endpoint/AWS_ENDPOINT_URL or add --local"
         )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = run_faults(target, args, out, env)
+    server_dir: Path | None = None
+    skipped: dict[str, str] = {}
+    scenarios: dict[str, Any] = {}
+    try:
+        if own:
+            server_dir, info = _local_server(out, args.bucket)
+            target = make_target(
+                "faults", info.endpoint, info.bucket, args.prefix, {}, info.region,
+                info.access_key, info.secret_key,
+            )  # fmt: skip
+        else:
+            target = make_target("faults", args.endpoint, args.bucket, args.prefix, env)
+            if not target.settings.endpoint or urlsplit(target.settings.endpoint).scheme != "http":
+                raise UsageError(
+                    "s3-faults proxies plain http endpoints only (a local server); give --endpoint http://..."
+                )
+            if "restart" in wanted:
+                wanted.remove("restart")
+                skipped["restart"] = (
+                    "the store was given by endpoint; s3-faults restarts only its own (--local)"
+                )
+        for name in wanted:
+            if name == "proxy":
+                scenarios[name] = run_proxy(target, args, out, env)
+            elif name == "restart":
+                assert server_dir is not None
+                scenarios[name] = run_restart(server_dir, target, args, out, env)
+            else:
+                scenarios["wrong_credentials"] = run_wrong_credentials(target, args, out, env)
+    finally:
+        if server_dir is not None:
+            stop_server(server_dir)
+    ok = all(r.get("intact", True) for r in scenarios.values())
+    report = {
+        "endpoint": _redact_url(str(target.settings.endpoint)),
+        "bucket": target.settings.bucket,
+        "own_server": own,
+        "scenarios": scenarios,
+        "skipped": skipped,
+        "ok": ok,
+    }
     (out / "s3-faults.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "s3-faults.md").write_text(_markdown(report))
+    failed = not ok
+    if "proxy" in scenarios:
+        failed |= _print_proxy(scenarios["proxy"])
+    if "restart" in scenarios:
+        failed |= _print_restart(scenarios["restart"])
+    if "wrong_credentials" in scenarios:
+        failed |= _print_wrong_credentials(scenarios["wrong_credentials"])
+    for name, why in skipped.items():
+        print(f"{name}: skipped: {why}")
+    print(f"wrote {out / 's3-faults.json'} and {out / 's3-faults.md'}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _print_proxy(report: dict[str, Any]) -> bool:
     inj = report["proxy"]["injected"]
     print(
-        f"s3-faults: {report['proxy']['requests']} requests, injected {inj['slowdown']} SlowDown, "
+        f"proxy: {report['proxy']['requests']} requests, injected {inj['slowdown']} SlowDown, "
         f"{inj['reset_before'] + inj['reset_after']} resets ({inj['reset_after']} after the store applied them), "
         f"{inj['latency']} delays, {inj['corrupt']} corrupted answers"
     )
     c = report["counters"]
     print(
-        f"client: {c.get('retries', 0)} retries ({c.get('throttles', 0)} throttled), {c.get('errors', 0)} failed operations"
+        f"proxy: client {c.get('retries', 0)} retries ({c.get('throttles', 0)} throttled), "
+        f"{c.get('errors', 0)} failed operations"
     )
     print(
-        f"writes acknowledged {report['acknowledged_writes']}, stored {report['stored_objects']}; "
+        f"proxy: writes acknowledged {report['acknowledged_writes']}, stored {report['stored_objects']}; "
         f"read back directly {report['read_back_directly']['intact']} intact; "
         f"acknowledged writes intact: {report['intact']}; corrupt reads caught in transit: {report['corrupt_reads']}"
     )
-    print(f"wrote {out / 's3-faults.json'}", file=sys.stderr)
-    return 0 if report["intact"] and not report["corrupt_reads"] else 1
+    return not report["intact"] or bool(report["corrupt_reads"])
+
+
+def _print_restart(r: dict[str, Any]) -> bool:
+    if not r["outage_hit_run"]:
+        print("restart: the sweep finished before the store was stopped; raise --restart-objects")
+    else:
+        print(
+            f"restart: store stopped after {r['stopped_after_requests']} requests, down {r['outage_s']} s "
+            f"(stop {r['stop_s']} s, wait {r['down_s']} s, start {r['restart_s']} s); "
+            f"{r['requests_failed_in_outage']} requests failed in the outage; first success "
+            f"{r['time_to_recover_s']} s after the restart began (client saw {r['client_outage_s']} s of failures)"
+        )
+    print(
+        f"restart: client {r['retries']} retries ({r['throttles']} throttled), {r['failed_operations']} "
+        f"failed operations; run valid: {r['sweep_valid']} (exit {r['sweep_exit_code']})"
+    )
+    print(
+        f"restart: writes acknowledged {r['acknowledged_writes']} ({r['acknowledged_before_stop']} before the "
+        f"stop, {r['acknowledged_before_stop_intact']} of those intact), stored {r['stored_objects']}, "
+        f"read back directly {r['read_back_directly']['intact']} intact; acknowledged writes intact: {r['intact']}"
+    )
+    if not r["intact"]:
+        print(
+            f"restart: DATA LOST: {len(r['lost_before_stop'])} write(s) acknowledged before the stop missing "
+            f"or wrong, {r['read_back_directly']['corrupt']} corrupt object(s), "
+            f"{r['read_back_directly']['intact']} intact of {r['acknowledged_writes']} acknowledged"
+        )
+    if not r["consistent"]:
+        print("restart: INCONSISTENT: the run says valid but operations failed")
+    return not r["intact"] or not r["consistent"]
+
+
+def _print_wrong_credentials(r: dict[str, Any]) -> bool:
+    verdict = "failed fast" if r["failed_fast"] else "NOT REFUSED AS IT SHOULD BE"
+    print(
+        f"wrong-credentials: {verdict}: exit {r['exit_code']} in {r['seconds']} s, "
+        f"{r['objects_written']} objects written: {r['error']}"
+    )
+    return not r["failed_fast"]

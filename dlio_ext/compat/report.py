@@ -13,14 +13,30 @@ from typing import Any
 from dlio_ext.compat.probes import GROUPS, REGISTRY
 
 FAULTS_DOC = (
-    "`dlio-ext s3-faults --endpoint http://127.0.0.1:PORT --prefix P` puts a loopback proxy in front of "
-    "a local store and runs a small storage_sweep (write, then verified sequential and random reads) "
-    "through it. A seeded fraction of requests is answered `503 SlowDown` (`--slowdown`), cut by a TCP "
-    "reset before or after the store applied it (`--reset`), delayed (`--latency`, `--latency-ms`), or, "
-    "with `--corrupt`, a GET answer gets one byte flipped. It reports the faults injected, the client's "
-    "retries and failed operations, and reads every stored object back directly (bypassing the proxy) "
-    "to show that each acknowledged write is there and intact; `s3-faults.json` goes to `--out`. Exit "
-    "status 1 when an acknowledged write is missing or wrong in the store, or the sweep caught a corrupted read."
+    "`dlio-ext s3-faults [--scenario proxy|restart|wrong-credentials|all]` runs a small storage_sweep "
+    "(write, then verified sequential and random reads) through faults, then reads every stored object "
+    "back directly from the store (bypassing any proxy) to show that each acknowledged write is there "
+    "and intact (stamp, size, xxh3). The default, `all`, runs every scenario that applies.\n\n"
+    "- `proxy`: a loopback proxy in front of the store answers a seeded fraction of requests `503 "
+    "SlowDown` (`--slowdown`), cuts them by a TCP reset before or after the store applied them "
+    "(`--reset`), delays them (`--latency`, `--latency-ms`), or, with `--corrupt`, flips one byte of a "
+    "GET answer. Reported: faults injected, the client's retries (throttled ones too) and failed "
+    "operations.\n"
+    "- `restart`: a quarter into the writes the store is stopped, left down `--outage` seconds and "
+    "started again on the same ports, data directory and keys while the sweep retries "
+    "(`--restart-retries`, `--restart-backoff-base`, `--restart-backoff-max`; every request is delayed "
+    "`--restart-latency-ms` so the sweep outlasts the stop). Reported: outage length, requests failed "
+    "in it, retries and failed operations, time to recover (first successful request after the restart "
+    "began), whether the run ended valid, and the read-back of every write acknowledged before the stop. "
+    "It needs a SeaweedFS that s3-faults starts itself: with no endpoint (no `--endpoint`, no "
+    "`AWS_ENDPOINT_URL`) or with `--local` one is started in `OUT/s3-server` and stopped at the end; a "
+    "store given by endpoint is never restarted (`--scenario restart` is refused, `all` skips it).\n"
+    "- `wrong-credentials`: the sweep with a wrong secret must stop at once with one line (exit 2) and "
+    "write nothing.\n\n"
+    "`s3-faults.json` and `s3-faults.md` go to `--out`, one section per scenario. Exit status 1 when an "
+    "acknowledged write is missing or wrong in the store (reported as `DATA LOST`), the sweep caught a "
+    "corrupted read, a run said valid although operations failed, or wrong credentials were not refused; "
+    "a run that ended invalid with its failures counted but its data intact exits 0."
 )
 MARK = {"pass": "pass", "differs": "DIFFERS", "unsupported": "unsupported", "error": "ERROR"}
 
