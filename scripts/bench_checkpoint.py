@@ -267,8 +267,13 @@ def main() -> int:
             if avail < need:
                 dlio_skip = f"skipped: DLIO holds each shard in RAM; needs ~{need / GiB:.0f} GiB, {avail / GiB:.0f} available"
             else:
-                dlio = dlio_run(a.ranks, nbytes, scratch / "dlio")
-                shutil.rmtree(scratch / "dlio")
+                # as many DLIO runs as rounds: one run's rank-0 time swings 2-3x on a shared machine
+                runs = []
+                for _ in range(a.rounds):
+                    runs.append(dlio_run(a.ranks, nbytes, scratch / "dlio"))
+                    shutil.rmtree(scratch / "dlio")
+                dlio = sorted(runs, key=lambda r: r["GBps"])[len(runs) // 2]
+                dlio["GBps_samples"] = [round(r["GBps"], 3) for r in runs]
         else:
             dlio_skip = "skipped (--skip-dlio)"
     finally:
@@ -297,7 +302,8 @@ def main() -> int:
         ratio = med["write"] / dlio["GBps"]
         lines.append(
             f"| burst write vs DLIO 2.0.0 PyTorchCheckpointing, all_ranks ({label}) | {med['write']:.3f} GB/s | "
-            f"DLIO: {dlio['GBps']:.3f} GB/s (its own rank-0 time, no fsync) | {ratio:.2f} | >= 3 | "
+            f"DLIO: {dlio['GBps']:.3f} GB/s (median of {len(dlio['GBps_samples'])} runs; its own rank-0 time, "
+            f"no fsync) | {ratio:.2f} | >= 3 | "
             f"{'yes' if ratio >= 3 else 'NO'} |"
         )
     else:
@@ -315,7 +321,10 @@ def main() -> int:
         + f" | - | <= 512 MiB | {'yes' if peak <= 512 * MiB else 'NO'} |"
     )
     lines.append("")
-    lines.append(f"samples (GB/s): {json.dumps({k: [round(x, 3) for x in v] for k, v in samples.items()})}")
+    shown = {k: [round(x, 3) for x in v] for k, v in samples.items()}
+    if dlio:
+        shown["dlio"] = dlio["GBps_samples"]
+    lines.append(f"samples (GB/s): {json.dumps(shown)}")
     lines.append(
         f"memory run ({a.ranks} ranks x {rss_bytes / GiB:.2f} GiB, 1 write + 1 restore): write "
         f"{rss_c['write']['overall']['GBps']:.3f} GB/s, restore {rss_c['restore']['overall']['GBps']:.3f} GB/s, "

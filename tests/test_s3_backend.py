@@ -6,7 +6,6 @@ demand (503 SlowDown, 500s, a listing that breaks half-way) in front of the real
 
 from __future__ import annotations
 
-import http.client
 import os
 import socket
 import threading
@@ -16,11 +15,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from conftest import S3_CLIENTS
 
+from dlio_ext.compat.faults import FaultProxy
 from dlio_ext.errors import UsageError
 from dlio_ext.s3server import ServerInfo
 from dlio_ext.storage import open_backend
@@ -250,78 +249,26 @@ def test_list_with_delimiter(s3_backend: Backend) -> None:
 # --- faults ---------------------------------------------------------------------------------
 
 
-class Fake503Proxy:
-    """FAKE: a tiny HTTP front for the real SeaweedFS, used only to inject faults that a real
-    server cannot be made to produce on demand (503 SlowDown, 500, a listing failing on a later
-    page). `rule(n, method, target)` sees the n-th request (from 0) and returns a status to fail
-    it with, or None to forward it unchanged (Host header included, so signatures verify)."""
-
-    CODES = {503: "SlowDown", 500: "InternalError", 429: "TooManyRequests", 400: "InvalidRequest"}
+class Fake503Proxy(FaultProxy):
+    """FAKE: the fault proxy of `dlio-ext s3-faults` in front of the real SeaweedFS, driven by a rule,
+    used only to inject faults that a real server cannot be made to produce on demand (503 SlowDown,
+    500, a listing failing on a later page). `rule(n, method, target)` sees the n-th request (from 0)
+    and returns a status to fail it with, or None to forward it unchanged (signatures still verify)."""
 
     def __init__(self, upstream: str, rule: Callable[[int, str, str], int | None]):
-        self.upstream = urlsplit(upstream)
-        self.rule = rule
-        self.seen = 0
-        self.failed = 0
-        self._lock = threading.Lock()
-        proxy = self
+        super().__init__(upstream, rule=rule)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    @property
+    def seen(self) -> int:
+        return self.ruled_seen
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
+    @seen.setter
+    def seen(self, value: int) -> None:
+        self.ruled_seen = value
 
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                with proxy._lock:
-                    n = proxy.seen
-                    proxy.seen += 1
-                status = proxy.rule(n, self.command, self.path)
-                if status is not None:
-                    with proxy._lock:
-                        proxy.failed += 1
-                    xml = f"<Error><Code>{proxy.CODES.get(status, 'Fault')}</Code></Error>".encode()
-                    self._reply(status, [("Content-Type", "application/xml")], xml)
-                    return
-                conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "expect"}
-                conn.request(self.command, self.path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                # a HEAD answer has no body but tells the object's size in Content-Length
-                length = int(resp.getheader("Content-Length") or 0) if self.command == "HEAD" else len(data)
-                skip = {"content-length", "transfer-encoding", "connection"}
-                headers = [(k, v) for k, v in resp.getheaders() if k.lower() not in skip]
-                self._reply(resp.status, headers, data, length)
-                conn.close()
-
-            def _reply(
-                self, status: int, headers: list[tuple[str, str]], body: bytes, length: int = -1
-            ) -> None:
-                self.send_response(status)
-                for k, v in headers:
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body) if length < 0 else length))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Fake503Proxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    @property
+    def failed(self) -> int:
+        return self.ruled_failed
 
 
 @pytest.mark.parametrize("client", S3_CLIENTS)

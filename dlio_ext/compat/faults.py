@@ -46,7 +46,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ from dlio_ext.s3server import DEFAULT_BUCKET, restart_server, start_server, stop
 from dlio_ext.storage.s3 import _redact_url
 from dlio_ext.workloads.phases import VerifyError
 
+_RULE_CODES = {503: "SlowDown", 500: "InternalError", 429: "TooManyRequests", 400: "InvalidRequest"}
 KINDS = ("slowdown", "reset_before", "reset_after", "latency", "corrupt")
 _SLOWDOWN = b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
 
@@ -75,7 +76,10 @@ class FaultProxy:
         seed: int = 1,
         spare: int = 0,
         corrupt: float = 0.0,
+        rule: Callable[[int, str, str], int | None] | None = None,
     ):
+        """`rule(n, method, path)`, when given, sees the n-th request (from 0) and returns an HTTP
+        status to fail it with (an S3 error body of the matching code), or None to go on."""
         if sum((slowdown, reset, latency, corrupt)) > 1 or min(slowdown, reset, latency, corrupt) < 0:
             raise UsageError("fault fractions must be >= 0 and add up to at most 1")
         self.upstream = urlsplit(upstream)
@@ -89,6 +93,9 @@ class FaultProxy:
         #: every forwarded request: (monotonic time of the answer, method, path, status or None
         #: when the store could not be reached)
         self.timeline: list[tuple[float, str, str, int | None]] = []
+        self.rule = rule
+        self.ruled_seen = 0  # requests `rule` has seen, and how many it failed
+        self.ruled_failed = 0
         self.trigger_at = 0  # > 0: set `triggered` when this many requests have come in
         self.triggered = threading.Event()
         proxy = self
@@ -102,6 +109,15 @@ class FaultProxy:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                status = proxy._ruled(self.command, self.path)
+                if status is not None:
+                    code = _RULE_CODES.get(status, "Fault")
+                    self._reply(
+                        status,
+                        [("Content-Type", "application/xml")],
+                        f"<Error><Code>{code}</Code></Error>".encode(),
+                    )
+                    return
                 fault = proxy._draw()
                 if fault == "slowdown":
                     self._reply(503, [("Content-Type", "application/xml")], _SLOWDOWN)
@@ -150,6 +166,18 @@ class FaultProxy:
         self.server.daemon_threads = True
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def _ruled(self, method: str, path: str) -> int | None:
+        if self.rule is None:
+            return None
+        with self._lock:
+            n = self.ruled_seen
+            self.ruled_seen += 1
+        status = self.rule(n, method, path)
+        if status is not None:
+            with self._lock:
+                self.ruled_failed += 1
+        return status
 
     def _note(self, method: str, path: str, status: int | None) -> None:
         with self._lock:
