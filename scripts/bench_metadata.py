@@ -13,7 +13,8 @@ noisy neighbour hits both alike; the table shows medians over the repetitions.
    with 3,901-byte files, stride 1, verified reads; rates from summary.json: items over the
    slowest rank's time) against this script's own bare loop of the same system calls under the
    same mpirun with the same ranks (os.open+pwrite+close / os.stat / os.open+fstat+preadv+close /
-   os.unlink on precomputed paths, neighbour's files, no checks), rate defined the same way.
+   os.unlink on precomputed paths of the same shape as dlio-ext's, neighbour's files, no checks),
+   rate defined the same way.
    Target: dlio-ext >= 0.8 x the bare loop.
 2. S3 0-byte PUT and HEAD against a local SeaweedFS (started here, stopped in a `finally`):
    dlio-ext with its defaults (obstore) and io_depth > 1 on R ranks, against a single-threaded
@@ -270,9 +271,10 @@ def bench_posix(a: argparse.Namespace, out: Path, rows: list[Row], commands: lis
                     say(f"  dlio-ext failed: {exc}")
 
         def baseline(rep: int = rep) -> None:
-            rates = posix_baseline(
-                data / f"bare-{rep}", a.ranks, a.items, a.bytes, out / f"logs/posix-bare-{rep}.log"
-            )
+            # the same path shape as dlio-ext's (storage root / run id / md1 / r<rank> / f.<rank>.<i>):
+            # every component is a lookup, and the harness's cost is what is compared, not its layout
+            root = data / f"bare-{rep}-paths" / "metadata-00000000T000000Z-000000" / "md1"
+            rates = posix_baseline(root, a.ranks, a.items, a.bytes, out / f"logs/posix-bare-{rep}.log")
             for p in POSIX_PHASES:
                 mine[p].baseline.append(rates[p])
             for p, row in checked.items():

@@ -26,7 +26,7 @@ from dlio_ext.metrics.histogram import Histogram
 from dlio_ext.metrics.world import SoloWorld
 from dlio_ext.s3server import ServerInfo, server_env
 from dlio_ext.storage.base import NotFound
-from dlio_ext.workloads import harness
+from dlio_ext.workloads import harness, metadata
 from dlio_ext.workloads.metadata import PHASES, Config
 from dlio_ext.workloads.phases import PhaseRunner
 
@@ -332,15 +332,27 @@ def test_s3_shared_prefix_4_ranks_lists_over_1000_keys(
 
 
 def _vanishing(backend: Any) -> Any:
-    """VanishingX: a real backend that loses item 3 of rank 0 right after creating it."""
-    real_put = backend.put
+    """VanishingX: a real backend that loses item 3 of rank 0 right after creating it.
 
-    def put(key: str, data: Any) -> None:
-        real_put(key, data)
-        if key.endswith("/f.0.3"):
-            backend.delete(key)
+    The workload writes through the backend's bare "put" (a tight loop on resolved keys), so that
+    is the verb wrapped; the loss goes through the bare "delete" on the same target."""
+    real_bare = backend.bare
 
-    backend.put = put
+    def bare(verb: str, buf: Any = None) -> Any:
+        b = real_bare(verb, buf)
+        if verb != "put":
+            return b
+        lose = real_bare("delete").call
+
+        def put(target: Any) -> int:
+            n = b.call(target)
+            if str(target).endswith("/f.0.3"):
+                lose(target)
+            return n
+
+        return b._replace(call=put)
+
+    backend.bare = bare
     return backend
 
 
@@ -414,3 +426,22 @@ def test_short_listing_is_an_error_not_a_smaller_answer(
         p = s["phases"][phase]
         assert p["errors"] == n and p["ops"] == 0 and p["error_kinds"] == {"corrupt": n}, phase
         assert "19 names, expected 20 (1 missing" in p["first_error"]
+
+
+def test_keys_past_the_precompute_limit_are_formatted_per_op(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Phases too large to hold every key in memory format (and resolve) each key as they go."""
+    monkeypatch.setattr(metadata, "PRECOMPUTE_MAX", 5)
+    args = [
+        "workload=metadata/hard",
+        "storage=posix",
+        "workload.items_per_rank=40",
+        "workload.random_order=true",
+    ]
+    args += ["workload.phases=[file_create,file_stat,file_read,file_rename,file_remove]"]
+    s = _run_in_process(tmp_path, monkeypatch, lambda b: b, args)
+    assert s["valid"] is True and s["errors"] == 0
+    for phase in ("file_create", "file_stat", "file_read", "file_rename", "file_remove"):
+        assert s["phases"][phase]["ops"] == 40, phase
+    assert s["phases"]["file_read"]["bytes"] == 40 * 3901

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import abc
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from operator import attrgetter
+from typing import Any, Literal, NamedTuple, cast
 
 Support = Literal["native", "emulated", "unsupported"]
 
@@ -53,6 +54,35 @@ class ObjectInfo(NamedTuple):
     size: int
     mtime: float | None = None
     etag: str | None = None
+
+
+def _as_is(exc: BaseException, _target: Any) -> StorageError:
+    return cast(StorageError, exc)  # a default bare call raises nothing else
+
+
+class Bare(NamedTuple):
+    """One verb stripped for a tight loop over many keys: `call(target)` does it on one key.
+
+    A cached stat or unlink on a file system costs two or three microseconds, about what a
+    generic call path through Python costs on top of it, so a metadata phase would time its
+    harness as much as its storage. A backend hands back its cheapest form of a verb instead (for
+    posix the system call itself on a path resolved before the clock starts), the exceptions it
+    lets through, and how to turn those into a StorageError.
+    """
+
+    call: Callable[[Any], Any]
+    #: what `call` may raise; `error(exc, target)` turns any of it into a StorageError
+    catch: type[BaseException] | tuple[type[BaseException], ...]
+    error: Callable[[BaseException, Any], StorageError]
+    #: ops worth handing a runner thread at once: many when an op takes microseconds, one when
+    #: it takes a network round trip (finer stonewall and load balance cost nothing there)
+    chunk: int = 1
+    #: the size, from what a "stat" call returns
+    size: Callable[[Any], int] = attrgetter("size")
+
+
+#: verbs `Backend.bare` strips; "put" and "get"/"get_head" take the buffer and return bytes moved
+BARE_VERBS = ("stat", "delete", "mkdir", "rmdir", "put", "get", "get_head")
 
 
 @dataclass
@@ -161,6 +191,47 @@ class Backend(abc.ABC):
 
     def rename(self, src: str, dst: str) -> None:
         raise Unsupported(f"{self.name} cannot rename", src)
+
+    # tight loops
+    def resolve(self, key: str) -> Any:
+        """What `bare` calls take for `key`; resolved before the clock starts."""
+        return key
+
+    def bare(self, verb: str, buf: memoryview | None = None) -> Bare:
+        """`verb` for a tight loop over `resolve`d keys (see `Bare`).
+
+        "put" writes all of `buf`, "get" reads a whole object into `buf` (raising if it does not
+        fit), "get_head" reads its first len(buf) bytes; the three return the bytes moved.
+        "mkdir" makes one level, its parent existing. This default goes through the ordinary verbs;
+        a backend whose ops take microseconds overrides it with something leaner.
+        """
+        if verb == "put":
+            assert buf is not None
+            put, n = self.put, len(buf)
+
+            def call(key: str) -> int:
+                put(key, buf)
+                return n
+
+        elif verb == "get":
+            assert buf is not None
+            get = self.get
+
+            def call(key: str) -> int:
+                return get(key, buf)
+
+        elif verb == "get_head":
+            assert buf is not None
+            get_range = self.get_range
+
+            def call(key: str) -> int:
+                return get_range(key, 0, buf)
+
+        elif verb in BARE_VERBS:
+            call = getattr(self, verb)
+        else:
+            raise ValueError(f"no bare form of {verb!r}; one of {BARE_VERBS}")
+        return Bare(call, StorageError, _as_is)
 
     # lifecycle
     def check(self) -> None:

@@ -10,12 +10,15 @@ import errno
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from operator import attrgetter
 from pathlib import Path
+from typing import cast
 
 from dlio_ext.storage.base import (
     AccessDenied,
     Backend,
+    Bare,
     NotFound,
     ObjectInfo,
     StorageError,
@@ -26,6 +29,8 @@ from dlio_ext.storage.buffers import ALIGN, aligned_buffer, is_aligned, round_up
 
 FSYNC_POLICIES = ("none", "file", "file_and_dir")
 _DIRECT = getattr(os, "O_DIRECT", 0)
+#: ops a runner thread takes at once in a tight loop: a cached stat is ~3 us, 128 of them ~0.4 ms
+BARE_CHUNK = 128
 
 
 def _translate(exc: OSError, key: str) -> StorageError:
@@ -266,6 +271,87 @@ class PosixBackend(Backend):
             os.rename(self.path(src), self.path(dst))
         except OSError as exc:
             raise _translate(exc, src) from exc
+
+    # tight loops --------------------------------------------------------------------------
+    def resolve(self, key: str) -> str:
+        return self._prefix + key
+
+    def _bare_error(self, exc: BaseException, path: str) -> StorageError:
+        if isinstance(exc, StorageError):
+            return exc
+        return _translate(cast(OSError, exc), path[len(self._prefix) :])
+
+    def bare(self, verb: str, buf: memoryview | None = None) -> Bare:
+        """The system call itself on a resolved path; a small function where one call is not enough."""
+        calls: dict[str, Callable[[str], object]] = {
+            "stat": os.stat,
+            "delete": os.unlink,
+            "mkdir": os.mkdir,
+            "rmdir": os.rmdir,
+        }
+        if verb in calls:
+            call = calls[verb]
+        elif verb in ("put", "get", "get_head") and not self.direct and self.fsync_policy != "file_and_dir":
+            assert buf is not None
+            call = self._bare_put(buf) if verb == "put" else self._bare_get(buf, whole=verb == "get")
+        else:
+            # O_DIRECT's padding and a directory fsync: the full verbs, on keys cut from the paths
+            inner, cut = super().bare(verb, buf).call, len(self._prefix)
+
+            def call(path: str) -> object:
+                return inner(path[cut:])
+
+        return Bare(call, (OSError, StorageError), self._bare_error, BARE_CHUNK, attrgetter("st_size"))
+
+    def _bare_put(self, buf: memoryview) -> Callable[[str], int]:
+        mv = memoryview(buf).cast("B")
+        n = len(mv)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        open_, pwrite, close = os.open, os.pwrite, os.close
+        fsync = self._fsync if self.fsync_policy == "file" else None
+
+        def put(path: str) -> int:
+            try:
+                fd = open_(path, flags, 0o644)
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                fd = open_(path, flags, 0o644)
+            try:
+                if n and pwrite(fd, mv, 0) < n:
+                    self._write_all(fd, mv, 0)  # a short write: rare, so written again whole
+                if fsync is not None:
+                    fsync(fd)
+            finally:
+                close(fd)
+            return n
+
+        return put
+
+    def _bare_get(self, buf: memoryview, whole: bool) -> Callable[[str], int]:
+        cap, cut = len(buf), len(self._prefix)
+        views = [buf]
+        open_, fstat, preadv, close, rd = os.open, os.fstat, os.preadv, os.close, os.O_RDONLY
+
+        def get(path: str) -> int:
+            fd = open_(path, rd)
+            try:
+                size = fstat(fd).st_size
+                if size > cap:
+                    key = path[cut:]
+                    raise StorageError(f"{key}: {size} bytes do not fit a {cap}-byte buffer", key)
+                got = preadv(fd, views, 0)
+                return got if got >= size else self._read_into(fd, buf[:size], 0)
+            finally:
+                close(fd)
+
+        def head(path: str) -> int:
+            fd = open_(path, rd)
+            try:
+                return self._read_into(fd, buf, 0)
+            finally:
+                close(fd)
+
+        return get if whole else head
 
     def check(self) -> None:
         try:

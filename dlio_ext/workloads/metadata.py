@@ -29,10 +29,10 @@ from typing import Any
 import xxhash
 
 from dlio_ext.config.schema import first_problem, one_of, positive
-from dlio_ext.storage.base import Backend
+from dlio_ext.storage.base import Backend, Bare
 from dlio_ext.storage.buffers import aligned_buffer, fill_random
 from dlio_ext.workloads.context import Context
-from dlio_ext.workloads.phases import PhaseResult, VerifyError
+from dlio_ext.workloads.phases import Chunk, PhaseResult, VerifyError, bare_loop, per_op
 
 #: every phase, in the order a run takes them (mdtest's: directories, then files)
 PHASES = (
@@ -266,10 +266,19 @@ class _Namespace:
         return lambda i: f"{dirs[i % n]}/{tag}.{rank}.{i}"
 
     def keys(
-        self, rank: int, tag: str, n: int, order: Sequence[int] | None = None, lazy: bool = False
+        self,
+        rank: int,
+        tag: str,
+        n: int,
+        order: Sequence[int] | None = None,
+        resolve: Callable[[str], Any] | None = None,
     ) -> Any:
+        """The keys of `rank`'s first n items (in `order`), through a backend's `resolve` if given."""
         make = self.maker(rank, tag)
-        if lazy or n > PRECOMPUTE_MAX:
+        if resolve is not None:
+            key = make
+            make = lambda i: resolve(key(i))  # noqa: E731
+        if n > PRECOMPUTE_MAX:
             return _LazyKeys(make, order)
         return [make(i) for i in (order if order is not None else range(n))]
 
@@ -291,12 +300,16 @@ class _Namespace:
 
 
 class _Thread:
-    """What one thread reuses across its ops: a payload buffer and an item tally."""
+    """What one thread reuses across its ops: a payload buffer, the bare verb bound to it, a tally."""
 
-    __slots__ = ("buf", "items")
+    __slots__ = ("buf", "bare", "items")
 
-    def __init__(self, buf: memoryview):
-        self.buf, self.items = buf, 0
+    def __init__(self, buf: memoryview, bare: Bare | None):
+        self.buf, self.bare, self.items = buf, bare, 0
+
+
+def _bare_of(st: _Thread) -> Bare:
+    return st.bare  # type: ignore[return-value]  # set whenever a phase runs a bare loop
 
 
 class _Content:
@@ -338,6 +351,8 @@ class _Run:
         self.rank, self.size = ctx.rank, ctx.size
         self.target = (self.rank + self.cfg.stride) % self.size
         self.content = _Content(ctx.seed, self.cfg.write_bytes, self.cfg.read_size)
+        self.resolve = self.b.resolve
+        self.chunk = self.b.bare("stat").chunk
         self.results: list[PhaseResult] = []
         self.per_rank: dict[str, dict[str, Any]] = {}
 
@@ -353,29 +368,37 @@ class _Run:
         self,
         label: str,
         n_ops: int,
-        op: Callable[[int, Any], int],
+        op: Callable[[int, Any], int] | None = None,
         *,
+        loop: Chunk | None = None,
+        bare: Callable[[memoryview], Bare] | None = None,
         buffers: bool = False,
         count_items: bool = False,
         io_depth: int | None = None,
         stonewall: bool = False,
         how: str = "native",
     ) -> PhaseResult:
-        """Run one phase through the shared runner; items, retries and throttles go in `extra`."""
+        """Run one phase through the shared runner; items, retries and throttles go in `extra`.
+
+        Either `op` (one op at a time, through the generic path) or `loop` (a `bare_loop`, given
+        chunks of the backend's size; `bare(thread's buffer)` binds each thread's verb)."""
         states: list[_Thread] = []
         empty = memoryview(b"")
 
         def thread_state(_t: int) -> _Thread:
-            st = _Thread(self.content.buffer() if buffers else empty)
+            buf = self.content.buffer() if buffers else empty
+            st = _Thread(buf, bare(buf) if bare is not None else None)
             states.append(st)
             return st
 
         before = self.b.counters.as_dict()
         deadline = self.cfg.stonewall_s if stonewall and self.cfg.stonewall_s > 0 else None
-        res = self.ctx.runner.run(
+        chunk_op, chunk = (loop, self.chunk) if loop is not None else (per_op(op), 1)  # type: ignore[arg-type]
+        res = self.ctx.runner.run_chunks(
             label,
             n_ops,
-            op,
+            chunk_op,
+            chunk,
             io_depth or self.cfg.io_depth,
             thread_state,
             deadline_s=deadline,
@@ -424,101 +447,89 @@ class _Run:
         self.timed(label, len(dirs), op, io_depth=1, how=how)
 
     def create(self, label: str, ns: _Namespace, dirs: bool, how: str) -> int:
-        cfg, rank = self.cfg, self.rank
+        cfg, rank, b = self.cfg, self.rank, self.b
         n = cfg.items_per_rank
-        # under a stonewall most of n may never be created: format those keys per op instead
-        keys = ns.keys(rank, "d" if dirs else "f", n, lazy=cfg.stonewall_s > 0)
+        keys = ns.keys(rank, "d" if dirs else "f", n, resolve=self.resolve)
         if dirs:
-            mkdir = self.b.mkdir
-
-            def op(i: int, _s: Any) -> int:
-                mkdir(keys[i])
-                return 0
-
+            mkdir = b.bare("mkdir")
+            res = self.timed(
+                label, n, loop=bare_loop(keys, _bare_of), bare=lambda _buf: mkdir, stonewall=True, how=how
+            )
         else:
-            put, w, sl = self.b.put, cfg.write_bytes, self.content.stamp_len
-            pack_into = STAMP.pack_into
-
+            # every file differs in its head (its stamp), so no dedup can make the writes cheap
+            sl, pack_into = self.content.stamp_len, STAMP.pack_into
+            before: Callable[[int, _Thread], None] | None = None
             if sl == STAMP.size:
 
-                def op(i: int, st: _Thread) -> int:
-                    buf = st.buf
-                    pack_into(buf, 0, rank, i)
-                    put(keys[i], buf)
-                    return w
+                def before(i: int, st: _Thread) -> None:
+                    pack_into(st.buf, 0, rank, i)
 
             elif sl:
 
-                def op(i: int, st: _Thread) -> int:
-                    buf = st.buf
-                    buf[:sl] = STAMP.pack(rank, i)[:sl]
-                    put(keys[i], buf)
-                    return w
+                def before(i: int, st: _Thread) -> None:
+                    st.buf[:sl] = STAMP.pack(rank, i)[:sl]
 
-            else:
-
-                def op(i: int, st: _Thread) -> int:
-                    put(keys[i], st.buf)
-                    return 0
-
-        res = self.timed(label, n, op, buffers=not dirs, stonewall=True, how=how)
+            res = self.timed(
+                label,
+                n,
+                loop=bare_loop(keys, _bare_of, before=before, moves=True),
+                bare=lambda buf: b.bare("put", buf),
+                buffers=True,
+                stonewall=True,
+                how=how,
+            )
         # every rank continued to the same count (or did all n): later phases use exactly that
         return int(res.extra.get("stonewall_target", n))
 
     def stat(self, label: str, ns: _Namespace, tag: str, count: int, salt: int, how: str) -> None:
-        order = self.order(count, salt)
-        keys = ns.keys(self.target, tag, count, order)
-        stat_ = self.b.stat
-        w = self.cfg.write_bytes
-        check = self.cfg.verify and tag == "f"
+        targets = ns.keys(self.target, tag, count, self.order(count, salt), self.resolve)
+        stat_ = self.b.bare("stat")
+        check: Callable[[int, _Thread, Any], None] | None = None
+        if self.cfg.verify and tag == "f":
+            w, size = self.cfg.write_bytes, stat_.size
 
-        if check:
+            def check(i: int, _st: _Thread, info: Any) -> None:
+                if size(info) != w:
+                    raise VerifyError(f"{targets[i]}: stat says {size(info)} bytes, {w} were written")
 
-            def op(i: int, _s: Any) -> int:
-                info = stat_(keys[i])
-                if info.size != w:
-                    raise VerifyError(f"{keys[i]}: stat says {info.size} bytes, {w} were written", keys[i])
-                return 0
-
-        else:
-
-            def op(i: int, _s: Any) -> int:
-                stat_(keys[i])
-                return 0
-
-        self.timed(label, count, op, how=how)
+        self.timed(
+            label, count, loop=bare_loop(targets, _bare_of, check=check), bare=lambda _buf: stat_, how=how
+        )
 
     def read(self, label: str, ns: _Namespace, count: int, salt: int, how: str) -> None:
-        cfg, t = self.cfg, self.target
+        cfg, t, b = self.cfg, self.target, self.b
         order = self.order(count, salt)
-        keys = ns.keys(t, "f", count, order)
+        targets = ns.keys(t, "f", count, order, self.resolve)
         w, e = cfg.write_bytes, cfg.read_size
-        c = self.content
         head = min(STAMP.size, e)
-        body_hash, verify = c.body_hash, cfg.verify
-        whole = e == w
-        get, get_range = self.b.get, self.b.get_range
+        body_hash = self.content.body_hash
         h64 = xxhash.xxh3_64_intdigest
         unpack_from = STAMP.unpack_from
+        check: Callable[[int, _Thread, Any], None] | None = None
+        if cfg.verify:
 
-        def op(i: int, st: _Thread) -> int:
-            buf = st.buf
-            key = keys[i]
-            got = get(key, buf) if whole else get_range(key, 0, buf[:e])
-            if verify:
+            def check(i: int, st: _Thread, got: Any) -> None:
+                buf, where = st.buf, targets[i]
                 idx = order[i] if order is not None else i
                 if got != e:
-                    raise VerifyError(f"{key}: read {got} bytes, expected {e}", key)
+                    raise VerifyError(f"{where}: read {got} bytes, expected {e}")
                 if head == STAMP.size:
                     if unpack_from(buf) != (t, idx):
-                        raise VerifyError(f"{key}: holds another item's stamp {unpack_from(buf)}", key)
+                        raise VerifyError(f"{where}: holds another item's stamp {unpack_from(buf)}")
                 elif head and buf[:head] != STAMP.pack(t, idx)[:head]:
-                    raise VerifyError(f"{key}: holds another item's stamp", key)
+                    raise VerifyError(f"{where}: holds another item's stamp")
                 if e > head and h64(buf[head:e]) != body_hash:
-                    raise VerifyError(f"{key}: content differs from what was written", key)
-            return got
+                    raise VerifyError(f"{where}: content differs from what was written")
 
-        self.timed(label, count, op, buffers=True, how=how)
+        verb = "get" if e == w else "get_head"  # a whole file, or its first read_bytes
+        self.timed(
+            label,
+            count,
+            loop=bare_loop(targets, _bare_of, check=check, moves=True),
+            bare=lambda buf: b.bare(verb, buf[:e] if verb == "get_head" else buf),
+            buffers=True,
+            how=how,
+        )
 
     def listing(self, label: str, ns: _Namespace, tag: str, count: int, dirs: bool, how: str) -> None:
         """Each rank lists every leaf holding its target's items (every leaf, when shared)."""
@@ -567,17 +578,13 @@ class _Run:
         self, label: str, ns: _Namespace, tag: str, count: int, dirs: bool, salt: int, how: str
     ) -> None:
         order = self.order(count, salt)
-        keys = ns.keys(self.target, tag, count, order)
         batch = self.cfg.delete_batch
         if dirs or not batch:
-            verb = self.b.rmdir if dirs else self.b.delete
-
-            def op(i: int, _s: Any) -> int:
-                verb(keys[i])
-                return 0
-
-            self.timed(label, count, op, how=how)
+            targets = ns.keys(self.target, tag, count, order, self.resolve)
+            verb = self.b.bare("rmdir" if dirs else "delete")
+            self.timed(label, count, loop=bare_loop(targets, _bare_of), bare=lambda _buf: verb, how=how)
             return
+        keys = ns.keys(self.target, tag, count, order)
         batches = [[keys[j] for j in range(s, min(s + batch, count))] for s in range(0, count, batch)]
         delete_many = self.b.delete_many
 

@@ -11,16 +11,20 @@ import sys
 import threading
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from dlio_ext.metrics.histogram import Histogram
 from dlio_ext.metrics.world import SoloWorld
-from dlio_ext.storage.base import StorageError
+from dlio_ext.storage.base import Bare, StorageError
 
 #: op(index, thread_state) -> bytes moved; raises StorageError (counted) on failure
 Op = Callable[[int, Any], int]
+#: chunk(start, stop, thread_state, latencies, failures) -> bytes moved: runs ops start..stop-1 in
+#: order, appends each successful op's latency in seconds to `latencies` and each failed op's
+#: (index, StorageError) to `failures`; raises nothing for a failed op
+Chunk = Callable[[int, int, Any, array, list], int]
 
 
 class VerifyError(StorageError):
@@ -118,11 +122,26 @@ class PhaseRunner:
         deadline_s: float | None = None,
         catch_up: bool = False,
     ) -> PhaseResult:
-        """Run ops 0..n_ops-1 on `io_depth` threads; every rank enters and leaves together.
+        """`run_chunks` with one op at a time: `op(i, state)` for i in 0..n_ops-1."""
+        return self.run_chunks(name, n_ops, per_op(op), 1, io_depth, thread_state, deadline_s, catch_up)
+
+    def run_chunks(
+        self,
+        name: str,
+        n_ops: int,
+        chunk_op: Chunk,
+        chunk: int = 1,
+        io_depth: int = 1,
+        thread_state: Callable[[int], Any] | None = None,
+        deadline_s: float | None = None,
+        catch_up: bool = False,
+    ) -> PhaseResult:
+        """Run ops 0..n_ops-1 on `io_depth` threads, `chunk` at a time; every rank enters and leaves together.
 
         `thread_state(t)` builds what thread t reuses across its ops (its buffers), before the
-        clock starts. With `deadline_s`, ops stop being issued once the deadline has passed; the
-        ops issued are always a prefix 0..k-1 (an index taken is an index run).
+        clock starts. A thread takes the next `chunk` indices and hands them to `chunk_op` (see
+        `Chunk`). With `deadline_s`, no chunk is taken once the deadline has passed; the ops
+        issued are always a prefix 0..k-1 (a chunk taken is a chunk run).
 
         `catch_up` (with `deadline_s`) is mdtest's stonewall wear-out: when the deadline stops a
         rank, the ranks agree on the highest k any of them reached (allreduce max) and every rank
@@ -131,10 +150,9 @@ class PhaseRunner:
         did after the agreement), `stonewall_target` (the agreed k) and `stonewalled` (whether the
         agreed k is short of n_ops: the phase then counts as finished at the agreed k).
         """
+        chunk = max(1, chunk)
         states = [thread_state(t) if thread_state else None for t in range(io_depth)]
         hists = [Histogram() for _ in range(io_depth)]
-        # one index iterator shared by the threads (its next() is atomic under the GIL)
-        indices = iter(range(n_ops))
         res = PhaseResult(name=name, planned_ops=n_ops)
         lock = threading.Lock()
         tally = {"ops": 0, "bytes": 0}
@@ -142,61 +160,61 @@ class PhaseRunner:
         lasts: list[float] = []
         stop_at: float | None = None  # absolute deadline; None in the catch-up round
 
-        def worker(t: int) -> None:
-            # the hot loop: every line here is paid on every op, so it stays this lean
+        def worker(t: int, starts: Iterator[int], hi: int) -> None:
+            # paid once a chunk: per op, only what chunk_op does
             hist, state = hists[t], states[t]
             perf = time.perf_counter
             lat = array("d")
-            keep = lat.append
+            failures: list[tuple[int, StorageError]] = []
             stop = stop_at
             first = last = None
-            ops = nbytes = published = 0
-            for i in indices:
+            ops = nbytes = pub_ops = pub_bytes = 0
+            for lo in starts:
                 s = perf()
                 if first is None:
                     first = s
-                try:
-                    moved = op(i, state)
-                except StorageError as exc:
-                    last = perf()
-                    with lock:
-                        res.errors += 1
-                        res.error_kinds[exc.kind] = res.error_kinds.get(exc.kind, 0) + 1
-                        if res.first_error is None:
-                            res.first_error = str(exc)
-                    if stop is not None and last >= stop:
-                        break
-                    continue
+                moved = chunk_op(lo, min(lo + chunk, hi), state, lat, failures)
                 last = perf()
-                keep(last - s)
-                ops += 1
-                nbytes += moved
-                if not ops & 63:  # progress is read from another thread: publish in batches
+                done = min(lo + chunk, hi) - lo
+                if failures:
+                    done -= len(failures)
                     with lock:
-                        tally["ops"] += 64
-                        tally["bytes"] += nbytes - published
-                    published = nbytes
+                        for _i, exc in failures:
+                            res.errors += 1
+                            res.error_kinds[exc.kind] = res.error_kinds.get(exc.kind, 0) + 1
+                            if res.first_error is None:
+                                res.first_error = str(exc)
+                    failures.clear()
+                ops += done
+                nbytes += moved
+                if ops - pub_ops >= 64:  # progress is read from another thread: publish in batches
+                    with lock:
+                        tally["ops"] += ops - pub_ops
+                        tally["bytes"] += nbytes - pub_bytes
+                    pub_ops, pub_bytes = ops, nbytes
                     if len(lat) >= LATENCY_BATCH:
                         hist.record_many(lat)
                         del lat[:]
-                # checked after an op, before the next index is taken: none is taken and dropped
+                # checked after a chunk, before the next is taken: none is taken and dropped
                 if stop is not None and last >= stop:
                     break
             hist.record_many(lat)
             with lock:
-                tally["ops"] += ops & 63
-                tally["bytes"] += nbytes - published
+                tally["ops"] += ops - pub_ops
+                tally["bytes"] += nbytes - pub_bytes
                 res.ops += ops
                 res.bytes += nbytes
                 if first is not None:
                     firsts.append(first)
                     lasts.append(last if last is not None else first)
 
-        def round_() -> None:
+        def round_(lo: int, hi: int) -> None:
+            # one iterator shared by the threads (its next() is atomic under the GIL)
+            starts = iter(range(lo, hi, chunk))
             if io_depth == 1:
-                worker(0)
+                worker(0, starts, hi)
             else:
-                threads = [threading.Thread(target=worker, args=(t,)) for t in range(io_depth)]
+                threads = [threading.Thread(target=worker, args=(t, starts, hi)) for t in range(io_depth)]
                 for th in threads:
                     th.start()
                 for th in threads:
@@ -207,13 +225,13 @@ class PhaseRunner:
         if deadline_s is not None:
             stop_at = t0 + deadline_s
         with _Progress(name, n_ops, self.progress_interval, lambda: (tally["ops"], tally["bytes"])):
-            round_()
+            round_(0, n_ops)
             if catch_up and deadline_s is not None:
                 reached = min(res.ops + res.errors, n_ops)
                 stopped = (max(lasts) - t0) if lasts else 0.0
                 target = int(self.world.allreduce_max(reached))
-                indices, stop_at = iter(range(reached, target)), None
-                round_()
+                stop_at = None
+                round_(reached, target)
                 res.extra.update(
                     stonewall_items=reached,
                     stonewall_seconds=stopped,
@@ -226,3 +244,87 @@ class PhaseRunner:
         res.hist = Histogram.merged(hists)
         self.world.barrier()
         return res
+
+
+def per_op(op: Op) -> Chunk:
+    """A chunk op calling `op(i, state)` for each index, timing each call on its own."""
+
+    def run(start: int, stop: int, state: Any, lat: array, failures: list) -> int:
+        perf, keep = time.perf_counter, lat.append
+        moved = 0
+        for i in range(start, stop):
+            s = perf()
+            try:
+                moved += op(i, state)
+            except StorageError as exc:
+                failures.append((i, exc))
+                continue
+            keep(perf() - s)
+        return moved
+
+    return run
+
+
+def bare_loop(
+    targets: Sequence[Any],
+    bare_of: Callable[[Any], Bare],
+    *,
+    before: Callable[[int, Any], None] | None = None,
+    check: Callable[[int, Any, Any], None] | None = None,
+    moves: bool = False,
+) -> Chunk:
+    """A chunk op calling a backend's bare verb (`bare_of(thread state)`) on `targets[i]`.
+
+    With nothing around the call, one clock read an op: an op's latency runs from the end of the
+    one before it (or the start of its chunk) to its own end, so it includes the loop's own
+    ~0.1 us between ops and the latencies of a chunk add up to its time exactly. `before(i,
+    state)` (e.g. a stamp into the buffer) and `check(i, state, result)` (a verification; it
+    raises StorageError) run outside the op's latency, at the cost of a second clock read.
+    `moves` sums what the calls return as bytes moved.
+    """
+    if before is None and check is None and not moves:
+
+        def lean(start: int, stop: int, state: Any, lat: array, failures: list) -> int:
+            call, catch, error = bare_of(state)[:3]
+            perf, keep = time.perf_counter, lat.append
+            prev = perf()
+            for i in range(start, stop):
+                try:
+                    call(targets[i])
+                except catch as exc:
+                    failures.append((i, error(exc, targets[i])))
+                    prev = perf()
+                    continue
+                now = perf()
+                keep(now - prev)
+                prev = now
+            return 0
+
+        return lean
+
+    def hooked(start: int, stop: int, state: Any, lat: array, failures: list) -> int:
+        call, catch, error = bare_of(state)[:3]
+        perf, keep = time.perf_counter, lat.append
+        moved = 0
+        for i in range(start, stop):
+            if before is not None:
+                before(i, state)
+            s = perf()
+            try:
+                got = call(targets[i])
+            except catch as exc:
+                failures.append((i, error(exc, targets[i])))
+                continue
+            keep(perf() - s)
+            if check is not None:
+                try:
+                    check(i, state, got)
+                except StorageError as exc:
+                    del lat[-1]  # a failed op has no latency
+                    failures.append((i, exc))
+                    continue
+            if moves:
+                moved += got
+        return moved
+
+    return hooked
