@@ -87,15 +87,39 @@ class Plan:
 
 
 ALL_RAW = ("boto3", "boto3 (s3transfer)", "obstore", "s3dlio", "s3torchconnector")
-FULL = Plan(reps=5, posix_object=64 * MiB, posix_objects=8, posix_ranks=(1, 2), posix_unverified=True,
-            s3_object=64 * MiB, s3_objects=1, s3_clients=("obstore", "boto3"), raw_clients=ALL_RAW,
-            posix_fio=True, small_object=4096, small_objects=300, small_io_depth=16,
-            small_clients=("obstore", "boto3"))
+FULL = Plan(
+    reps=5,
+    posix_object=64 * MiB,
+    posix_objects=8,
+    posix_ranks=(1, 2),
+    posix_unverified=True,
+    s3_object=64 * MiB,
+    s3_objects=1,
+    s3_clients=("obstore", "boto3"),
+    raw_clients=ALL_RAW,
+    posix_fio=True,
+    small_object=4096,
+    small_objects=300,
+    small_io_depth=16,
+    small_clients=("obstore", "boto3"),
+)
 # a smoke run: dd only, and only the two raw clients dlio-ext itself is built on
-QUICK = Plan(reps=3, posix_object=64 * MiB, posix_objects=4, posix_ranks=(1,), posix_unverified=False,
-             s3_object=64 * MiB, s3_objects=1, s3_clients=("obstore",), raw_clients=("boto3", "obstore"),
-             posix_fio=False, small_object=4096, small_objects=150, small_io_depth=16,
-             small_clients=("obstore",))
+QUICK = Plan(
+    reps=3,
+    posix_object=64 * MiB,
+    posix_objects=4,
+    posix_ranks=(1,),
+    posix_unverified=False,
+    s3_object=64 * MiB,
+    s3_objects=1,
+    s3_clients=("obstore",),
+    raw_clients=("boto3", "obstore"),
+    posix_fio=False,
+    small_object=4096,
+    small_objects=150,
+    small_io_depth=16,
+    small_clients=("obstore",),
+)
 
 
 @dataclass
@@ -144,8 +168,13 @@ class Measurement:
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(project_median=self.project_median, baseline_median=self.baseline_median,
-                 ratio=self.ratio, paired_ratio=self.paired_ratio, met=self.met)
+        d.update(
+            project_median=self.project_median,
+            baseline_median=self.baseline_median,
+            ratio=self.ratio,
+            paired_ratio=self.paired_ratio,
+            met=self.met,
+        )
         return d
 
 
@@ -207,8 +236,9 @@ def mpirun_exe() -> str:
     return found
 
 
-def run_dlio(bench: Bench, tag: str, args: Sequence[str], ranks: int = 1,
-             env: dict[str, str] | None = None) -> dict[str, Any]:
+def run_dlio(
+    bench: Bench, tag: str, args: Sequence[str], ranks: int = 1, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Run `dlio-ext run ...` (under mpirun when ranks > 1); return its summary.json.
 
     Raises RuntimeError with the tail of its output when it fails or marks itself invalid."""
@@ -231,7 +261,9 @@ def run_dlio(bench: Bench, tag: str, args: Sequence[str], ranks: int = 1,
         raise RuntimeError(f"dlio-ext exited {p.returncode}: {tail} (log: {log})")
     summary = json.loads((Path(lines[-1].removeprefix("results: ")) / "summary.json").read_text())
     if not summary.get("valid"):
-        raise RuntimeError(f"dlio-ext run invalid: {'; '.join(summary.get('invalid_reasons', []))} (log: {log})")
+        raise RuntimeError(
+            f"dlio-ext run invalid: {'; '.join(summary.get('invalid_reasons', []))} (log: {log})"
+        )
     return summary
 
 
@@ -248,8 +280,10 @@ def run_dd(procs: list[list[str]]) -> float:
 
     dd's own clock excludes process start-up, so this favours the baseline slightly."""
     env = dict(os.environ) | {"LC_ALL": "C"}
-    running = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-               for c in procs]
+    running = [
+        subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        for c in procs
+    ]
     total, slowest = 0, 0.0
     for c, p in zip(procs, running, strict=True):
         _, err = p.communicate(timeout=600)
@@ -289,27 +323,40 @@ def bench_posix(bench: Bench) -> None:
         rows = PosixRows(
             Measurement(f"posix O_DIRECT write ({what})", "GB/s", 0.9, f"dd oflag=direct bs={mib}M, {procs}"),
             Measurement(f"posix O_DIRECT read ({what})", "GB/s", 0.9, f"dd iflag=direct bs={mib}M, {procs}"),
-            Measurement(f"posix O_DIRECT write vs fio ({what})", "GB/s", 0.9, fio_how,
-                        note="fio fills its buffer once; dd reads /dev/zero into its buffer before every write"),
+            Measurement(
+                f"posix O_DIRECT write vs fio ({what})",
+                "GB/s",
+                0.9,
+                fio_how,
+                note="fio fills its buffer once; dd reads /dev/zero into its buffer before every write",
+            ),
             Measurement(f"posix O_DIRECT read vs fio ({what})", "GB/s", 0.9, fio_how),
-            Measurement(f"posix O_DIRECT read, workload.verify=false ({what})", "GB/s", 0.9,
-                        f"dd iflag=direct bs={mib}M, {procs}",
-                        note="dlio-ext without its xxh3 check of every byte read (dd checks nothing)")
-            if plan.posix_unverified and ranks == 1 else None,
+            Measurement(
+                f"posix O_DIRECT read, workload.verify=false ({what})",
+                "GB/s",
+                0.9,
+                f"dd iflag=direct bs={mib}M, {procs}",
+                note="dlio-ext without its xxh3 check of every byte read (dd checks nothing)",
+            )
+            if plan.posix_unverified and ranks == 1
+            else None,
         )
         fio_rows = [rows.write_fio, rows.read_fio] if plan.posix_fio else []
         if plan.posix_fio and fio is None:
             rows.write_fio.unavailable = rows.read_fio.unavailable = "not available: fio is not installed"
-        bench.measurements += [m for m in (rows.write_dd, rows.read_dd, *fio_rows, rows.read_unverified)
-                               if m is not None]
+        bench.measurements += [
+            m for m in (rows.write_dd, rows.read_dd, *fio_rows, rows.read_unverified) if m is not None
+        ]
         for rep in range(plan.reps):
             bench.say(f"posix {ranks} rank(s): repetition {rep + 1}/{plan.reps}")
             _posix_rep(bench, ranks, rep, rows, fio)
-            bench.say(f"  write dlio-ext {_last(rows.write_dd.project)} dd {_last(rows.write_dd.baseline)} "
-                      f"fio {_last(rows.write_fio.baseline)}; read dlio-ext {_last(rows.read_dd.project)} "
-                      f"dd {_last(rows.read_dd.baseline)} fio {_last(rows.read_fio.baseline)}"
-                      + (f" verify=false {_last(rows.read_unverified.project)}" if rows.read_unverified else "")
-                      + " GB/s")
+            bench.say(
+                f"  write dlio-ext {_last(rows.write_dd.project)} dd {_last(rows.write_dd.baseline)} "
+                f"fio {_last(rows.write_fio.baseline)}; read dlio-ext {_last(rows.read_dd.project)} "
+                f"dd {_last(rows.read_dd.baseline)} fio {_last(rows.read_fio.baseline)}"
+                + (f" verify=false {_last(rows.read_unverified.project)}" if rows.read_unverified else "")
+                + " GB/s"
+            )
 
 
 def _posix_rep(bench: Bench, ranks: int, rep: int, rows: PosixRows, fio: str | None) -> None:
@@ -318,9 +365,15 @@ def _posix_rep(bench: Bench, ranks: int, rep: int, rows: PosixRows, fio: str | N
     size, n = bench.plan.posix_object, max(1, bench.plan.posix_objects // ranks)
     mib = size // MiB
     root = bench.data / f"posix-{ranks}r-{rep}"
-    base = ["workload=storage_sweep", "storage=posix", "storage.direct=true", f"storage.root={root}",
-            f"workload.object_size={size}", f"workload.objects_per_rank={n}",
-            "workload.phases=[write,read_sequential,delete]"]
+    base = [
+        "workload=storage_sweep",
+        "storage=posix",
+        "storage.direct=true",
+        f"storage.root={root}",
+        f"workload.object_size={size}",
+        f"workload.objects_per_rank={n}",
+        "workload.phases=[write,read_sequential,delete]",
+    ]
 
     def project(extra: list[str], targets: list[tuple[Measurement, str]], tag: str) -> None:
         try:
@@ -337,10 +390,14 @@ def _posix_rep(bench: Bench, ranks: int, rep: int, rows: PosixRows, fio: str | N
         # one file of the same total bytes per process, written then read back, both O_DIRECT
         files = [root / f"dd-{i}.bin" for i in range(ranks)]
         root.mkdir(parents=True, exist_ok=True)
-        rows.write_dd.baseline.append(run_dd([["dd", "if=/dev/zero", f"of={f}", f"bs={mib}M", f"count={n}",
-                                               "oflag=direct"] for f in files]))
-        rows.read_dd.baseline.append(run_dd([["dd", f"if={f}", "of=/dev/null", f"bs={mib}M", "iflag=direct"]
-                                             for f in files]))
+        rows.write_dd.baseline.append(
+            run_dd(
+                [["dd", "if=/dev/zero", f"of={f}", f"bs={mib}M", f"count={n}", "oflag=direct"] for f in files]
+            )
+        )
+        rows.read_dd.baseline.append(
+            run_dd([["dd", f"if={f}", "of=/dev/null", f"bs={mib}M", "iflag=direct"] for f in files])
+        )
         if rows.read_unverified is not None:
             rows.read_unverified.baseline.append(rows.read_dd.baseline[-1])
         for f in files:
@@ -355,15 +412,25 @@ def _posix_rep(bench: Bench, ranks: int, rep: int, rows: PosixRows, fio: str | N
         shutil.rmtree(d, ignore_errors=True)
 
     steps: list[Callable[[], None]] = [
-        lambda: project([], [(rows.write_dd, "write"), (rows.read_dd, "read_sequential"),
-                             (rows.write_fio, "write"), (rows.read_fio, "read_sequential")], f"posix-{ranks}r"),
+        lambda: project(
+            [],
+            [
+                (rows.write_dd, "write"),
+                (rows.read_dd, "read_sequential"),
+                (rows.write_fio, "write"),
+                (rows.read_fio, "read_sequential"),
+            ],
+            f"posix-{ranks}r",
+        ),
         dd,
     ]
     if fio is not None:
         steps.append(fio_run)
     if rows.read_unverified is not None:
         m = rows.read_unverified
-        steps.append(lambda: project(["workload.verify=false"], [(m, "read_sequential")], f"posix-{ranks}r-noverify"))
+        steps.append(
+            lambda: project(["workload.verify=false"], [(m, "read_sequential")], f"posix-{ranks}r-noverify")
+        )
     settle()
     for step in steps if rep % 2 == 0 else steps[::-1]:
         step()
@@ -382,13 +449,24 @@ def run_fio(fio: str, directory: Path, rw: str, bs: int, n: int, jobs: int) -> f
     """fio with the same block size, bytes and process count; GB/s over the group (slowest job's time).
 
     No preallocation (fallocate=none): dlio-ext and dd allocate as they write, and so does fio here."""
-    cmd = [fio, "--name=bench", f"--directory={directory}", f"--rw={rw}", f"--bs={bs}", f"--size={bs * n}",
-           "--direct=1", "--ioengine=psync", "--fallocate=none", f"--numjobs={jobs}", "--group_reporting",
-           "--output-format=json"]
+    cmd = [
+        fio,
+        "--name=bench",
+        f"--directory={directory}",
+        f"--rw={rw}",
+        f"--bs={bs}",
+        f"--size={bs * n}",
+        "--direct=1",
+        "--ioengine=psync",
+        "--fallocate=none",
+        f"--numjobs={jobs}",
+        "--group_reporting",
+        "--output-format=json",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if p.returncode != 0:
         raise RuntimeError(f"{shlex.join(cmd)} failed ({p.returncode}): {p.stderr.strip()[-300:]}")
-    job = json.loads(p.stdout[p.stdout.index("{"):])["jobs"][0][rw]
+    job = json.loads(p.stdout[p.stdout.index("{") :])["jobs"][0][rw]
     if job["io_bytes"] != bs * n * jobs:
         raise RuntimeError(f"fio {rw} moved {job['io_bytes']} bytes, expected {bs * n * jobs}")
     return float(job["bw_bytes"]) / 1e9
@@ -435,8 +513,13 @@ def _boto3_client(env: dict[str, str], pool: int = 32) -> Any:
         max_pool_connections=pool,
         retries={"max_attempts": 1, "mode": "standard"},
     )
-    return boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], config=cfg)
+    return boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        config=cfg,
+    )
 
 
 class Boto3Plain(RawClient):
@@ -526,7 +609,9 @@ class Boto3Transfer(RawClient):
 
         self.c, self.bucket = _boto3_client(env), env["DLIO_EXT_S3_BUCKET"]
         self.tc = TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=threads)
-        self.how = f"upload_fileobj / download_fileobj, TransferConfig({part // MiB} MiB parts x {threads} threads)"
+        self.how = (
+            f"upload_fileobj / download_fileobj, TransferConfig({part // MiB} MiB parts x {threads} threads)"
+        )
         self.into = [aligned_buffer(size) for _ in range(n)]
         self.next = 0
 
@@ -554,8 +639,11 @@ class Obstore(RawClient):
 
         self.ob = obstore
         self.store = S3Store(
-            env["DLIO_EXT_S3_BUCKET"], endpoint=env["AWS_ENDPOINT_URL"], region=env["AWS_REGION"],
-            access_key_id=env["AWS_ACCESS_KEY_ID"], secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            env["DLIO_EXT_S3_BUCKET"],
+            endpoint=env["AWS_ENDPOINT_URL"],
+            region=env["AWS_REGION"],
+            access_key_id=env["AWS_ACCESS_KEY_ID"],
+            secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
             virtual_hosted_style_request=False,
             client_options={"allow_http": env["AWS_ENDPOINT_URL"].startswith("http:")},
         )
@@ -599,8 +687,11 @@ class S3Torch(RawClient):
 
         self.how = f"S3Client.put_object().write / get_object().read() (CRT, {part // MiB} MiB parts)"
         self.bucket = env["DLIO_EXT_S3_BUCKET"]
-        self.c = S3Client(env["AWS_REGION"], endpoint=env["AWS_ENDPOINT_URL"],
-                          s3client_config=S3ClientConfig(force_path_style=True, part_size=part))
+        self.c = S3Client(
+            env["AWS_REGION"],
+            endpoint=env["AWS_ENDPOINT_URL"],
+            s3client_config=S3ClientConfig(force_path_style=True, part_size=part),
+        )
         self._b3 = _boto3_client(env)  # it has no delete
 
     def put(self, key: str, data: memoryview) -> None:
@@ -620,20 +711,25 @@ def _unavailable_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:200]}"
 
 
-def make_raw_clients(env: dict[str, str], plan: Plan, part: int, threads: int
-                     ) -> list[tuple[str, str, Callable[[], RawClient]]]:
+def make_raw_clients(
+    env: dict[str, str], plan: Plan, part: int, threads: int
+) -> list[tuple[str, str, Callable[[], RawClient]]]:
     return [
         ("boto3", "put_object / get_object().read()", lambda: Boto3Plain(env)),
-        ("boto3 (s3transfer)", f"TransferConfig({part // MiB} MiB x {threads})",
-         lambda: Boto3Transfer(env, part, threads, plan.s3_object, 2 * plan.s3_objects)),
+        (
+            "boto3 (s3transfer)",
+            f"TransferConfig({part // MiB} MiB x {threads})",
+            lambda: Boto3Transfer(env, part, threads, plan.s3_object, 2 * plan.s3_objects),
+        ),
         ("obstore", "obstore.put / obstore.get", lambda: Obstore(env)),
         ("s3dlio", "s3dlio.put_bytes / s3dlio.get", lambda: S3dlio(env)),
         ("s3torchconnector", "S3Client put_object / get_object", lambda: S3Torch(env, part)),
     ]
 
 
-def time_raw(client: RawClient, prefix: str, data: memoryview, n: int, want_hash: int, seed: int
-             ) -> tuple[float, float, str | None]:
+def time_raw(
+    client: RawClient, prefix: str, data: memoryview, n: int, want_hash: int, seed: int
+) -> tuple[float, float, str | None]:
     """PUT n objects one after another, then GET each twice (in order, then shuffled), as
     dlio-ext's write, read_sequential and read_random phases do; returns (put GB/s, get GB/s,
     what was wrong)."""
@@ -667,7 +763,13 @@ def time_raw(client: RawClient, prefix: str, data: memoryview, n: int, want_hash
     return n * size / put_s / 1e9, 2 * n * size / get_s / 1e9, wrong
 
 
-S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "DLIO_EXT_S3_BUCKET")
+S3_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_REGION",
+    "DLIO_EXT_S3_BUCKET",
+)
 
 
 def bench_s3(bench: Bench, sections: set[str], external: bool) -> None:
@@ -707,8 +809,15 @@ def _bench_s3_sections(bench: Bench, sections: set[str], env: dict[str, str]) ->
 
 
 def _dlio_s3_args(client: str, size: int, n: int, io_depth: int, phases: str) -> list[str]:
-    return ["workload=storage_sweep", "storage=s3", f"storage.client={client}", f"workload.object_size={size}",
-            f"workload.objects_per_rank={n}", f"workload.io_depth={io_depth}", f"workload.phases={phases}"]
+    return [
+        "workload=storage_sweep",
+        "storage=s3",
+        f"storage.client={client}",
+        f"workload.object_size={size}",
+        f"workload.objects_per_rank={n}",
+        f"workload.io_depth={io_depth}",
+        f"workload.phases={phases}",
+    ]
 
 
 def _s3_part_settings() -> tuple[int, int]:
@@ -805,8 +914,10 @@ def bench_s3_large(bench: Bench, env: dict[str, str]) -> None:
         for step in order[shift:] + order[:shift]:
             step()
             settle()  # the server's dirty pages go to disk between measurements, not during the next
-        line = ", ".join([f"dlio-ext {cl} {_last(proj[cl]['put'])}/{_last(proj[cl]['get'])}" for cl in plan.s3_clients]
-                         + [f"{r.name} {_last(r.put)}/{_last(r.get)}" for r, _ in clients])
+        line = ", ".join(
+            [f"dlio-ext {cl} {_last(proj[cl]['put'])}/{_last(proj[cl]['get'])}" for cl in plan.s3_clients]
+            + [f"{r.name} {_last(r.put)}/{_last(r.get)}" for r, _ in clients]
+        )
         bench.say(f"  PUT/GET GB/s: {line}")
 
     for what, verb in (("put", "PUT"), ("get", "GET")):
@@ -814,8 +925,12 @@ def bench_s3_large(bench: Bench, env: dict[str, str]) -> None:
         best = max(valid, key=lambda r: r.median(what) or 0.0) if valid else None
         for client in plan.s3_clients:
             reads = "" if what == "put" else ", each read twice"
-            m = Measurement(f"S3 {verb} {mib} MiB objects, dlio-ext client={client} ({n}/rep{reads}, 1 rank)",
-                            "GB/s", 0.9, f"fastest raw client: {best.name}" if best else "no raw client")
+            m = Measurement(
+                f"S3 {verb} {mib} MiB objects, dlio-ext client={client} ({n}/rep{reads}, 1 rank)",
+                "GB/s",
+                0.9,
+                f"fastest raw client: {best.name}" if best else "no raw client",
+            )
             m.project = proj[client][what]
             m.project_failures = fails[client]
             if best is None:
@@ -840,8 +955,11 @@ def bench_s3_small(bench: Bench, env: dict[str, str]) -> None:
     for client in dlio_clients:
         for verb in ("PUT", "GET"):
             rows[(client, verb)] = Measurement(
-                f"S3 {verb} {kib} KiB ops/s, dlio-ext client={client} io_depth={depth} ({n}/rep, 1 rank)", "ops/s",
-                2.0, "boto3 put_object/get_object loop, 1 thread")
+                f"S3 {verb} {kib} KiB ops/s, dlio-ext client={client} io_depth={depth} ({n}/rep, 1 rank)",
+                "ops/s",
+                2.0,
+                "boto3 put_object/get_object loop, 1 thread",
+            )
     bench.measurements += list(rows.values())
 
     def baseline(rep: int) -> tuple[float, float]:
@@ -856,14 +974,19 @@ def bench_s3_small(bench: Bench, env: dict[str, str]) -> None:
         if any(g != body for g in got):
             raise RuntimeError("boto3 read back other bytes than it wrote")
         for i in range(0, n, 1000):
-            c.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]],
-                                                    "Quiet": True})
+            c.delete_objects(
+                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True}
+            )
         return put, get
 
     def project(client: str) -> None:
         try:
-            s = run_dlio(bench, f"s3-small-{client}",
-                         _dlio_s3_args(client, size, n, depth, "[write,read_sequential,delete]"), env=env)
+            s = run_dlio(
+                bench,
+                f"s3-small-{client}",
+                _dlio_s3_args(client, size, n, depth, "[write,read_sequential,delete]"),
+                env=env,
+            )
             rows[(client, "PUT")].project.append(s["phases"]["write"]["ops_per_s"])
             rows[(client, "GET")].project.append(s["phases"]["read_sequential"]["ops_per_s"])
         except RuntimeError as exc:
@@ -887,9 +1010,14 @@ def bench_s3_small(bench: Bench, env: dict[str, str]) -> None:
         for client in dlio_clients:
             rows[(client, "PUT")].baseline.append(put)
             rows[(client, "GET")].baseline.append(get)
-        bench.say("  PUT/GET ops/s: " + ", ".join(
-            f"dlio-ext {cl} {_last(rows[(cl, 'PUT')].project)}/{_last(rows[(cl, 'GET')].project)}"
-            for cl in dlio_clients) + f", boto3 loop {put:.0f}/{get:.0f}")
+        bench.say(
+            "  PUT/GET ops/s: "
+            + ", ".join(
+                f"dlio-ext {cl} {_last(rows[(cl, 'PUT')].project)}/{_last(rows[(cl, 'GET')].project)}"
+                for cl in dlio_clients
+            )
+            + f", boto3 loop {put:.0f}/{get:.0f}"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -903,8 +1031,10 @@ def _fmt(v: float | None, unit: str) -> str:
 
 
 def table(bench: Bench, command: str, footer: Sequence[str] = ()) -> str:
-    out = ["| measurement | dlio-ext | baseline | ratio | target | met? |",
-           "| --- | --- | --- | --- | --- | --- |"]
+    out = [
+        "| measurement | dlio-ext | baseline | ratio | target | met? |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for m in bench.measurements:
         if m.unavailable:
             out.append(f"| {m.name} | {m.unavailable} | - | - | >= {m.target:g} | n/a |")
@@ -915,25 +1045,40 @@ def table(bench: Bench, command: str, footer: Sequence[str] = ()) -> str:
         met = {True: "yes", False: "**no**", None: "n/a"}[m.met]
         out.append(f"| {m.name} | {proj} | {base} | {ratio} | >= {m.target:g} | {met} |")
     if bench.raw_clients:
-        out += ["", "Raw S3 clients (medians; the fastest correct one is the baseline above):", "",
-                "| raw client | how | PUT GB/s | GET GB/s | samples |", "| --- | --- | --- | --- | --- |"]
+        out += [
+            "",
+            "Raw S3 clients (medians; the fastest correct one is the baseline above):",
+            "",
+            "| raw client | how | PUT GB/s | GET GB/s | samples |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for r in bench.raw_clients:
             if r.unavailable or r.wrong:
                 out.append(f"| {r.name} | {r.how} | {r.unavailable or 'wrong: ' + str(r.wrong)} | - | - |")
             else:
-                out.append(f"| {r.name} | {r.how} | {r.median('put') or 0:.3f} | {r.median('get') or 0:.3f} "
-                           f"| {len(r.put)} |")
-    out += ["", "Samples (each repetition, in run order; ratio of medians above, median of paired ratios here):", "",
-            "| measurement | dlio-ext samples | baseline samples | paired ratio | spread (max/min) |",
-            "| --- | --- | --- | --- | --- |"]
+                out.append(
+                    f"| {r.name} | {r.how} | {r.median('put') or 0:.3f} | {r.median('get') or 0:.3f} "
+                    f"| {len(r.put)} |"
+                )
+    out += [
+        "",
+        "Samples (each repetition, in run order; ratio of medians above, median of paired ratios here):",
+        "",
+        "| measurement | dlio-ext samples | baseline samples | paired ratio | spread (max/min) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for m in bench.measurements:
         if m.unavailable:
             continue
         dig = 3 if m.unit == "GB/s" else 0
         pr = f"{m.paired_ratio:.2f}" if m.paired_ratio is not None else "-"
-        spread = " / ".join(f"{max(xs) / min(xs):.1f}" if xs and min(xs) > 0 else "-" for xs in (m.project, m.baseline))
-        out.append(f"| {m.name} | {', '.join(f'{x:.{dig}f}' for x in m.project) or '-'} | "
-                   f"{', '.join(f'{x:.{dig}f}' for x in m.baseline) or '-'} | {pr} | {spread} |")
+        spread = " / ".join(
+            f"{max(xs) / min(xs):.1f}" if xs and min(xs) > 0 else "-" for xs in (m.project, m.baseline)
+        )
+        out.append(
+            f"| {m.name} | {', '.join(f'{x:.{dig}f}' for x in m.project) or '-'} | "
+            f"{', '.join(f'{x:.{dig}f}' for x in m.baseline) or '-'} | {pr} | {spread} |"
+        )
     notes = [f"- {m.name}: {m.note}" for m in bench.measurements if m.note]
     fails = [f"- {m.name}: {m.project_failures[0]}" for m in bench.measurements if m.project_failures]
     if notes:
@@ -959,7 +1104,9 @@ def host() -> dict[str, Any]:
         except Exception:
             info.setdefault("packages", {})[pkg] = None
     try:
-        info["dd"] = subprocess.run(["dd", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+        info["dd"] = subprocess.run(["dd", "--version"], capture_output=True, text=True).stdout.splitlines()[
+            0
+        ]
     except (OSError, IndexError):
         info["dd"] = None
     return info
@@ -968,14 +1115,30 @@ def host() -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--quick", action="store_true", help="fewer repetitions and bytes (about a minute)")
-    ap.add_argument("--ranks", type=int, action="append", default=None,
-                    help="posix process counts to measure (repeatable; default 1 and 2, --quick 1)")
-    ap.add_argument("--reps", type=int, default=None, help="repetitions of each measurement (>= 3 recommended)")
-    ap.add_argument("--only", action="append", choices=["posix", "s3-large", "s3-small"],
-                    help="run only this section (repeatable)")
-    ap.add_argument("--out", type=Path, default=None, help="results directory (default results/bench/<UTC time>)")
-    ap.add_argument("--s3-external", action="store_true",
-                    help="measure the S3 store named by AWS_ENDPOINT_URL/... /DLIO_EXT_S3_BUCKET instead of a local SeaweedFS")
+    ap.add_argument(
+        "--ranks",
+        type=int,
+        action="append",
+        default=None,
+        help="posix process counts to measure (repeatable; default 1 and 2, --quick 1)",
+    )
+    ap.add_argument(
+        "--reps", type=int, default=None, help="repetitions of each measurement (>= 3 recommended)"
+    )
+    ap.add_argument(
+        "--only",
+        action="append",
+        choices=["posix", "s3-large", "s3-small"],
+        help="run only this section (repeatable)",
+    )
+    ap.add_argument(
+        "--out", type=Path, default=None, help="results directory (default results/bench/<UTC time>)"
+    )
+    ap.add_argument(
+        "--s3-external",
+        action="store_true",
+        help="measure the S3 store named by AWS_ENDPOINT_URL/... /DLIO_EXT_S3_BUCKET instead of a local SeaweedFS",
+    )
     ap.add_argument("--keep-data", action="store_true", help="keep the data and the S3 server's files")
     args = ap.parse_args(argv)
     plan = QUICK if args.quick else FULL
@@ -1012,8 +1175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(out / "s3server", ignore_errors=True)
     elapsed = time.perf_counter() - t0
     load_end = os.getloadavg()
-    noise = (f"machine: {os.cpu_count()} CPUs, 1-min load average {load_start[0]:.1f} at start, "
-             f"{load_end[0]:.1f} at end; {elapsed:.0f} s in all; medians of {plan.reps} interleaved repetitions")
+    noise = (
+        f"machine: {os.cpu_count()} CPUs, 1-min load average {load_start[0]:.1f} at start, "
+        f"{load_end[0]:.1f} at end; {elapsed:.0f} s in all; medians of {plan.reps} interleaved repetitions"
+    )
     md = table(bench, command, [noise, ""])
     print(md)
     print(f"\nelapsed {elapsed:.0f} s; results: {out}")
@@ -1030,8 +1195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sections": sorted(sections),
         "dlio_ext_commands": bench.dlio_commands,
         "measurements": [m.as_dict() for m in bench.measurements],
-        "raw_s3_clients": [asdict(r) | {"put_median": r.median("put"), "get_median": r.median("get")}
-                           for r in bench.raw_clients],
+        "raw_s3_clients": [
+            asdict(r) | {"put_median": r.median("put"), "get_median": r.median("get")}
+            for r in bench.raw_clients
+        ],
         "host": host(),
         "crashed": crashed,
         "table_markdown": md,
