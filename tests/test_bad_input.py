@@ -33,6 +33,17 @@ CASES = {
         ["endpoint", "http"],
     ),
     "s3-bad-client": (["storage=s3", "storage.bucket=b", "storage.client=curl"], ["client", "obstore"]),
+    # a URL that carries credentials is named without them
+    "s3-endpoint-with-password": (
+        ["storage=s3", "storage.bucket=b", "storage.endpoint=ftp://me:not-a-secret-zzz@host:9000"],
+        ["endpoint", "http", "host:9000"],
+    ),
+    "s3-no-bucket": (["storage=s3", "storage.bucket=null"], ["bucket", "DLIO_EXT_S3_BUCKET"]),
+    "s3-half-credentials": (
+        ["storage=s3", "storage.bucket=b", "storage.access_key=AKIAFAKE"],
+        ["secret_key", "AWS_SECRET_ACCESS_KEY"],
+    ),
+    "s3-timeout-zero": (["storage=s3", "storage.bucket=b", "storage.read_timeout=0"], ["read_timeout", "> 0"]),
     "s3-unreachable": (
         [
             "storage=s3",

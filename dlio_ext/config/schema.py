@@ -6,7 +6,7 @@ section name), so every range check reads the same to a user.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 
 def positive(name: str, value: float, *, allow_zero: bool = False) -> str | None:
@@ -53,6 +53,8 @@ class PosixSchema:
 
 @dataclass
 class S3Schema:
+    """The s3 section's keys and types, for Hydra; `validate` defers to the backend's settings."""
+
     type: str = "s3"
     client: str = "obstore"
     endpoint: str | None = None
@@ -74,22 +76,13 @@ class S3Schema:
     read_timeout: float = 60.0
 
     def validate(self) -> str | None:
-        problems = [
-            one_of("client", self.client, ("obstore", "boto3")),
-            one_of("checksum", self.checksum, ("when_required", "when_supported")),
-            positive("concurrency", self.concurrency),
-            positive("retries", self.retries, allow_zero=True),
-            positive("backoff_base", self.backoff_base, allow_zero=True),
-            positive("connect_timeout", self.connect_timeout),
-            positive("read_timeout", self.read_timeout),
-        ]
-        if self.part_size < 5 << 20:
-            problems.append(
-                f"part_size={self.part_size} is below S3's 5 MiB multipart minimum; use >= 5242880"
-            )
-        if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
-            problems.append(f"endpoint={self.endpoint!r} must start with http:// or https://")
-        return first_problem(*problems)
+        # the ranges, the environment fallbacks and the redaction of URLs live in one place, the
+        # backend's own settings (also used without Hydra: the DLIO adapter, s3-compat); a bad
+        # value raises its one-line UsageError from there, already naming storage.<key>
+        from dlio_ext.storage.s3 import S3Settings
+
+        S3Settings.from_config(asdict(self))
+        return None
 
 
 RUN_SCHEMA = RunSchema
