@@ -43,7 +43,10 @@ CASES = {
         ["storage=s3", "storage.bucket=b", "storage.access_key=AKIAFAKE"],
         ["secret_key", "AWS_SECRET_ACCESS_KEY"],
     ),
-    "s3-timeout-zero": (["storage=s3", "storage.bucket=b", "storage.read_timeout=0"], ["read_timeout", "> 0"]),
+    "s3-timeout-zero": (
+        ["storage=s3", "storage.bucket=b", "storage.read_timeout=0"],
+        ["read_timeout", "> 0"],
+    ),
     "s3-unreachable": (
         [
             "storage=s3",
