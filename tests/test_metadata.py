@@ -445,3 +445,42 @@ def test_keys_past_the_precompute_limit_are_formatted_per_op(
     for phase in ("file_create", "file_stat", "file_read", "file_rename", "file_remove"):
         assert s["phases"][phase]["ops"] == 40, phase
     assert s["phases"]["file_read"]["bytes"] == 40 * 3901
+
+
+def test_io_depth_keeps_that_many_ops_in_flight_on_posix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Posix hands out items in chunks; with io_depth=4 and 100 items the chunks must still be small
+    enough for four threads to have ops in flight at once (InFlightX: real stats, counted, slowed)."""
+    seen = {"now": 0, "max": 0}
+    lock = threading.Lock()
+
+    def in_flight(backend: Any) -> Any:
+        real_bare = backend.bare
+
+        def bare(verb: str, buf: Any = None) -> Any:
+            b = real_bare(verb, buf)
+            if verb != "stat":
+                return b
+
+            def stat(target: Any) -> Any:
+                with lock:
+                    seen["now"] += 1
+                    seen["max"] = max(seen["max"], seen["now"])
+                try:
+                    time.sleep(0.002)  # long enough for the other threads to be inside too
+                    return b.call(target)
+                finally:
+                    with lock:
+                        seen["now"] -= 1
+
+            return b._replace(call=stat)
+
+        backend.bare = bare
+        return backend
+
+    args = ["workload=metadata/easy", "storage=posix", "workload.items_per_rank=100", "workload.io_depth=4"]
+    args += ["workload.phases=[file_create,file_stat,file_remove]"]
+    s = _run_in_process(tmp_path, monkeypatch, in_flight, args)
+    assert s["valid"] is True and s["phases"]["file_stat"]["ops"] == 100
+    assert seen["max"] == 4, seen

@@ -393,13 +393,16 @@ class _Run:
 
         before = self.b.counters.as_dict()
         deadline = self.cfg.stonewall_s if stonewall and self.cfg.stonewall_s > 0 else None
+        depth = io_depth or self.cfg.io_depth
         chunk_op, chunk = (loop, self.chunk) if loop is not None else (per_op(op), 1)  # type: ignore[arg-type]
+        if depth > 1:  # every thread gets a few chunks, so io_depth ops are really in flight
+            chunk = max(1, min(chunk, n_ops // (depth * 4)))
         res = self.ctx.runner.run_chunks(
             label,
             n_ops,
             chunk_op,
             chunk,
-            io_depth or self.cfg.io_depth,
+            depth,
             thread_state,
             deadline_s=deadline,
             catch_up=deadline is not None,
