@@ -630,3 +630,19 @@ def test_a_truncated_body_is_retried_then_raises(backend_for: Callable[..., S3Ba
             "errors": 1,
             "errors_by_kind": {"error": 1},
         }
+
+
+def test_the_s3_yaml_the_schema_and_the_settings_name_the_same_keys() -> None:
+    """One list of settings (S3Settings): the Hydra schema and the documented YAML follow it."""
+    import dataclasses
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from dlio_ext.config.schema import S3Schema
+    from dlio_ext.storage.s3 import CONFIG_KEYS
+
+    root = Path(__file__).resolve().parents[1]
+    documented = OmegaConf.to_container(OmegaConf.load(root / "workload_configs/storage/s3.yaml"))
+    assert isinstance(documented, dict)
+    assert set(documented) == set(CONFIG_KEYS) == {f.name for f in dataclasses.fields(S3Schema)}

@@ -6,7 +6,8 @@ section name), so every range check reads the same to a user.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields, make_dataclass
+from typing import Any, get_type_hints
 
 
 def positive(name: str, value: float, *, allow_zero: bool = False) -> str | None:
@@ -51,38 +52,35 @@ class PosixSchema:
         )
 
 
-@dataclass
-class S3Schema:
-    """The s3 section's keys and types, for Hydra; `validate` defers to the backend's settings."""
+#: s3 keys that, left null, come from the environment (AWS_ENDPOINT_URL, DLIO_EXT_S3_BUCKET,
+#: AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)
+S3_FROM_ENV = ("endpoint", "bucket", "region", "access_key", "secret_key")
 
-    type: str = "s3"
-    client: str = "obstore"
-    endpoint: str | None = None
-    bucket: str | None = None
-    prefix: str = "dlio-ext"
-    region: str | None = None
-    path_style: bool = True
-    access_key: str | None = None
-    secret_key: str | None = None
-    verify: bool = True
-    ca_bundle: str | None = None
-    part_size: int = 16 << 20
-    concurrency: int = 8
-    checksum: str = "when_required"
-    retries: int = 5
-    backoff_base: float = 0.1
-    backoff_max: float = 5.0
-    connect_timeout: float = 5.0
-    read_timeout: float = 60.0
 
-    def validate(self) -> str | None:
-        # the ranges, the environment fallbacks and the redaction of URLs live in one place, the
-        # backend's own settings (also used without Hydra: the DLIO adapter, s3-compat); a bad
-        # value raises its one-line UsageError from there, already naming storage.<key>
-        from dlio_ext.storage.s3 import S3Settings
+def _s3_schema() -> type:
+    """The s3 section's keys and types for Hydra, from the backend's own settings (one list).
 
+    A string may be null (unset: taken from the environment, or the default); `validate` hands
+    the values to S3Settings.from_config, where the ranges, the environment fallbacks and the
+    redaction of URLs live (it is also used without Hydra: the DLIO adapter, s3-compat); a bad
+    value raises its one-line UsageError from there, already naming storage.<key>."""
+    from dlio_ext.storage.s3 import S3Settings
+
+    hints = get_type_hints(S3Settings)
+    keys: list[tuple[str, Any, Any]] = [("type", str, "s3")]
+    for f in fields(S3Settings):
+        kind = hints[f.name] if hints[f.name] in (bool, int, float) else str | None
+        default = None if f.name in S3_FROM_ENV or f.default is MISSING else f.default
+        keys.append((f.name, kind, default))
+
+    def validate(self: Any) -> str | None:
         S3Settings.from_config(asdict(self))
         return None
+
+    return make_dataclass("S3Schema", keys, namespace={"validate": validate})
+
+
+S3Schema = _s3_schema()
 
 
 RUN_SCHEMA = RunSchema

@@ -39,7 +39,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -66,27 +66,6 @@ MAX_PARTS = 10_000
 DELETE_BATCH = 1000
 CLIENTS = ("obstore", "boto3")
 CHECKSUMS = ("when_required", "when_supported")
-CONFIG_KEYS = (
-    "type",
-    "client",
-    "endpoint",
-    "bucket",
-    "prefix",
-    "region",
-    "path_style",
-    "access_key",
-    "secret_key",
-    "verify",
-    "ca_bundle",
-    "part_size",
-    "concurrency",
-    "checksum",
-    "retries",
-    "backoff_base",
-    "backoff_max",
-    "connect_timeout",
-    "read_timeout",
-)
 #: the health check must answer fast even when the configured timeouts are generous
 CHECK_CONNECT_TIMEOUT = 2.0
 CHECK_READ_TIMEOUT = 10.0
@@ -260,6 +239,10 @@ class S3Settings:
             ),
             read_timeout=_number("read_timeout", cfg.get("read_timeout", 60.0), float, 0, strict=True),
         )
+
+
+#: the keys of a `storage` group for s3 (workload_configs/storage/s3.yaml)
+CONFIG_KEYS = ("type", *(f.name for f in fields(S3Settings)))
 
 
 # failures -----------------------------------------------------------------------------------
