@@ -35,25 +35,16 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+import benchlib
+from benchlib import ROOT, mpirun
+
 MiB, GiB = 1 << 20, 1 << 30
 CHUNK = 16 * MiB
-ENV = {
-    **os.environ,
-    "OMPI_ALLOW_RUN_AS_ROOT": "1",
-    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-    "PYTHONPATH": str(ROOT),
-}
-
-
-def mpirun(n: int) -> list[str]:
-    exe = BIN / "mpirun"
-    return [str(exe) if exe.exists() else "mpirun", "--oversubscribe", "--allow-run-as-root", "-np", str(n)]
+ENV = {**os.environ, **benchlib.OMPI_ENV, "PYTHONPATH": str(ROOT)}
 
 
 def sh(cmd: list[str], cwd: Path | None = None, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
@@ -67,7 +58,8 @@ def sh(cmd: list[str], cwd: Path | None = None, timeout: float = 1800) -> subpro
 
 def parallel_dd(cmds_per_rank: list[list[list[str]]]) -> float:
     """Start one shell per rank at the same moment, each running its dd commands one after the
-    other; seconds from the first start to the last end."""
+    other; seconds from the first start to the last end. Not benchlib.run_dd (dd's own clock):
+    a burst's GB/s is defined over that span, start-up and the final fsync included, for both."""
     scripts = [" && ".join(shlex.join(["dd", *a, "status=none"]) for a in cmds) for cmds in cmds_per_rank]
     t0 = time.perf_counter()
     procs = [subprocess.Popen(["sh", "-c", sc], stderr=subprocess.PIPE) for sc in scripts]
@@ -83,9 +75,7 @@ def burst_run(ranks: int, nbytes: int, work: Path, results: Path) -> tuple[dict[
     p = sh(
         [
             *mpirun(ranks),
-            sys.executable,
-            "-m",
-            "dlio_ext.cli",
+            *benchlib.dlio_ext_module(),
             "run",
             "workload=checkpoint_burst/custom",
             "storage=posix",
@@ -196,8 +186,7 @@ def main() -> int:
     blocks = blocks_for(a.gib_per_rank)
     nbytes = 7 * blocks * CHUNK
     rss_bytes = 7 * blocks_for(a.rss_gib_per_rank) * CHUNK
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    outdir = ROOT / "results" / "bench_checkpoint" / stamp
+    outdir = ROOT / "results" / "bench_checkpoint" / benchlib.utc_stamp()
     outdir.mkdir(parents=True, exist_ok=True)
     scratch = a.dir or (outdir / "scratch")
     scratch.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ results/bench-kvcache/<UTC time>/bench.json. Missed targets are reported, not hi
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -42,21 +43,18 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import benchlib  # before dlio_ext: it puts the checkout on sys.path
 import xxhash
+from benchlib import ROOT, median_or_none, median_ratio
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from dlio_ext.metrics.histogram import Histogram  # noqa: E402
-from dlio_ext.storage import open_backend  # noqa: E402
-from dlio_ext.storage.base import Backend  # noqa: E402
-from dlio_ext.workloads import kv_cache as kv  # noqa: E402
-from dlio_ext.workloads.kv_tiers import StorageTier  # noqa: E402
+from dlio_ext.metrics.histogram import Histogram
+from dlio_ext.storage import open_backend
+from dlio_ext.storage.base import Backend
+from dlio_ext.workloads import kv_cache as kv
+from dlio_ext.workloads.kv_tiers import StorageTier
 
 MiB = 1 << 20
 NO_VERIFY = "the same path without the stamp + xxh3 check of every byte (the baselines check nothing)"
@@ -99,33 +97,28 @@ class Row:
     note: str = ""
     failure: str | None = None
 
-    def median(self, xs: Sequence[float]) -> float | None:
-        return statistics.median(xs) if xs else None
-
     @property
     def ratio(self) -> float | None:
-        p, b = self.median(self.project), self.median(self.baseline)
-        return p / b if p is not None and b else None
+        return median_ratio(self.project, self.baseline)
 
     @property
     def met(self) -> bool | None:
         if self.target.startswith(">="):
             r = self.ratio
             return None if r is None else r >= float(self.target[2:])
-        p = self.median(self.project)
+        p = median_or_none(self.project)
         return None if p is None else p < float(self.target.split()[1])
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {
-            "project_median": self.median(self.project),
-            "baseline_median": self.median(self.baseline),
+            "project_median": median_or_none(self.project),
+            "baseline_median": median_or_none(self.baseline),
             "ratio": self.ratio,
             "met": self.met,
         }
 
 
-def say(msg: str) -> None:
-    print(f"[bench-kv {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+say = functools.partial(benchlib.say, tag="bench-kv")
 
 
 # --- the workload's read path ----------------------------------------------------------------------
@@ -191,24 +184,7 @@ def read_path(
 
 def dd_read(files: list[Path], bs: int) -> float:
     """Run one `dd iflag=direct` per file at once; GB/s = all bytes / the slowest dd's own time."""
-    import re
-
-    pat = re.compile(r"^(\d+) bytes .* copied, ([0-9.]+) s", re.MULTILINE)
-    env = dict(os.environ) | {"LC_ALL": "C"}
-    cmds = [["dd", f"if={f}", "of=/dev/null", f"bs={bs}", "iflag=direct"] for f in files]
-    procs = [
-        subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-        for c in cmds
-    ]
-    total, slowest = 0, 0.0
-    for c, p in zip(cmds, procs, strict=True):
-        _, err = p.communicate(timeout=600)
-        m = pat.search(err or "")
-        if p.returncode != 0 or not m:
-            raise RuntimeError(f"{shlex.join(c)} failed ({p.returncode}): {(err or '').strip()[-300:]}")
-        total += int(m.group(1))
-        slowest = max(slowest, float(m.group(2)))
-    return total / slowest / 1e9
+    return benchlib.run_dd([["dd", f"if={f}", "of=/dev/null", f"bs={bs}", "iflag=direct"] for f in files])
 
 
 def fio_layout(d: Path, size: int, files_per_job: int, jobs: int) -> list[str]:
@@ -477,7 +453,7 @@ def table(rows: list[Row], command: str) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        p, b = r.median(r.project), r.median(r.baseline)
+        p, b = median_or_none(r.project), median_or_none(r.baseline)
         dig = 3 if r.unit == "GB/s" else 2
         proj = f"{p:.{dig}f} {r.unit}" if p is not None else f"failed: {r.failure}"
         base = f"{b:.3f} {r.unit} ({r.baseline_label})" if b is not None else "-"
@@ -512,13 +488,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.reps:
         plan["reps"] = args.reps
     sections = set(args.only or ["posix", "s3", "record"])
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = benchlib.utc_stamp()
     out = (args.out or ROOT / "results" / "bench-kvcache" / stamp).resolve()
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="data-", dir=args.work or out))
-    exe = Path(sys.executable)
-    shown = exe.relative_to(Path.cwd()).as_posix() if exe.is_relative_to(Path.cwd()) else str(exe)
-    command = shlex.join([shown, *(sys.argv if argv is None else [sys.argv[0], *argv])])
+    command = benchlib.command_line(argv)
     rows: list[Row] = []
     crashed = None
     t0 = time.perf_counter()
@@ -539,12 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(md)
     print(f"\nelapsed {elapsed:.0f} s; results: {out}")
     (out / "table.md").write_text(md + "\n")
-    try:
-        from dlio_ext.metrics.results import host_info
-
-        host = host_info()
-    except Exception:
-        host = {}
+    host = benchlib.host_info()
     doc = {
         "schema": "dlio-ext/bench-kvcache/1",
         "command": command,

