@@ -24,7 +24,7 @@ import random
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import xxhash
 
@@ -309,7 +309,7 @@ class _Thread:
 
 
 def _bare_of(st: _Thread) -> Bare:
-    return st.bare  # type: ignore[return-value]  # set whenever a phase runs a bare loop
+    return cast(Bare, st.bare)  # set whenever a phase runs a bare loop
 
 
 class _Content:
@@ -394,7 +394,12 @@ class _Run:
         before = self.b.counters.as_dict()
         deadline = self.cfg.stonewall_s if stonewall and self.cfg.stonewall_s > 0 else None
         depth = io_depth or self.cfg.io_depth
-        chunk_op, chunk = (loop, self.chunk) if loop is not None else (per_op(op), 1)  # type: ignore[arg-type]
+        if loop is not None:
+            chunk_op, chunk = loop, self.chunk
+        elif op is not None:
+            chunk_op, chunk = per_op(op), 1
+        else:
+            raise TypeError("timed() needs an op or a loop")
         if depth > 1:  # every thread gets a few chunks, so io_depth ops are really in flight
             chunk = max(1, min(chunk, n_ops // (depth * 4)))
         res = self.ctx.runner.run_chunks(
