@@ -372,7 +372,7 @@ def table(rows: list[Row]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=9, help="repetitions (medians; a phase here lasts ~0.1 s)")
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--items", type=int, default=20000, help="posix files per rank")
     ap.add_argument("--bytes", type=int, default=3901, help="posix file size")
