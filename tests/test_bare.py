@@ -9,8 +9,6 @@ the runner must count, time and stop chunks the way it does single ops.
 from __future__ import annotations
 
 import os
-import threading
-import time
 from array import array
 from pathlib import Path
 from typing import Any
@@ -138,26 +136,6 @@ def test_bare_loop_counts_times_and_fails_per_op(tmp_path: Path) -> None:
         1,
     )
     assert res.ops == 100 and res.bytes == 99 * 3 + 7 and seen == list(range(100))
-
-
-@pytest.mark.parametrize("io_depth", [1, 3])
-def test_chunks_under_a_deadline_leave_a_prefix_and_catch_up_reaches_it(io_depth: int) -> None:
-    done: list[int] = []
-    lock = threading.Lock()
-
-    def op(i: int, _s: Any) -> int:
-        time.sleep(0.0005)
-        with lock:
-            done.append(i)
-        return 1
-
-    res = PhaseRunner(SoloWorld(), 0).run_chunks(
-        "c", 1_000_000, per_op(op), 16, io_depth, deadline_s=0.1, catch_up=True
-    )
-    k = res.extra["stonewall_items"]
-    assert 0 < k < 1_000_000 and k % 16 == 0, "a chunk taken is a chunk run"
-    assert sorted(done) == list(range(k)) and res.ops == k and res.bytes == k
-    assert res.extra["stonewall_target"] == k and res.extra["stonewalled"] is True
 
 
 def test_per_op_keeps_failures_out_of_latencies() -> None:

@@ -28,7 +28,7 @@ from dlio_ext.s3server import ServerInfo, server_env
 from dlio_ext.storage.base import NotFound
 from dlio_ext.workloads import harness, metadata
 from dlio_ext.workloads.metadata import PHASES, Config
-from dlio_ext.workloads.phases import PhaseRunner
+from dlio_ext.workloads.phases import PhaseRunner, per_op
 
 FILE_PHASES = [p for p in PHASES if not p.startswith(("dir_", "tree_"))]
 DIR_PHASES = [p for p in PHASES if p.startswith(("dir_", "tree_"))]
@@ -134,21 +134,24 @@ def test_bad_key_through_cli_is_one_line(tmp_path: Path) -> None:
 # --- the stonewall in the phase runner (in process) ------------------------------------------
 
 
-@pytest.mark.parametrize("io_depth", [1, 4])
-def test_deadline_leaves_a_prefix_and_catch_up_reaches_it(io_depth: int) -> None:
+@pytest.mark.parametrize(("io_depth", "chunk"), [(1, 1), (4, 1), (1, 16), (3, 16)])
+def test_deadline_leaves_a_prefix_and_catch_up_reaches_it(io_depth: int, chunk: int) -> None:
     done: list[int] = []
     lock = threading.Lock()
 
     def op(i: int, _s: Any) -> int:
-        time.sleep(0.002)
+        time.sleep(0.002 if chunk == 1 else 0.0005)
         with lock:
             done.append(i)
-        return 0
+        return 1
 
-    res = PhaseRunner(SoloWorld(), 0).run("c", 100_000, op, io_depth, deadline_s=0.1, catch_up=True)
+    res = PhaseRunner(SoloWorld(), 0).run_chunks(
+        "c", 100_000, per_op(op), chunk, io_depth, deadline_s=0.1, catch_up=True
+    )
     k = res.extra["stonewall_items"]
-    assert 0 < k < 100_000
+    assert 0 < k < 100_000 and k % chunk == 0, "a chunk taken is a chunk run"
     assert sorted(done) == list(range(k)), "an index taken must be an index run"
+    assert res.ops == res.bytes == k
     assert res.extra["stonewalled"] is True and res.extra["stonewall_target"] == k
     assert res.extra["wearout_items"] == 0  # one rank: it is its own maximum
     assert 0.1 <= res.extra["stonewall_seconds"] < 5
