@@ -61,18 +61,17 @@ def _round_trip(backend: Backend) -> None:
     _call(backend, "delete", "bare/sub/f2")
 
 
-@pytest.mark.parametrize("mode", ["buffered", "fsync", "direct"])
+@pytest.mark.parametrize("mode", ["buffered", "fsync", "fsync_dir", "direct"])
 def test_posix_bare_verbs_do_what_the_full_ones_do(tmp_path: Path, mode: str) -> None:
-    backend = PosixBackend(
-        str(tmp_path), direct=mode == "direct", fsync="file" if mode == "fsync" else "none"
-    )
+    fsync = {"fsync": "file", "fsync_dir": "file_and_dir"}.get(mode, "none")
+    backend = PosixBackend(str(tmp_path), direct=mode == "direct", fsync=fsync)
     try:
         backend.check()
     except StorageError as exc:
         pytest.skip(f"O_DIRECT not available here: {exc}")
     _round_trip(backend)
-    if mode == "fsync":
-        assert backend.fsync_calls == 2, "every bare put is fsynced (and timed) as the policy says"
+    # every bare put is fsynced (and timed) as the policy says: the file, then its directory
+    assert backend.fsync_calls == {"fsync": 2, "fsync_dir": 4}.get(mode, 0)
     # errors name the key relative to the root, never the absolute path
     with pytest.raises(NotFound) as err:
         _call(backend, "stat", "nope/x")
