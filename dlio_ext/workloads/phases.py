@@ -33,8 +33,9 @@ class VerifyError(StorageError):
     kind = "corrupt"
 
 
-#: op latencies a thread keeps (8 bytes each) before binning them into its histogram at once
-LATENCY_BATCH = 1 << 14
+#: op latencies a thread keeps (8 bytes each, 1 MiB) before binning them into its histogram at once;
+#: a phase of fewer ops a thread bins after its last op, outside the phase's time
+LATENCY_BATCH = 1 << 17
 
 
 @dataclass
