@@ -245,6 +245,16 @@ class S3Settings:
 CONFIG_KEYS = ("type", *(f.name for f in fields(S3Settings)))
 
 
+def _info(key: str, size: Any, modified: Any, etag: str | None) -> ObjectInfo:
+    """A HEAD answer as ObjectInfo, whichever client gave it: mtime in epoch seconds, ETag unquoted."""
+    return ObjectInfo(
+        key=key,
+        size=int(size),
+        mtime=modified.timestamp() if modified else None,
+        etag=etag.strip('"') if etag else None,
+    )
+
+
 # failures -----------------------------------------------------------------------------------
 
 
@@ -598,14 +608,7 @@ class _Boto3Driver:
 
     def head(self, key: str) -> ObjectInfo:
         resp = self.client.head_object(Bucket=self.bucket, Key=self.base + key)
-        modified = resp.get("LastModified")
-        etag = resp.get("ETag")
-        return ObjectInfo(
-            key=key,
-            size=int(resp["ContentLength"]),
-            mtime=modified.timestamp() if modified else None,
-            etag=etag.strip('"') if etag else None,
-        )
+        return _info(key, resp["ContentLength"], resp.get("LastModified"), resp.get("ETag"))
 
     def list_page(
         self, prefix: str, delimiter: str | None, token: str | None
@@ -815,14 +818,7 @@ class _ObstoreDriver:
         import obstore as obs
 
         meta = obs.head(self.store, key)
-        etag = meta.get("e_tag")
-        modified = meta.get("last_modified")
-        return ObjectInfo(
-            key=key,
-            size=int(meta["size"]),
-            mtime=modified.timestamp() if modified else None,
-            etag=etag.strip('"') if etag else None,
-        )
+        return _info(key, meta["size"], meta.get("last_modified"), meta.get("e_tag"))
 
     def list_stream(self, directory: str, offset: str | None) -> Iterator[Any]:
         import obstore as obs
