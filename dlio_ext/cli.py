@@ -20,6 +20,9 @@ USAGE = __doc__ or ""
 
 
 def _run(argv: Sequence[str]) -> int:
+    from dlio_ext.workloads.lifecycle import take_signals
+
+    take_signals()  # first: every thread started from here on (OpenBLAS's, MPI's) leaves them alone
     from dlio_ext.workloads.harness import run
 
     return run(list(argv))

@@ -21,6 +21,8 @@ class StorageError(Exception):
     """An operation failed after retries; `kind` classifies it for counting and reports."""
 
     kind = "error"
+    #: what the kind means, for a person reading the console ("no space left on device")
+    text = "failed"
 
     def __init__(self, message: str, key: str | None = None):
         super().__init__(message)
@@ -29,22 +31,59 @@ class StorageError(Exception):
 
 class NotFound(StorageError):
     kind = "not_found"
+    text = "not found"
 
 
 class AccessDenied(StorageError):
     kind = "access_denied"
+    text = "permission denied"
+
+
+class NoSpace(StorageError):
+    kind = "no_space"
+    text = "no space left on device"
+
+
+class ReadOnly(StorageError):
+    kind = "read_only"
+    text = "read-only file system"
+
+
+class DeviceError(StorageError):
+    kind = "io_error"
+    text = "I/O error from the device"
 
 
 class Unreachable(StorageError):
     kind = "unreachable"
+    text = "store unreachable"
 
 
 class Throttled(StorageError):
     kind = "throttled"
+    text = "throttled by the store"
 
 
 class Unsupported(StorageError):
     kind = "unsupported"
+    text = "not supported by the medium"
+
+
+def kind_text(kind: str) -> str:
+    """The words for an error kind, for console lines and invalid reasons."""
+    for cls in _kinds():
+        if cls.kind == kind:
+            return cls.text
+    return kind.replace("_", " ")
+
+
+def _kinds() -> list[type[StorageError]]:
+    out, todo = [], [StorageError]
+    while todo:
+        cls = todo.pop()
+        out.append(cls)
+        todo.extend(cls.__subclasses__())
+    return out
 
 
 class ObjectInfo(NamedTuple):
@@ -241,6 +280,10 @@ class Backend(abc.ABC):
     def describe(self) -> dict[str, object]:
         """The configuration worth recording in results (never credentials)."""
         return {"backend": self.name}
+
+    def where(self) -> str:
+        """Where this backend's data lives, for a person told what a run left behind (no secrets)."""
+        return f"on {self.name} storage"
 
     def close(self) -> None:
         return None

@@ -19,8 +19,11 @@ from dlio_ext.storage.base import (
     AccessDenied,
     Backend,
     Bare,
+    DeviceError,
+    NoSpace,
     NotFound,
     ObjectInfo,
+    ReadOnly,
     StorageError,
     Unsupported,
     Writer,
@@ -33,12 +36,23 @@ _DIRECT = getattr(os, "O_DIRECT", 0)
 BARE_CHUNK = 128
 
 
+#: errno -> the kind a failed op is counted under, so the console can say "no space left on device"
+_KINDS: dict[int, type[StorageError]] = {
+    errno.ENOENT: NotFound,
+    errno.EACCES: AccessDenied,
+    errno.EPERM: AccessDenied,
+    errno.EROFS: ReadOnly,
+    errno.ENOSPC: NoSpace,
+    errno.EDQUOT: NoSpace,
+    errno.EIO: DeviceError,
+}
+
+
 def _translate(exc: OSError, key: str) -> StorageError:
-    if exc.errno == errno.ENOENT:
+    cls = _KINDS.get(exc.errno or 0, StorageError)
+    if cls is NotFound:
         return NotFound(f"no such file: {key}", key)
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return AccessDenied(f"permission denied: {key} ({exc.strerror})", key)
-    return StorageError(f"{key}: {exc.strerror or exc}", key)
+    return cls(f"{key}: {exc.strerror or exc}", key)
 
 
 class PosixBackend(Backend):
@@ -387,6 +401,9 @@ class PosixBackend(Backend):
             "direct": self.direct,
             "fsync": self.fsync_policy,
         }
+
+    def where(self) -> str:
+        return f"under {self.root}"
 
 
 class _PosixWriter(Writer):

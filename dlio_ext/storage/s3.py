@@ -1254,6 +1254,11 @@ class S3Backend(Backend):
             "checksum": s.checksum,
         }
 
+    def where(self) -> str:
+        s = self.settings
+        place = f"s3://{s.bucket}/{s.prefix}" if s.prefix else f"s3://{s.bucket}"
+        return f"in {place}" + (f" at {_redact_url(s.endpoint)}" if s.endpoint else "")
+
     def close(self) -> None:
         with self._lock:
             executor, self._executor = self._executor, None

@@ -45,7 +45,7 @@ import xxhash
 from dlio_ext.config.schema import first_problem, one_of, positive
 from dlio_ext.errors import UsageError
 from dlio_ext.metrics.histogram import Histogram
-from dlio_ext.storage.base import Backend, StorageError
+from dlio_ext.storage.base import Backend, StorageError, kind_text
 from dlio_ext.storage.buffers import ALIGN, aligned_buffer, fill_random
 from dlio_ext.workloads import checkpoint_layout as cl
 from dlio_ext.workloads.context import Context
@@ -606,6 +606,22 @@ class Burst:
         }
 
 
+def _log_burst(log: Any, what: str, done: str, res: PhaseResult) -> None:
+    """Rank 0's line for a burst: a burst with a failed file is never called written (or read)."""
+    if not res.errors:
+        log.info("%s %s by rank 0 in %.3f s", what, done, res.seconds)
+        return
+    kinds = ", ".join(f"{kind_text(k)} {n}" for k, n in res.error_kinds.items())
+    log.warning(
+        "%s FAILED on rank 0: %d of %d file(s) failed (%s); first: %s",
+        what,
+        res.errors,
+        res.errors + res.ops,
+        kinds,
+        res.first_error,
+    )
+
+
 def _abort(w: Any) -> None:
     try:
         w.abort()
@@ -952,7 +968,7 @@ def run(ctx: Context) -> list[PhaseResult]:
             written.append(k)
             ctx.world.barrier()  # training resumes when the slowest rank has finished its shard
             if log:
-                log.info("checkpoint %d/%d written by rank 0 in %.3f s", k + 1, n_ck, res.seconds)
+                _log_burst(log, f"checkpoint {k + 1}/{n_ck}", "written", res)
             if cfg.keep_checkpoints and len(written) - len(deleted) > cfg.keep_checkpoints:
                 delete_checkpoint(written[len(deleted)])
             if k < n_ck - 1 and cfg.compute_seconds > 0:
@@ -992,7 +1008,7 @@ def run(ctx: Context) -> list[PhaseResult]:
         st.bursts.append(burst)
         results.append(burst.result())
         if log:
-            log.info("restore %d/%d read by rank 0 in %.3f s", j + 1, cfg.restores, results[-1].seconds)
+            _log_burst(log, f"restore {j + 1}/{cfg.restores}", "read", results[-1])
 
     ctx.world.barrier()
     st.info["peak_rss_bytes"] = _peak_rss()

@@ -1,8 +1,9 @@
 """`dlio-ext run`: compose the config, open the backend, run the workload, write the results.
 
 Every rank runs this same code; rank 0 alone decides the run directory, checks the storage,
-merges what the ranks measured and writes the summary. Anything one rank finds wrong before
-the run starts is broadcast, so all ranks stop together with the same one-line error.
+merges what the ranks measured and writes the summary. Anything rank 0 finds wrong before
+the run starts is broadcast, so all ranks stop together with the same one-line error; anything
+else that fails on one rank ends every rank at once (see `lifecycle`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import os
 import secrets
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,13 +25,22 @@ from dlio_ext.errors import UsageError
 from dlio_ext.metrics import results as res
 from dlio_ext.metrics.world import SoloWorld, get_world
 from dlio_ext.storage import open_backend
-from dlio_ext.storage.base import Backend, StorageError
-from dlio_ext.workloads import registry
+from dlio_ext.storage.base import Backend, StorageError, kind_text
+from dlio_ext.workloads import lifecycle, registry
 from dlio_ext.workloads.context import Context
+from dlio_ext.workloads.lifecycle import (
+    INCOMPLETE,
+    Ending,
+    RunDirLock,
+    console_filter,
+    mark_incomplete,
+    one_line,
+    release_signals,
+    take_signals,
+)
 from dlio_ext.workloads.phases import PhaseRunner
 
 T = TypeVar("T")
-INCOMPLETE = "INCOMPLETE"
 
 
 def on_rank0(world: SoloWorld, fn: Callable[[], T]) -> T:
@@ -40,34 +49,40 @@ def on_rank0(world: SoloWorld, fn: Callable[[], T]) -> T:
     if world.rank == 0:
         try:
             payload = (None, fn())
-        except (UsageError, StorageError) as exc:
-            payload = (str(exc), None)
+        except Exception as exc:  # any failure here is every rank's: none may wait for rank 0
+            payload = (one_line(exc), None)
     err, value = world.bcast(payload)
     if err is not None:
         raise UsageError(err)
     return value
 
 
-def _make_run_dir(cfg: RunConfig) -> tuple[Path, str]:
+def _make_run_dir(cfg: RunConfig, lock: list[RunDirLock]) -> tuple[Path, str]:
+    """Create and lock the run directory, mark it INCOMPLETE and record the config (rank 0)."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     run_id = f"{cfg.workload_name}-{stamp}-{secrets.token_hex(3)}"
     path = Path(cfg.run.dir) if cfg.run.dir else Path(cfg.run.results_dir) / run_id
+    fix = "run.dir=<empty or new dir>" if cfg.run.dir else "run.results_dir=<writable dir>"
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_probe"
-        probe.write_text("")
-        probe.unlink()
+        held = RunDirLock(path)
+        held.acquire()  # before looking inside: two runs started together cannot both pass
+        lock.append(held)
+        if any(p.name in ("summary.json", INCOMPLETE) for p in path.iterdir()):
+            raise UsageError(
+                f"run.dir={path} already holds a run's results; choose an empty or new directory"
+            )
+        (path / INCOMPLETE).write_text("this run has not finished; its results are partial\n")
+        res.write_yaml(path / "config.yaml", cfg.redacted())
     except OSError as exc:
-        raise UsageError(
-            f"cannot write the results directory {path} ({exc.strerror}); set run.results_dir=<writable dir>"
-        ) from None
-    if any(p.name == "summary.json" for p in path.iterdir()):
-        raise UsageError(f"run.dir={path} already holds a run's results; choose an empty or new directory")
-    (path / INCOMPLETE).write_text("this run has not finished; its results are partial\n")
+        raise UsageError(f"cannot write the results directory {path} ({exc.strerror}); set {fix}") from None
     return path.resolve(), run_id
 
 
 def _logger(run_dir: Path, rank: int) -> logging.Logger:
+    # a full or read-only results disk must not turn every log line into a traceback on the
+    # console; the failure is reported once, where results are written
+    logging.raiseExceptions = False
     log = logging.getLogger("dlio_ext")
     log.handlers.clear()
     log.setLevel(logging.INFO)
@@ -80,6 +95,7 @@ def _logger(run_dir: Path, rank: int) -> logging.Logger:
     if rank == 0:
         sh = logging.StreamHandler(sys.stderr)
         sh.setFormatter(logging.Formatter("%(message)s"))
+        sh.addFilter(console_filter)
         log.addHandler(sh)
     old = logging.getLogRecordFactory()
 
@@ -143,19 +159,35 @@ def run(argv: list[str]) -> int:
             RUN_HELP.format(workloads=", ".join(choices("workload")), storage=", ".join(choices("storage")))
         )
         return 0
-    world = get_world()
-    cfg = load(argv)
-    run_dir, run_id = on_rank0(world, lambda: _make_run_dir(cfg))
-    log = _logger(run_dir, world.rank)
-    started = datetime.now(timezone.utc)
-    if world.rank == 0:
-        res.write_yaml(run_dir / "config.yaml", cfg.redacted())
+    ending = lifecycle.current
+    take_signals()  # a no-op when the CLI took them already, before numpy's threads started
     try:
-        backend = _backend(cfg, run_dir, world)
-    except UsageError as exc:
-        if world.rank == 0:
-            (run_dir / INCOMPLETE).write_text(f"this run did not start: {exc}\n")
-        raise
+        world = ending.world = get_world()
+        cfg = load(argv)  # the same verdict on every rank
+        lock: list[RunDirLock] = []
+        run_dir, run_id = on_rank0(world, lambda: _make_run_dir(cfg, lock))
+        ending.run_dir = run_dir
+        try:
+            return _run(cfg, world, run_dir, run_id, ending)
+        except UsageError as exc:
+            # a verdict every rank reached alike (a broadcast check, a workload's check of its config)
+            if world.rank == 0:
+                mark_incomplete(run_dir, f"did not start: {exc}")
+            raise
+        except Exception as exc:
+            return ending.fail(exc)
+        finally:
+            for held in lock:
+                held.release()
+    finally:
+        release_signals()
+
+
+def _run(cfg: RunConfig, world: SoloWorld, run_dir: Path, run_id: str, ending: Ending) -> int:
+    log = ending.log = _logger(run_dir, world.rank)
+    started = datetime.now(timezone.utc)
+    backend = _backend(cfg, run_dir, world)
+    ending.data_where = backend.where
     if world.rank == 0:
         log.info(
             "dlio-ext %s: workload %s on %s, %d rank(s), results in %s",
@@ -166,10 +198,12 @@ def run(argv: list[str]) -> int:
             run_dir,
         )
     module = registry()[cfg.workload_name]
+    runner = PhaseRunner(world, cfg.run.progress_interval)
+    ending.phase = lambda: runner.current
     ctx = Context(
         world=world,
         backend=backend,
-        runner=PhaseRunner(world, cfg.run.progress_interval),
+        runner=runner,
         config=cfg.workload,
         run_dir=run_dir,
         run_id=run_id,
@@ -180,22 +214,6 @@ def run(argv: list[str]) -> int:
     try:
         phases = module.run(ctx)
         extra = module.rank_metrics(ctx) if hasattr(module, "rank_metrics") else {}
-    except UsageError as exc:
-        # a workload's check of its config against the world (same verdict on every rank)
-        if world.rank == 0:
-            (run_dir / INCOMPLETE).write_text(f"this run did not start: {exc}\n")
-        raise
-    except Exception as exc:
-        # A rank that dies here would leave the others waiting at a barrier: record, then abort all.
-        log.error("rank %d failed: %s\n%s", world.rank, exc, traceback.format_exc())
-        print(
-            f"dlio-ext: error: rank {world.rank}: {type(exc).__name__}: {exc} (details in {run_dir})",
-            file=sys.stderr,
-            flush=True,
-        )
-        if world.size > 1:
-            world.abort(3)
-        return 3
     finally:
         backend.close()
     wall = time.perf_counter() - t0
@@ -219,10 +237,27 @@ def run(argv: list[str]) -> int:
     res.write_json(run_dir / "summary.json", summary)
     (run_dir / INCOMPLETE).unlink(missing_ok=True)
     _print_table(summary)
+    for line in error_lines(summary["phases"], backend.where()):
+        print(line)
     log.info("finished in %.1f s", wall)
     print(f"results: {run_dir}", flush=True)
     # an invalid run still leaves its results, but a script or CI job must not read it as a pass
     return 0 if summary["valid"] else 1
+
+
+def error_lines(phases: dict[str, dict[str, Any]], where: str) -> list[str]:
+    """What went wrong, by kind, in words: "no space left on device: 28 of 64 ops failed in phase
+    write (under /mnt/x); first: ..." — one line a phase and kind."""
+    out = []
+    for name, p in phases.items():
+        for kind, n in sorted(p.get("error_kinds", {}).items(), key=lambda kv: -kv[1]):
+            out.append(
+                f"{kind_text(kind)}: {n} of {p['planned_ops'] or p['ops'] + p['errors']} op(s) failed in "
+                f"phase {name} ({where})"
+            )
+        if p.get("first_error") and p.get("errors"):
+            out.append(f"  first error in {name}: {p['first_error']}")
+    return out
 
 
 def _rank_record(r: dict[str, Any]) -> dict[str, Any]:
@@ -264,9 +299,19 @@ def _summarize(
             else:
                 counters[k] = counters.get(k, 0) + v
     errors = sum(p["errors"] for p in phases.values())
+    kinds: dict[str, int] = {}
+    for p in phases.values():
+        for k, v in p["error_kinds"].items():
+            kinds[k] = kinds.get(k, 0) + v
+    # the phases' tally is the truth: a backend counts only the errors it saw itself (S3 after its
+    # retries), a workload's checks (corrupt, short) and a posix failure never reach its counters
+    counters["backend_errors"] = counters.pop("errors", 0)
+    counters.pop("errors_by_kind", None)
+    counters["errors"], counters["errors_by_kind"] = errors, kinds
     reasons = []
     if errors:
-        reasons.append(f"{errors} operation(s) failed")
+        what = ", ".join(f"{kind_text(k)} {v}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
+        reasons.append(f"{errors} operation(s) failed ({what})")
     unfinished = [
         n
         for n, p in phases.items()

@@ -31,6 +31,7 @@ class VerifyError(StorageError):
     """Bytes read back differ from the bytes written."""
 
     kind = "corrupt"
+    text = "content differs from what was written"
 
 
 #: op latencies a thread keeps (8 bytes each, 1 MiB) before binning them into its histogram at once;
@@ -112,6 +113,8 @@ class PhaseRunner:
     def __init__(self, world: SoloWorld, progress_interval: float = 2.0):
         self.world = world
         self.progress_interval = progress_interval if world.rank == 0 else 0.0
+        #: the phase under way, for a run that has to say where it stopped
+        self.current: str | None = None
 
     def run(
         self,
@@ -221,6 +224,7 @@ class PhaseRunner:
                 for th in threads:
                     th.join()
 
+        self.current = name
         self.world.barrier()
         t0 = time.perf_counter()
         if deadline_s is not None:
@@ -244,6 +248,7 @@ class PhaseRunner:
         res.end = (max(lasts) - t0) if lasts else 0.0
         res.hist = Histogram.merged(hists)
         self.world.barrier()
+        self.current = None
         return res
 
 
