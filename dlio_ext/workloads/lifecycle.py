@@ -144,6 +144,8 @@ class Ending:
         if not self._ending.acquire(blocking=False):
             return
         name = signal.Signals(signum).name
+        if signum == signal.SIGTERM and self.world.size > 1:
+            name += " (a launcher sends it when the job is cancelled or another rank died)"
         where = self._where()
         if self.world.rank == 0:
             line = f"interrupted by {name}" + (f" {where}" if where else "")
