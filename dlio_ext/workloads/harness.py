@@ -26,7 +26,7 @@ from dlio_ext.metrics import results as res
 from dlio_ext.metrics.world import SoloWorld, get_world
 from dlio_ext.storage import open_backend
 from dlio_ext.storage.base import Backend, StorageError
-from dlio_ext.workloads import registry
+from dlio_ext.workloads import preflight, registry
 from dlio_ext.workloads.context import Context
 from dlio_ext.workloads.phases import PhaseRunner
 
@@ -152,6 +152,9 @@ def run(argv: list[str]) -> int:
         res.write_yaml(run_dir / "config.yaml", cfg.redacted())
     try:
         backend = _backend(cfg, run_dir, world)
+        module = registry()[cfg.workload_name]
+        local_ranks = world.allgather(world.hostname).count(world.hostname)
+        on_rank0(world, lambda: preflight.check(module, cfg.workload, backend, world.size, local_ranks))
     except UsageError as exc:
         if world.rank == 0:
             (run_dir / INCOMPLETE).write_text(f"this run did not start: {exc}\n")
@@ -165,7 +168,6 @@ def run(argv: list[str]) -> int:
             world.size,
             run_dir,
         )
-    module = registry()[cfg.workload_name]
     ctx = Context(
         world=world,
         backend=backend,
