@@ -812,7 +812,7 @@ def run(ctx: Context) -> list[PhaseResult]:
     ctx.world.barrier()
 
     # duplicate writes across ranks: rank 0 sees every rank's written keys
-    written = sorted(int(k[:16], 16) for k in server.mine)
+    written = sorted(int(k[:16], 16) for k in server.mine | server.evicted)  # evicted or not
     every = ctx.world.gather(written)
     state = _State()
     if every is not None:
