@@ -8,6 +8,7 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -215,6 +216,42 @@ def test_eviction_is_lru_per_owner_and_another_ranks_read_is_a_miss(tmp_path: Pa
     assert sr.errors["read"] == {} and k1.hex() not in reader.present  # it will store it itself
     files = [p for p in (tmp_path / "ns").rglob("*") if p.is_file()]
     assert len(files) == 2 and _file_bytes(tmp_path) == 2 * owner.nbytes
+
+
+class FakeInterleaving(PosixBackend):
+    """Runs `during` inside the next put of `key`: another thread's writes landing while this
+    write is in flight, at the one moment that matters (threads would hit it only by chance)."""
+
+    key = ""
+    during: Callable[[], None] | None = None
+
+    def put(self, key: str, data: memoryview | bytes) -> None:
+        if self.during is not None and key.endswith(self.key):
+            during, self.during = self.during, None
+            during()
+        super().put(key, data)
+
+
+def test_a_chunk_rewritten_by_its_owner_is_not_evicted_while_in_flight(tmp_path: Path):
+    """A rank writes a chunk it owns again (another rank that wrote it too evicted the shared
+    copy): while that write is in flight, its other writes must not evict it and count it twice."""
+    b = FakeInterleaving(str(tmp_path))
+    n = 4096
+    tier = StorageTier(b, "t", "auto", capacity_bytes=4 * n)
+    data = memoryview(bytearray(n))
+    keys = [f"{i:032x}" for i in range(9)]
+    for k in keys[1:5]:
+        tier.write(k, data, n)
+
+    def others() -> None:
+        for k in keys[5:9]:
+            tier.write(k, data, n)  # each evicts the oldest chunk it owns: never chunk 1
+
+    b.key, b.during = keys[1], others
+    tier.write(keys[1], data, n)  # the rewrite of chunk 1, the others' writes in its middle
+    assert b.during is None
+    assert tier.stats()["used_bytes"] == 4 * n and tier.stats()["peak_bytes"] <= 4 * n
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [keys[i] for i in (1, 6, 7, 8)]
 
 
 class FakeDeleteFails(PosixBackend):

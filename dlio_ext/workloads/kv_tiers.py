@@ -180,11 +180,13 @@ class StorageTier:
             return []
         victims: list[tuple[str, int]] = []
         with self._lock:
-            if key in self._owned:  # stored already (another rank may have deleted its copy)
-                self._owned.move_to_end(key)
-                return []
             if key in self._reserved:
                 return []
+            # written again (another rank that wrote it too may have evicted it): it becomes a
+            # reservation like any other, so no thread of this rank evicts it while it is rewritten
+            old = self._owned.pop(key, None)
+            if old is not None:
+                self.used -= old
             self._reserved[key] = nbytes
             self.used += nbytes
             while self.used > self.capacity and self._owned:
