@@ -74,6 +74,7 @@ CASES = {
         ["workload=checkpoint_burst/llama3_8b", "workload.folder=../up"],
         ["folder", "'../up'"],
     ),
+    "s3-prefix-parent": (["storage=s3", "storage.bucket=b", "storage.prefix=a/../b"], ["prefix", "'a/../b'"]),
     "s3-quota-negative": (
         ["storage=s3", "storage.bucket=b", "storage.quota_bytes=-5"],
         ["quota_bytes", ">= 0"],

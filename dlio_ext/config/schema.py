@@ -98,7 +98,9 @@ def _s3_schema() -> type:
 
     def validate(self: Any) -> str | None:
         S3Settings.from_config(asdict(self))
-        return None
+        # every key lives under the prefix: '..' or an empty part would make keys other clients
+        # resolve elsewhere (obstore refuses them outright); outer slashes are trimmed as before
+        return key_prefix("prefix", str(self.prefix or "").strip("/"), allow_empty=True)
 
     return make_dataclass("S3Schema", keys, namespace={"validate": validate})
 
