@@ -47,6 +47,38 @@ CASES = {
         ["storage=s3", "storage.bucket=b", "storage.read_timeout=0"],
         ["read_timeout", "> 0"],
     ),
+    "io-depth-cap": (["workload.io_depth=5000"], ["io_depth=5000", "1024"]),
+    "metadata-io-depth-cap": (
+        ["workload=metadata/easy", "workload.io_depth=2048"],
+        ["io_depth=2048", "1024"],
+    ),
+    # bigger than any machine's memory: refused before a buffer is allocated
+    "io-depth-memory": (
+        ["workload.io_depth=1024", "workload.object_size=1073741824"],
+        ["workload.io_depth=1024", "workload.object_size=1073741824", "memory available"],
+    ),
+    "kv-namespace-parent": (
+        ["workload=kv_cache/custom", "workload.namespace=../../x"],
+        ["namespace", "'../../x'"],
+    ),
+    "kv-namespace-absolute": (["workload=kv_cache/custom", "workload.namespace=/x"], ["namespace", "'/x'"]),
+    "kv-namespace-on-s3": (
+        ["workload=kv_cache/custom", "workload.namespace=a/../../x", "storage=s3", "storage.bucket=b"],
+        ["namespace", "'a/../../x'"],
+    ),
+    "kv-storage-tier-negative": (
+        ["workload=kv_cache/custom", "workload.storage_tier_bytes=-1"],
+        ["storage_tier_bytes=-1", ">= 0"],
+    ),
+    "checkpoint-folder-parent": (
+        ["workload=checkpoint_burst/llama3_8b", "workload.folder=../up"],
+        ["folder", "'../up'"],
+    ),
+    "s3-prefix-parent": (["storage=s3", "storage.bucket=b", "storage.prefix=a/../b"], ["prefix", "'a/../b'"]),
+    "s3-quota-negative": (
+        ["storage=s3", "storage.bucket=b", "storage.quota_bytes=-5"],
+        ["quota_bytes", ">= 0"],
+    ),
     "s3-unreachable": (
         [
             "storage=s3",

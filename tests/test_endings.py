@@ -193,6 +193,7 @@ def test_two_runs_on_one_run_dir(tmp_path):
 @pytest.mark.parametrize("workload", ["storage_sweep", "checkpoint_burst/llama3_8b"])
 def test_disk_full_is_named(small_fs, tmp_path, workload):
     args = ["run", f"workload={workload}", f"run.results_dir={tmp_path}", f"storage.root={small_fs}"]
+    args += ["run.preflight=false"]  # the point is to fill the disk
     if workload == "storage_sweep":
         args += ["workload.objects_per_rank=64", "workload.object_size=131072", "workload.phases=[write]"]
     else:

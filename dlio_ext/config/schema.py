@@ -22,6 +22,29 @@ def one_of(name: str, value: object, allowed: tuple[object, ...]) -> str | None:
     return None
 
 
+#: threads (and buffers) a phase may keep in flight per rank: far beyond what any store rewards
+MAX_IO_DEPTH = 1024
+
+
+def io_depth(name: str, value: int) -> str | None:
+    if not 0 < value <= MAX_IO_DEPTH:
+        return f"{name}={value} must be within 1..{MAX_IO_DEPTH} (threads and buffers per rank)"
+    return None
+
+
+def key_prefix(name: str, value: str, *, allow_empty: bool = False) -> str | None:
+    """A user-given path or key prefix must stay under the storage root or bucket prefix."""
+    if not value:
+        return None if allow_empty else f"{name} is empty; give a relative key prefix such as 'x/y'"
+    parts = value.split("/")
+    if value.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\0" in value:
+        return (
+            f"{name}={value!r} must be a relative key prefix such as 'x/y' (no leading '/', "
+            "no '.', '..' or empty part): it must stay under storage.root or the bucket prefix"
+        )
+    return None
+
+
 def first_problem(*problems: str | None) -> str | None:
     return next((p for p in problems if p), None)
 
@@ -32,6 +55,7 @@ class RunSchema:
     dir: str | None = None
     seed: int = 1234
     progress_interval: float = 2.0
+    preflight: bool = True
 
     def validate(self) -> str | None:
         return positive("progress_interval", self.progress_interval, allow_zero=True)
@@ -75,7 +99,9 @@ def _s3_schema() -> type:
 
     def validate(self: Any) -> str | None:
         S3Settings.from_config(asdict(self))
-        return None
+        # every key lives under the prefix: '..' or an empty part would make keys other clients
+        # resolve elsewhere (obstore refuses them outright); outer slashes are trimmed as before
+        return key_prefix("prefix", str(self.prefix or "").strip("/"), allow_empty=True)
 
     return make_dataclass("S3Schema", keys, namespace={"validate": validate})
 

@@ -277,6 +277,11 @@ class Backend(abc.ABC):
         """Fail fast with a clear StorageError if the medium cannot be used as configured."""
         return None
 
+    def free_bytes(self) -> int | None:
+        """Bytes a run may still store here (a file system's free space, a configured quota), or
+        None when the medium does not say: the preflight check then has nothing to compare with."""
+        return None
+
     def describe(self) -> dict[str, object]:
         """The configuration worth recording in results (never credentials)."""
         return {"backend": self.name}

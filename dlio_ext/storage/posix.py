@@ -76,7 +76,15 @@ class PosixBackend(Backend):
 
     # helpers -------------------------------------------------------------------------------
     def path(self, key: str) -> str:
+        if ".." in key or key.startswith("/"):  # a substring test keeps the common key cheap
+            self._inside(key)
         return self._prefix + key
+
+    def _inside(self, key: str) -> None:
+        """Refuse a key that would resolve outside the root (workloads check their prefixes
+        first; this is the second line of defence)."""
+        if key.startswith("/") or ".." in key.split("/"):
+            raise StorageError(f"key {key!r} would resolve outside storage root {self.root}; refused", key)
 
     def _bounce(self, nbytes: int) -> memoryview:
         """A per-thread aligned staging buffer for callers whose buffer O_DIRECT cannot take."""
@@ -288,7 +296,7 @@ class PosixBackend(Backend):
 
     # tight loops --------------------------------------------------------------------------
     def resolve(self, key: str) -> str:
-        return self._prefix + key
+        return self.path(key)
 
     def _bare_error(self, exc: BaseException, path: str) -> StorageError:
         if isinstance(exc, StorageError):
@@ -393,6 +401,14 @@ class PosixBackend(Backend):
             finally:
                 os.close(fd)
                 probe.unlink(missing_ok=True)
+
+    def free_bytes(self) -> int | None:
+        """What an unprivileged writer may still store under the root (statvfs f_bavail)."""
+        try:
+            st = os.statvfs(self.root)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
 
     def describe(self) -> dict[str, object]:
         return {

@@ -163,6 +163,8 @@ class S3Settings:
     backoff_max: float = 5.0
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
+    #: bytes this run may store in the bucket (a quota, or what is left of it); 0 = unknown
+    quota_bytes: int = 0
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], env: Mapping[str, str] | None = None) -> S3Settings:
@@ -238,6 +240,7 @@ class S3Settings:
                 "connect_timeout", cfg.get("connect_timeout", 5.0), float, 0, strict=True
             ),
             read_timeout=_number("read_timeout", cfg.get("read_timeout", 60.0), float, 0, strict=True),
+            quota_bytes=_number("quota_bytes", cfg.get("quota_bytes", 0), int, 0),
         )
 
 
@@ -1238,6 +1241,9 @@ class S3Backend(Backend):
             err = self._error("check", None, f, attempts)
         self.counters.error(err.kind)
         raise err
+
+    def free_bytes(self) -> int | None:
+        return self.settings.quota_bytes or None  # S3 tells no free space; only a known quota
 
     def describe(self) -> dict[str, object]:
         s = self.settings

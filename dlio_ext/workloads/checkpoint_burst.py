@@ -37,12 +37,13 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import numpy as np
 import xxhash
 
-from dlio_ext.config.schema import first_problem, one_of, positive
+from dlio_ext.config.schema import first_problem, key_prefix, one_of, positive
 from dlio_ext.errors import UsageError
 from dlio_ext.metrics.histogram import Histogram
 from dlio_ext.storage.base import Backend, StorageError, kind_text
@@ -150,9 +151,7 @@ class Config:
             f"subset_ranks={self.subset_ranks} must be distinct ranks >= 0"
             if any(r < 0 for r in self.subset_ranks) or len(set(self.subset_ranks)) != len(self.subset_ranks)
             else None,
-            "folder must be a relative key prefix such as 'checkpoints'"
-            if not self.folder or self.folder.startswith("/") or ".." in self.folder.split("/")
-            else None,
+            key_prefix("folder", self.folder),
         ]
         if custom_model and self.zero_stage == 3 and self.pp > 1:
             problems.append("zero_stage=3 with pp > 1 is not a layout DeepSpeed or DLIO supports; use pp=1")
@@ -788,6 +787,49 @@ class Plan:
 
     def metadata_key(self, ckpt: int) -> str:
         return f"{self.prefix}/{cl.checkpoint_dir(1, ckpt + 1)}/.metadata"
+
+
+def _plan_for(cfg: Config, ranks: int) -> Plan | None:
+    """The run's plan, without a run: None when the layout refuses the ranks (run says why)."""
+    try:
+        return Plan(cfg, cast(Context, SimpleNamespace(size=ranks, run_id="")))
+    except UsageError:
+        return None
+
+
+def footprint(cfg: Config, ranks: int) -> tuple[int, str]:
+    """Bytes stored at once (the preflight check): a checkpoint of every rank, times the
+    checkpoints kept (keep_checkpoints + 1 while the next one is written; all of them otherwise)."""
+    plan = _plan_for(cfg, ranks)
+    if plan is None:
+        return 0, "no layout"
+    per = sum(f.nbytes for role in plan.roles for f in plan.files(role, 0))
+    kept = cfg.checkpoints
+    if cfg.keep_checkpoints and cfg.mode == "sync":
+        kept = min(cfg.checkpoints, cfg.keep_checkpoints + 1)
+    return (
+        per * kept,
+        f"{per} bytes a checkpoint at workload.scale={cfg.scale:g} x {kept} kept: workload.checkpoints, "
+        "workload.keep_checkpoints",
+    )
+
+
+def memory(cfg: Config, ranks: int) -> tuple[int, str]:
+    """Bytes a rank allocates before the clock: the buffer pool, two read buffers per I/O thread,
+    and in async mode the host ring (host_buffer_bytes; 0 = the whole shard)."""
+    need = cfg.buffer_pool_bytes + 2 * cfg.io_threads * cfg.chunk_size
+    what = (
+        f"workload.buffer_pool_bytes={cfg.buffer_pool_bytes} + 2 x workload.io_threads={cfg.io_threads} "
+        f"x workload.chunk_size={cfg.chunk_size}"
+    )
+    if cfg.mode == "async":
+        plan = _plan_for(cfg, ranks)
+        shard = max((sum(f.nbytes for f in plan.files(r, 0)) for r in plan.roles), default=0) if plan else 0
+        need += cfg.host_buffer_bytes or shard
+        what += f" + workload.host_buffer_bytes={cfg.host_buffer_bytes or shard}" + (
+            "" if cfg.host_buffer_bytes else " (0: the whole shard)"
+        )
+    return need, what
 
 
 def durability(b: Backend) -> str:

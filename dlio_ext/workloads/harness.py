@@ -26,7 +26,7 @@ from dlio_ext.metrics import results as res
 from dlio_ext.metrics.world import SoloWorld, get_world
 from dlio_ext.storage import open_backend
 from dlio_ext.storage.base import Backend, StorageError, kind_text
-from dlio_ext.workloads import lifecycle, registry
+from dlio_ext.workloads import lifecycle, preflight, registry
 from dlio_ext.workloads.context import Context
 from dlio_ext.workloads.lifecycle import (
     INCOMPLETE,
@@ -188,6 +188,18 @@ def _run(cfg: RunConfig, world: SoloWorld, run_dir: Path, run_id: str, ending: E
     started = datetime.now(timezone.utc)
     backend = _backend(cfg, run_dir, world)
     ending.data_where = backend.where
+    module = registry()[cfg.workload_name]
+    local_ranks = world.allgather(world.hostname).count(world.hostname)
+    try:
+        on_rank0(
+            world,
+            lambda: preflight.check(
+                module, cfg.workload, backend, world.size, local_ranks, disk=cfg.run.preflight
+            ),
+        )
+    except UsageError:
+        backend.close()
+        raise
     if world.rank == 0:
         log.info(
             "dlio-ext %s: workload %s on %s, %d rank(s), results in %s",
@@ -197,7 +209,6 @@ def _run(cfg: RunConfig, world: SoloWorld, run_dir: Path, run_id: str, ending: E
             world.size,
             run_dir,
         )
-    module = registry()[cfg.workload_name]
     runner = PhaseRunner(world, cfg.run.progress_interval)
     ending.phase = lambda: runner.current
     ctx = Context(

@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from dlio_ext.config.schema import first_problem, one_of, positive
+from dlio_ext.config.schema import first_problem, key_prefix, one_of, positive
+from dlio_ext.errors import UsageError
 from dlio_ext.metrics.histogram import Histogram
 from dlio_ext.storage.base import NotFound, StorageError
 from dlio_ext.storage.buffers import ALIGN, aligned_buffer, fill_random, round_up
@@ -145,6 +146,9 @@ class Config:
     max_context_tokens: int = 32768
     # tiers
     cpu_tier_bytes: int = 0
+    # the shared storage tier, real bytes (scaled like cpu_tier_bytes), all ranks together;
+    # 0 = auto: half the storage's free space at start (unbounded where it is unknown)
+    storage_tier_bytes: int = 0
     write_policy: str = "sync"
     writer_threads: int = 4
     write_queue_chunks: int = 64
@@ -194,6 +198,7 @@ class Config:
             if self.max_context_tokens < sum(longest)
             else None,
             positive("cpu_tier_bytes", self.cpu_tier_bytes, allow_zero=True),
+            positive("storage_tier_bytes", self.storage_tier_bytes, allow_zero=True),
             one_of("write_policy", self.write_policy, WRITE_POLICIES),
             positive("writer_threads", self.writer_threads),
             positive("write_queue_chunks", self.write_queue_chunks),
@@ -201,6 +206,7 @@ class Config:
             positive("prefill_compute_s_per_token", self.prefill_compute_s_per_token, allow_zero=True),
             positive("prefill_tokens_per_s", self.prefill_tokens_per_s),
             positive("timeseries_interval_s", self.timeseries_interval_s, allow_zero=True),
+            key_prefix("namespace", self.namespace, allow_empty=True),
         )
 
 
@@ -227,6 +233,66 @@ def sizes_of(cfg: Config, model: Model | None = None) -> Sizes:
     stored = max(ALIGN, round_up(math.ceil(real * cfg.scale)))
     cpu_chunks = cfg.cpu_tier_bytes // real
     return Sizes(m.bytes_per_token, real, stored, cpu_chunks, cpu_chunks * stored)
+
+
+AUTO_TIER_FRACTION = 0.5  # storage_tier_bytes=0: this share of the free space at start
+
+
+@dataclass(frozen=True)
+class TierBound:
+    """The storage tier's bound as a run applies it: the whole tier and one rank's share."""
+
+    chunks: int | None  # the whole tier, in chunks; None = unbounded
+    per_rank_chunks: int | None
+    per_rank_bytes: int | None  # stored bytes
+    source: str
+    chunk_stored: int
+
+    @property
+    def stored_bytes(self) -> int | None:
+        return None if self.chunks is None else self.chunks * self.chunk_stored
+
+
+def tier_bound(cfg: Config, ranks: int, free: int | None, sz: Sizes | None = None) -> TierBound:
+    """`storage_tier_bytes` (real bytes: the same number of chunks at any scale), or half the free
+    space at start (stored bytes) when 0, split evenly between the ranks (each evicts its own)."""
+    sz = sz or sizes_of(cfg)
+    if cfg.storage_tier_bytes:
+        chunks = cfg.storage_tier_bytes // sz.chunk_real
+        source = f"storage_tier_bytes={cfg.storage_tier_bytes}"
+    elif free is not None:
+        chunks = int(free * AUTO_TIER_FRACTION) // sz.chunk_stored
+        source = f"auto: {AUTO_TIER_FRACTION:.0%} of the {free} bytes free at start"
+    else:
+        return TierBound(None, None, None, "unbounded: the storage reports no free space", sz.chunk_stored)
+    per = chunks // ranks
+    return TierBound(chunks, per, per * sz.chunk_stored, source, sz.chunk_stored)
+
+
+def footprint(cfg: Config, ranks: int) -> tuple[int, str]:
+    """The most the run stores at once: the tier's bound, or what its trace can write if less.
+    With storage_tier_bytes=0 the tier sizes itself to the free space: nothing to check."""
+    if not cfg.storage_tier_bytes:
+        return 0, "storage_tier_bytes=0 (auto: half the free space)"
+    sz = sizes_of(cfg)
+    bound = tier_bound(cfg, ranks, None, sz).stored_bytes or 0
+    what = f"workload.storage_tier_bytes={cfg.storage_tier_bytes} at workload.scale={cfg.scale:g}"
+    if cfg.duration_s or not cfg.requests_per_user:
+        return bound, what
+    # every request stores at most its full chunks
+    trace = ranks * cfg.users * cfg.requests_per_user * (cfg.max_context_tokens // cfg.chunk_tokens)
+    if trace * sz.chunk_stored < bound:
+        return trace * sz.chunk_stored, f"{what}; the trace's requests fill less of it"
+    return bound, what
+
+
+def memory(cfg: Config, ranks: int) -> tuple[int, str]:
+    """Bytes a rank allocates before its clock starts: its chunk buffers and the template."""
+    stored = sizes_of(cfg).chunk_stored
+    return (
+        (cfg.max_inflight + 1) * stored,
+        f"workload.max_inflight={cfg.max_inflight} x {stored}-byte chunks (workload.scale={cfg.scale:g})",
+    )
 
 
 def trace_spec(cfg: Config) -> TraceSpec:
@@ -393,6 +459,7 @@ COUNTERS = (
     "skipped_in_flight",
     "cross_rank_reads",
     "verified",
+    "evicted_misses",
 )
 
 
@@ -438,7 +505,8 @@ class Server:
         self.memory = MemoryTier(self.sizes.cpu_stored) if self.sizes.cpu_chunks else None
         self.storage = storage
         self.present: set[str] = set()  # known to be in storage: written or read by this rank
-        self.mine: set[str] = set()  # written by this rank
+        self.mine: set[str] = set()  # written by this rank, not evicted
+        self.evicted: set[str] = set()  # written by this rank, then evicted by it
         self.in_flight: set[str] = set()
         self.pending: dict[str, bytes] = {}  # write-back: queued, not yet stored
         self.lock = threading.Lock()
@@ -489,11 +557,17 @@ class Server:
         if self.write_queue is not None and k in self.pending:
             st.c["hit_write_queue"] += 1
             return True
-        if not self.storage.lookup(k) or not self.read_chunk(k, key, st):
+        got = self.read_chunk(k, key, st) if self.storage.lookup(k) else None
+        if not got:
+            if got is None and (k in self.present or k in self.evicted):
+                st.c["evicted_misses"] += 1  # stored once, evicted since (by its owner): store again
+                self.present.discard(k)
             return False
         st.c["hit_storage"] += 1
         if k not in self.mine:
             st.c["cross_rank_reads"] += 1
+        else:
+            self.storage.touch(k)
         self.present.add(k)
         if mem is not None:
             mem.write(k, None, self.nbytes)
@@ -507,8 +581,10 @@ class Server:
         try:
             self.content.fill(key, buf)
             perf = time.perf_counter
-            t0 = perf()
+            t0 = 0.0
             try:
+                self._make_room(k)  # untimed: the write's latency is the write's alone
+                t0 = perf()
                 self.storage.write(k, buf, self.nbytes)
                 ok = True
             except StorageError as exc:
@@ -527,6 +603,16 @@ class Server:
                     self.present.add(k)
                     self.mine.add(k)
         return ok
+
+    def _make_room(self, k: str) -> None:
+        """Evict this rank's least recently used chunks until `k` fits its share of the tier."""
+        evicted = self.storage.make_room(k, self.nbytes)
+        if evicted:
+            with self.lock:
+                for v in evicted:
+                    self.mine.discard(v)
+                    self.present.discard(v)
+                    self.evicted.add(v)
 
     def _store(self, k: str, key: bytes, st: Stats) -> None:
         with self.lock:
@@ -629,18 +715,35 @@ def run(ctx: Context) -> list[PhaseResult]:
     model = model_of(cfg)
     sz = sizes_of(cfg, model)
     rank, size = ctx.rank, ctx.size
-    prefix = f"{cfg.namespace.strip('/') or ctx.run_id}/kvcache"
-    storage = StorageTier(ctx.backend, prefix, cfg.publish, tag=f"r{rank}")
+    prefix = f"{cfg.namespace or ctx.run_id}/kvcache"
+    # every rank must apply the same bound: rank 0's view of the free space decides
+    free = ctx.world.bcast(ctx.backend.free_bytes() if rank == 0 and not cfg.storage_tier_bytes else None)
+    bound = tier_bound(cfg, size, free, sz)
+    if bound.per_rank_chunks is not None and bound.per_rank_chunks < cfg.max_inflight:
+        raise UsageError(
+            f"workload.storage_tier_bytes: the storage tier ({bound.source}) holds {bound.per_rank_chunks} "
+            f"chunk(s) per rank, fewer than workload.max_inflight={cfg.max_inflight} in flight; "
+            + (
+                f"give at least workload.storage_tier_bytes={size * cfg.max_inflight * sz.chunk_real}"
+                if cfg.storage_tier_bytes
+                else "lower workload.scale or max_inflight, or choose a storage with more free space"
+            )
+        )
+    storage = StorageTier(
+        ctx.backend, prefix, cfg.publish, tag=f"r{rank}", capacity_bytes=bound.per_rank_bytes
+    )
     server = Server(cfg, rank, storage, ctx.seed, model)
     trace = Trace(trace_spec(cfg), ctx.seed)
     interval = cfg.timeseries_interval_s or AUTO_BIN_S
     if rank == 0:
         ctx.log.info(
             "kv_cache %s: %s, %d B/token, chunk %d tokens = %d B real, %d B stored (scale %g); %d rank(s) x %d "
-            "user(s), %d chunk buffer(s) per rank (%.1f MiB); CPU tier %d chunk(s); writes %s via %s",
+            "user(s), %d chunk buffer(s) per rank (%.1f MiB); CPU tier %d chunk(s); storage tier %s chunk(s) "
+            "(%s); writes %s via %s",
             cfg.preset, model.name, sz.bytes_per_token, cfg.chunk_tokens, sz.chunk_real, sz.chunk_stored,
             cfg.scale, size, cfg.users, cfg.max_inflight, cfg.max_inflight * sz.chunk_stored / 2**20,
-            sz.cpu_chunks, cfg.write_policy, storage.publish,
+            sz.cpu_chunks, bound.chunks if bound.chunks is not None else "unbounded", bound.source,
+            cfg.write_policy, storage.publish,
         )  # fmt: skip
 
     user_stats = [Stats(interval) for _ in range(cfg.users)]
@@ -709,7 +812,7 @@ def run(ctx: Context) -> list[PhaseResult]:
     ctx.world.barrier()
 
     # duplicate writes across ranks: rank 0 sees every rank's written keys
-    written = sorted(int(k[:16], 16) for k in server.mine)
+    written = sorted(int(k[:16], 16) for k in server.mine | server.evicted)  # evicted or not
     every = ctx.world.gather(written)
     state = _State()
     if every is not None:
@@ -759,6 +862,7 @@ def run(ctx: Context) -> list[PhaseResult]:
         },
         "publish": storage.publish,
         "memory_tier": server.memory.stats() if server.memory is not None else None,
+        "storage_tier": storage.stats() | {"bound_chunks": bound.chunks, "bound_source": bound.source},
         "chunks_known": len(server.present),
         "cleanup": cleanup,
     }
@@ -864,6 +968,7 @@ def summarize(
     read, write = io("read"), io("write")
     dup = next((m["duplicates"] for m in per_rank if m.get("duplicates")), {})
     mem = [m["memory_tier"] for m in per_rank if m.get("memory_tier")]
+    tier = [m["storage_tier"] for m in per_rank]
     arrival = "closed loop" if not cfg.arrival_rate else f"Poisson, {cfg.arrival_rate:g} requests/s per rank"
     out: dict[str, Any] = {
         "preset": cfg.preset,
@@ -900,7 +1005,24 @@ def summarize(
                 "peak_bytes_max_rank": max((t["peak_bytes"] for t in mem), default=0),
                 "evictions": sum(t["evictions"] for t in mem),
             },
-            "storage": ctx.backend.describe() | {"publish": per_rank[0].get("publish")},
+            "storage": ctx.backend.describe()
+            | {
+                "publish": per_rank[0].get("publish"),
+                "capacity_chunks": tier[0]["bound_chunks"],
+                "capacity_bytes_stored": None
+                if tier[0]["bound_chunks"] is None
+                else tier[0]["bound_chunks"] * sz.chunk_stored,
+                "capacity_source": tier[0]["bound_source"],
+                "per_rank_capacity_bytes": tier[0]["capacity_bytes"],
+                "eviction": "per rank: each rank evicts the least recently used of the chunks it "
+                "wrote (its writes and its own hits refresh them) beyond its share of the capacity",
+                "peak_bytes_sum_of_ranks": sum(t["peak_bytes"] for t in tier),
+                "evicted_chunks": sum(t["evictions"] for t in tier),
+                "evicted_bytes": sum(t["evicted_bytes"] for t in tier),
+                "evict_failed": sum(t["evict_failed"] for t in tier),
+                "misses_after_eviction": c["evicted_misses"],
+                "hit_rate_chunks_lost": _rate(c["evicted_misses"], c["full_chunks"]),
+            },
             "write_policy": cfg.write_policy,
         },
         "requests": {

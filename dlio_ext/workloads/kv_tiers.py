@@ -110,12 +110,32 @@ class StorageTier:
     nothing (a miss) or the whole chunk, never a half-written file; where a PUT is atomic (S3),
     it is put in place. Two ranks writing the same chunk write the same bytes (a chunk's content
     is a function of its key), so the race is harmless: the last rename or PUT wins.
+
+    Capacity (`capacity_bytes`, this rank's share of the tier; None = unbounded): every rank
+    owns the chunks it wrote and evicts only those, least recently used first, so the ranks
+    never talk about evictions and the tier's footprint is at most the sum of the shares.
+    `make_room(key)` reserves a chunk's bytes before its write and deletes as many of this
+    rank's oldest chunks as it takes (untimed: the caller runs it before its clock starts);
+    `write` turns the reservation into an owned chunk, or releases it when the write fails.
+    In-flight writes count against the share, so the bound holds on the medium at every moment,
+    temporary names included. LRU, not FIFO: the hot chunks of a serving trace are the shared
+    prefixes (system prompts, popular documents) written first, which FIFO would evict first.
+    "Used" is what the owner sees: its writes and its own storage hits (`touch`); another rank's
+    reads of a chunk do not refresh it (that would take a message per read). A reader whose
+    chunk was evicted by its owner meanwhile gets what any absent chunk gives: `NotFound`, a miss.
     """
 
     name = "storage"
     holds_data = True
 
-    def __init__(self, backend: Backend, prefix: str, publish: str = "auto", tag: str = "0"):
+    def __init__(
+        self,
+        backend: Backend,
+        prefix: str,
+        publish: str = "auto",
+        tag: str = "0",
+        capacity_bytes: int | None = None,
+    ):
         if publish == "auto":
             publish = "rename" if backend.capabilities.get("rename") == "native" else "put"
         if publish not in ("rename", "put"):
@@ -124,8 +144,16 @@ class StorageTier:
         self.prefix = prefix.strip("/")
         self.publish = publish
         self.tag = tag
+        self.capacity = capacity_bytes
         self._seq = 0
         self._lock = threading.Lock()
+        self._owned: OrderedDict[str, int] = OrderedDict()  # written by this rank, LRU first
+        self._reserved: dict[str, int] = {}  # make_room done, write not finished
+        self.used = 0  # owned + reserved bytes
+        self.peak = 0
+        self.evictions = 0
+        self.evicted_bytes = 0
+        self.evict_failed = 0
 
     def path(self, key: str) -> str:
         return f"{self.prefix}/{key[:2]}/{key}"
@@ -137,12 +165,95 @@ class StorageTier:
         assert into is not None
         return self.backend.get(self.path(key), into)
 
+    def touch(self, key: str) -> None:
+        """This rank used its own chunk `key` again: it becomes the most recently used."""
+        if self.capacity is not None:
+            with self._lock:
+                if key in self._owned:
+                    self._owned.move_to_end(key)
+
+    def make_room(self, key: str, nbytes: int) -> list[str]:
+        """Reserve `nbytes` for `key` within the share, deleting this rank's least recently used
+        chunks until it fits; returns the keys evicted. A failed delete puts its chunk back (it is
+        still stored) and raises: the write must not go ahead over the bound."""
+        if self.capacity is None:
+            return []
+        victims: list[tuple[str, int]] = []
+        with self._lock:
+            if key in self._reserved:
+                return []
+            # written again (another rank that wrote it too may have evicted it): it becomes a
+            # reservation like any other, so no thread of this rank evicts it while it is rewritten
+            old = self._owned.pop(key, None)
+            if old is not None:
+                self.used -= old
+            self._reserved[key] = nbytes
+            self.used += nbytes
+            while self.used > self.capacity and self._owned:
+                victim, size = self._owned.popitem(last=False)
+                self.used -= size
+                victims.append((victim, size))
+            self.peak = max(self.peak, self.used)
+        done: list[str] = []
+        try:
+            for victim, _size in victims:
+                try:
+                    self.backend.delete(self.path(victim))
+                except NotFound:  # already gone: another rank that wrote it too evicted it
+                    pass
+                done.append(victim)
+        except BaseException:
+            with self._lock:
+                self.evict_failed += 1
+                for victim, size in victims[len(done) :]:
+                    self._owned[victim] = size
+                    self._owned.move_to_end(victim, last=False)
+                    self.used += size
+                self._release(key)
+            self._count(done, victims)
+            raise
+        self._count(done, victims)
+        return done
+
+    def _count(self, done: list[str], victims: list[tuple[str, int]]) -> None:
+        with self._lock:
+            self.evictions += len(done)
+            self.evicted_bytes += sum(size for _, size in victims[: len(done)])
+
+    def _release(self, key: str) -> None:
+        size = self._reserved.pop(key, None)
+        if size is not None:
+            self.used -= size
+
+    def _settle(self, key: str, nbytes: int, ok: bool) -> None:
+        if self.capacity is None:
+            return
+        with self._lock:
+            if not ok:
+                self._release(key)
+            elif self._reserved.pop(key, None) is not None:
+                self._owned[key] = nbytes  # its bytes were counted at make_room
+            elif key not in self._owned:  # written without make_room: count it now
+                self._owned[key] = nbytes
+                self.used += nbytes
+                self.peak = max(self.peak, self.used)
+
     def write(self, key: str, data: memoryview | None, nbytes: int) -> list[str]:
         assert data is not None
+        evicted = self.make_room(key, nbytes) if self.capacity is not None else []
+        ok = False
+        try:
+            self._publish(key, data, nbytes)
+            ok = True
+        finally:
+            self._settle(key, nbytes, ok)
+        return evicted
+
+    def _publish(self, key: str, data: memoryview, nbytes: int) -> None:
         final = self.path(key)
         if self.publish == "put":
             self.backend.put(final, data[:nbytes])
-            return []
+            return
         with self._lock:
             self._seq += 1
             seq = self._seq
@@ -156,10 +267,21 @@ class StorageTier:
             except Exception:
                 pass
             raise
-        return []
 
     def delete(self, key: str) -> None:
         self.backend.delete(self.path(key))
+
+    def stats(self) -> dict[str, int | None]:
+        with self._lock:
+            return {
+                "capacity_bytes": self.capacity,
+                "used_bytes": self.used,
+                "peak_bytes": self.peak,
+                "chunks": len(self._owned),
+                "evictions": self.evictions,
+                "evicted_bytes": self.evicted_bytes,
+                "evict_failed": self.evict_failed,
+            }
 
     def describe(self) -> dict[str, object]:
         return {"backend": self.backend.name, "prefix": self.prefix, "publish": self.publish}

@@ -28,7 +28,7 @@ from typing import Any, cast
 
 import xxhash
 
-from dlio_ext.config.schema import first_problem, one_of, positive
+from dlio_ext.config.schema import first_problem, io_depth, one_of, positive
 from dlio_ext.storage.base import Backend, Bare
 from dlio_ext.storage.buffers import aligned_buffer, fill_random
 from dlio_ext.workloads.context import Context
@@ -155,7 +155,7 @@ class Config:
             positive("stride", self.stride, allow_zero=True),
             positive("iterations", self.iterations),
             positive("stonewall_s", self.stonewall_s, allow_zero=True),
-            positive("io_depth", self.io_depth),
+            io_depth("io_depth", self.io_depth),
             positive("list_repeats", self.list_repeats),
             positive("storm_repeats", self.storm_repeats),
             f"delete_batch={self.delete_batch} must be 0 (one delete per item) or 1..{MAX_BATCH} "
@@ -167,6 +167,26 @@ class Config:
     @property
     def read_size(self) -> int:
         return self.write_bytes if self.read_bytes is None else self.read_bytes
+
+
+def footprint(cfg: Config, ranks: int) -> tuple[int, str]:
+    """File bytes stored at once (the preflight check): an iteration's files, or every
+    iteration's when no file_remove phase deletes them."""
+    if "file_create" not in cfg.phases or not cfg.write_bytes:
+        return 0, "no file bytes"
+    kept = 1 if "file_remove" in cfg.phases else cfg.iterations
+    return (
+        cfg.items_per_rank * cfg.write_bytes * ranks * kept,
+        f"workload.items_per_rank={cfg.items_per_rank} x workload.write_bytes={cfg.write_bytes} x {ranks} rank(s)"
+        + (f" x workload.iterations={kept}" if kept > 1 else ""),
+    )
+
+
+def memory(cfg: Config, ranks: int) -> tuple[int, str]:
+    """Bytes a rank allocates before the clock: a file body per thread and the template."""
+    return (
+        cfg.io_depth + 1
+    ) * cfg.write_bytes, f"workload.io_depth={cfg.io_depth} x workload.write_bytes={cfg.write_bytes}"
 
 
 def _tree_size(depth: int, branching: int) -> int:

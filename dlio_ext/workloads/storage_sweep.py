@@ -15,7 +15,7 @@ from typing import Any
 
 import xxhash
 
-from dlio_ext.config.schema import first_problem, positive
+from dlio_ext.config.schema import first_problem, io_depth, positive
 from dlio_ext.storage.buffers import aligned_buffer, fill_random
 from dlio_ext.workloads.context import Context
 from dlio_ext.workloads.phases import PhaseResult, VerifyError
@@ -39,11 +39,28 @@ class Config:
         return first_problem(
             positive("object_size", self.object_size),
             positive("objects_per_rank", self.objects_per_rank),
-            positive("io_depth", self.io_depth),
+            io_depth("io_depth", self.io_depth),
             positive("read_shift", self.read_shift, allow_zero=True),
             f"phases={bad} are unknown; use any of: {', '.join(PHASES)}" if bad else None,
             "phases is empty; name at least one of: " + ", ".join(PHASES) if not self.phases else None,
         )
+
+
+def footprint(cfg: Config, ranks: int) -> tuple[int, str]:
+    """Bytes stored at once (the preflight check): every object of every rank, before the delete."""
+    if "write" not in cfg.phases:
+        return 0, "no write phase"
+    return (
+        cfg.objects_per_rank * cfg.object_size * ranks,
+        f"workload.objects_per_rank={cfg.objects_per_rank} x workload.object_size={cfg.object_size} x {ranks} rank(s)",
+    )
+
+
+def memory(cfg: Config, ranks: int) -> tuple[int, str]:
+    """Bytes a rank allocates before the clock: a buffer per thread, its own and its source's body."""
+    return (
+        cfg.io_depth + 2
+    ) * cfg.object_size, f"workload.io_depth={cfg.io_depth} x workload.object_size={cfg.object_size}"
 
 
 def _stamp(rank: int, index: int) -> bytes:
