@@ -48,6 +48,8 @@ from dlio_ext.errors import UsageError
 from dlio_ext.storage.base import (
     AccessDenied,
     Backend,
+    CacheControl,
+    Durability,
     NotFound,
     ObjectInfo,
     StorageError,
@@ -1238,6 +1240,12 @@ class S3Backend(Backend):
             err = self._error("check", None, f, attempts)
         self.counters.error(err.kind)
         raise err
+
+    def cache_control(self) -> CacheControl:
+        return CacheControl("remote", False, "object store: server cache not controlled")
+
+    def durability(self) -> Durability:
+        return Durability("a completed PUT or multipart upload is the commit", "medium")
 
     def describe(self) -> dict[str, object]:
         s = self.settings
