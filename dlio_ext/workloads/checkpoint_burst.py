@@ -618,7 +618,7 @@ class _Persister(threading.Thread):
                 burst = cur["burst"]
                 c1 = self.b.fsync_counters()
                 burst.fsync_calls, burst.fsync_s = c1[0] - cur["c0"][0], c1[1] - cur["c0"][1]
-                burst.kernel = self.runner.kernel_stop(cur["mark"])
+                burst.kernel = self.runner.kernel_stop(cur["mark"], collective=False)
                 self.done[ckpt].set()
                 continue
             _, f, ckpt, i, nchunks, slot, n, words, body = item
@@ -901,12 +901,12 @@ def run(ctx: Context) -> list[PhaseResult]:
                 burst.planned += 1
             c1 = b.fsync_counters()
             burst.fsync_calls, burst.fsync_s = c1[0] - c0[0], c1[1] - c0[1]
+            # and a barrier: training resumes when the slowest rank has finished its shard
             burst.kernel = ctx.runner.kernel_stop(mark)
             st.bursts.append(burst)
             res = burst.result()
             results.append(res)
             written.append(k)
-            ctx.world.barrier()  # training resumes when the slowest rank has finished its shard
             if log:
                 log.info("checkpoint %d/%d written by rank 0 in %.3f s", k + 1, n_ck, res.seconds)
             if cfg.keep_checkpoints and len(written) - len(deleted) > cfg.keep_checkpoints:

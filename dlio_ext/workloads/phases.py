@@ -126,10 +126,15 @@ class KernelMeter:
         fsync = self.backend.fsync_counters() if self.backend is not None else (0, 0.0)
         return KernelMark(kernel.read_proc_io(), self._disk(), fsync)
 
-    def stop(self, mark: KernelMark) -> dict[str, Any]:
-        """This rank's deltas since `mark`, as PhaseResult.kernel holds them."""
-        proc, disk = kernel.read_proc_io(), self._disk()
+    def stop(self, mark: KernelMark, wait: Callable[[], None] | None = None) -> dict[str, Any]:
+        """This rank's deltas since `mark`, as PhaseResult.kernel holds them. `wait` (a barrier)
+        runs between this process's counters and the device's, so the device's count covers
+        the slowest rank of the host too."""
+        proc = kernel.read_proc_io()
         fsync = self.backend.fsync_counters() if self.backend is not None else (0, 0.0)
+        if wait is not None:
+            wait()
+        disk = self._disk()
         dp = proc - mark.proc if proc is not None and mark.proc is not None else None
         dd = disk - mark.disk if disk is not None and mark.disk is not None else None
         return {
@@ -190,12 +195,22 @@ class PhaseRunner:
 
     def kernel_start(self) -> KernelMark | None:
         """For a phase timed outside `run_chunks`: call right after its start barrier, and
-        `kernel_stop` right before its end barrier (what run_chunks does)."""
+        `kernel_stop` (which is the end barrier) when the rank's part is done, as run_chunks does."""
         return self.meter.start() if self.meter is not None else None
 
-    def kernel_stop(self, mark: KernelMark | None) -> dict[str, Any] | None:
-        """PhaseResult.kernel for the span since `mark` (None without a backend)."""
-        return self.meter.stop(mark) if self.meter is not None and mark is not None else None
+    def kernel_stop(self, mark: KernelMark | None, collective: bool = True) -> dict[str, Any] | None:
+        """PhaseResult.kernel for the span since `mark` (None without a backend).
+
+        Collective (the default): every rank calls it when its part of the phase is done, and it
+        ends the phase with a barrier, taken after this process's counters and before the
+        device's. A background thread cannot join a barrier: `collective=False` then reads the
+        device at this rank's own end (the sampling rank's span, not the slowest rank's)."""
+        wait = self.world.barrier if collective else None
+        if self.meter is None or mark is None:
+            if wait is not None:
+                wait()
+            return None
+        return self.meter.stop(mark, wait)
 
     def run(
         self,
@@ -342,8 +357,7 @@ class PhaseRunner:
         res.start = (min(firsts) - t0) if firsts else 0.0
         res.end = (max(lasts) - t0) if lasts else 0.0
         res.hist = Histogram.merged(hists)
-        res.kernel = self.kernel_stop(mark)
-        self.world.barrier()
+        res.kernel = self.kernel_stop(mark)  # and the closing barrier
         return res
 
 
