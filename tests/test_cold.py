@@ -283,3 +283,31 @@ def test_kv_user_fsync_none_wins_over_the_preset(tmp_path):
     assert s["kv_cache"]["durability"]["policy"].startswith("none")
     assert s["storage"]["fsync"] == "none" and s["storage"]["fsync_source"] == "user"
     assert s["phases"]["write"]["fsync_calls"] == 0 and s["phases"]["write"]["ops"] > 0
+
+
+def test_posix_cold_read_keeps_a_second_reader_out_until_the_first_is_done(tmp_path):
+    """Two readers of one chunk at once would share a cache fill: the second waits (any thread)."""
+    import threading
+    import time
+
+    b = PosixBackend(str(tmp_path))
+    b.put("k", b"x" * 8192)
+    inside = threading.Event()
+    order: list[str] = []
+
+    def second() -> None:
+        inside.wait()
+        with b.cold_read("k"):
+            order.append("second in")
+
+    t = threading.Thread(target=second)
+    t.start()
+    with b.cold_read("k"):
+        inside.set()
+        time.sleep(0.3)  # the second reader is at the door the whole time
+        order.append("first out")
+    t.join(10)
+    assert order == ["first out", "second in"]
+    with b.cold_read("missing"):  # nothing to evict or hold: the read reports the missing key
+        pass
+    assert b.resident(["k"])[0] == 0  # evicted on entry

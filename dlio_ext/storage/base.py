@@ -8,6 +8,7 @@ bytes-like object, `get` fills a preallocated writable buffer, so the hot path a
 from __future__ import annotations
 
 import abc
+import contextlib
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -266,6 +267,14 @@ class Backend(abc.ABC):
     def evict(self, keys: Iterable[str]) -> None:
         """Make the next read of each key come from the medium (untimed; missing keys are skipped)."""
         return None
+
+    @contextlib.contextmanager
+    def cold_read(self, key: str) -> Iterator[None]:
+        """Around one read of `key` that must come from the medium: evicts it on entry and, where
+        the medium allows, keeps this host's other cold readers of `key` out until the read is
+        done (two readers at once would share one cache fill). Untimed: enter before the clock."""
+        self.evict((key,))
+        yield
 
     def drop_caches(self) -> str | None:
         """Drop this host's whole page cache (asked for explicitly; root only): None on success,

@@ -6,8 +6,10 @@ workload can report it apart from the data transfer: DLIO's checkpoints skip it 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import fcntl
 import mmap
 import os
 import threading
@@ -372,7 +374,7 @@ class PosixBackend(Backend):
             "fadvise_dontneed",
             True,
             "buffered: a read is cold after its file is flushed and evicted (posix_fadvise DONTNEED); "
-            "another reader of the same file in between can warm it again",
+            "a reader of the same file in between can warm it again (cold_read takes turns on this host)",
         )
 
     def evict(self, keys: Iterable[str]) -> None:
@@ -390,6 +392,27 @@ class PosixBackend(Backend):
                 pass  # what stays resident is measured, not assumed
             finally:
                 os.close(fd)
+
+    @contextlib.contextmanager
+    def cold_read(self, key: str) -> Iterator[None]:
+        if self.direct:
+            yield
+            return
+        try:
+            fd = os.open(self._prefix + key, os.O_RDONLY)
+        except OSError:
+            yield  # the read will report the missing file
+            return
+        try:
+            # an exclusive flock on the file: cold readers of this host (any thread, any rank)
+            # take turns, so none reads what another's read has just brought into the cache
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with contextlib.suppress(OSError):  # what stays resident is measured, not assumed
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def drop_caches(self) -> str | None:
         try:

@@ -33,6 +33,7 @@ import struct
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -453,38 +454,30 @@ class Server:
             queue.Queue(cfg.write_queue_chunks) if cfg.write_policy == "write_back" else None
         )
         # cold reads as MLPerf's harness makes them: the chunk's file evicted before each read
-        backend = storage.backend
-        self.evict = (lambda k: backend.evict((storage.path(k),))) if cfg.cold else None
-        self.reading: set[str] = set()  # chunks being read cold on this rank
-        self.reading_cv = threading.Condition()
+        self.cold = cfg.cold
 
     # reading -----------------------------------------------------------------------------------
     def read_chunk(self, k: str, key: bytes, st: Stats) -> bool | None:
         """One storage read, timed, then verified: True = loaded, None = not there, False = failed."""
         buf = self.buffers.get()
-        cold = self.evict is not None
         try:
-            if cold:
-                # a second user reading the same chunk at the same moment would share the first
-                # one's page-cache fill: it waits (untimed), then evicts and reads again itself
-                with self.reading_cv:
-                    while k in self.reading:
-                        self.reading_cv.wait()
-                    self.reading.add(k)
-                self.evict(k)  # untimed, as the chunk buffer wait is
             perf = time.perf_counter
-            t0 = perf()
-            try:
-                got = self.storage.read(k, buf)
-            except NotFound:
+            # cold: the chunk evicted first, and another reader of it on this host (who would
+            # share this read's cache fill) kept out until the read ends; untimed, as the wait
+            # for a chunk buffer is
+            with self.storage.backend.cold_read(self.storage.path(k)) if self.cold else nullcontext():
+                t0 = perf()
+                try:
+                    got = self.storage.read(k, buf)
+                except NotFound:
+                    t1 = perf()
+                    st.logs["miss"].add(t1, t1 - t0)
+                    st.c["lookup_misses"] += 1
+                    return None
+                except StorageError as exc:
+                    st.error("read", exc)
+                    return False
                 t1 = perf()
-                st.logs["miss"].add(t1, t1 - t0)
-                st.c["lookup_misses"] += 1
-                return None
-            except StorageError as exc:
-                st.error("read", exc)
-                return False
-            t1 = perf()
             if self.cfg.verify:
                 problem = self.content.check(key, buf, got)
                 if problem is not None:
@@ -496,10 +489,6 @@ class Server:
             st.c["read_bytes"] += got
             return True
         finally:
-            if cold:
-                with self.reading_cv:
-                    self.reading.discard(k)
-                    self.reading_cv.notify_all()
             self.buffers.put(buf)
 
     def _load(self, k: str, key: bytes, st: Stats) -> bool:
