@@ -66,6 +66,23 @@ def test_find_device_names_the_disk_or_says_why_not(tmp_path):
     assert proc.name is None and not proc.memory and "proc" in (proc.why or "")
     # a device the diskstats text does not list: said, not guessed
     assert "no line" in (kernel.find_device(str(tmp_path), diskstats="", mountinfo="").why or "")
+    # a partition or a device-mapper volume has its own diskstats line: whatever names st_dev there
+    dm = f"{os.major(st)} {os.minor(st)} dm-3 1 0 8 0 2 0 16 0 0 0 0\n"
+    assert kernel.find_device(str(tmp_path), diskstats=dm, mountinfo="").name == "dm-3"
+
+
+def test_find_device_of_an_anonymous_device_mounted_from_a_block_device():
+    """btrfs and the like: st_dev is anonymous (major 0); the mount's source names the disk."""
+    shm = os.stat("/dev/shm").st_dev
+    disk = next(p for p in ("/dev/vda", "/dev/sda", "/dev/nvme0n1") if os.path.exists(p))
+    rdev = os.stat(disk).st_rdev
+    diskstats = f"{os.major(rdev)} {os.minor(rdev)} {Path(disk).name} 1 0 8 0 2 0 16 0 0 0 0\n"
+    mountinfo = f"99 1 {os.major(shm)}:{os.minor(shm)} / /dev/shm rw - btrfs {disk} rw\n"
+    dev = kernel.find_device("/dev/shm", diskstats=diskstats, mountinfo=mountinfo)
+    assert dev.name == Path(disk).name and dev.fstype == "btrfs"
+    overlay = f"99 1 {os.major(shm)}:{os.minor(shm)} / /dev/shm rw - overlay overlay rw\n"
+    dev = kernel.find_device("/dev/shm", diskstats=diskstats, mountinfo=overlay)
+    assert dev.name is None and "overlay" in (dev.why or "") and not dev.memory
 
 
 @pytest.fixture

@@ -155,6 +155,9 @@ def merge_kernel(states: Sequence[dict[str, Any]], io: str | None, counted: int)
             out["device_bytes_source"] = "proc_self_io (bytes dirtied: not proof they reached the device)"
     if dev_proc is not None and dev_disk is not None:
         tol = KERNEL_TOLERANCE * max(counted, dev_proc, dev_disk) + KERNEL_SLACK
+        info["tolerance"] = (
+            f"{KERNEL_TOLERANCE:.0%} of max(bytes counted, either source) + {KERNEL_SLACK >> 20} MiB"
+        )
         info["disagree"] = abs(dev_proc - dev_disk) > tol
         if info["disagree"]:
             what = "read from" if io == "read" else "written to"
