@@ -328,3 +328,21 @@ def test_posix_cold_read_keeps_a_second_reader_out_until_the_first_is_done(tmp_p
     with b.cold_read("missing"):  # nothing to evict or hold: the read reports the missing key
         pass
     assert b.resident(["k"])[0] == 0  # evicted on entry
+
+
+@pytest.mark.parametrize(
+    ("preset", "mirrors_mlperf"),
+    [
+        ("llama3_8b_200u", True),
+        ("llama3_70b_70u", True),
+        ("llama3_8b_100u_cpu4g", True),
+        ("deepseek_v3", False),  # ours: no MLPerf invocation behind it
+        ("custom", False),
+    ],
+)
+def test_kv_presets_that_mirror_mlperf_claim_cold_reads_and_fsync(preset, mirrors_mlperf):
+    from dlio_ext.config import load
+
+    cfg = load([f"workload=kv_cache/{preset}"]).workload
+    assert (cfg.cold, cfg.durability) == ((True, "fsync") if mirrors_mlperf else (False, "storage"))
+    assert load([f"workload=kv_cache/{preset}", "workload.cold=false"]).workload.cold is False
