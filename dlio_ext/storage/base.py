@@ -295,7 +295,8 @@ class Backend(abc.ABC):
     def ask_durable(self, source: str) -> Durability:
         """A workload asks that every write be durable when it returns (MLPerf fsyncs each one),
         without knowing the medium. An explicit user setting of the backend wins; `source` names
-        who asked ("preset", "workload"). Returns what now holds."""
+        who asked ("preset", "workload"). Returns what now holds. Ask before the first write: a
+        `bare` verb already built keeps the policy it was built with."""
         return self.durability()
 
     # lifecycle
