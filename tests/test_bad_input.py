@@ -27,6 +27,8 @@ CASES = {
     "bad-fsync": (["storage.fsync=always"], ["fsync", "file_and_dir"]),
     "unknown-phase": (["workload.phases=[write,fly]"], ["fly", "read_random"]),
     "bool-wanted": (["storage.direct=maybe"], ["direct"]),
+    "cache-fraction-range": (["run.max_cache_fraction=1.5"], ["max_cache_fraction", "[0, 1]"]),
+    "kv-durability": (["workload=kv_cache/custom", "workload.durability=always"], ["durability", "fsync"]),
     "s3-part-size": (["storage=s3", "storage.bucket=b", "storage.part_size=1024"], ["part_size", "5 MiB"]),
     "s3-endpoint-scheme": (
         ["storage=s3", "storage.bucket=b", "storage.endpoint=localhost:9000"],

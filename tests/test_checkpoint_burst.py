@@ -293,6 +293,15 @@ def test_posix_bursts_and_cold_restores(tmp_path, ranks):
     assert c["cold_restore"]["method"] == ("O_DIRECT" if direct else "fadvise_dontneed")
     if not direct:
         assert c["cold_restore"]["resident_after_eviction"] < 0.01
+    # the kernel confirms it: (about) every restored byte came from the device
+    for j in range(n):
+        p = s["phases"][f"restore_{j}"]
+        assert p["io"] == "read" and p["cold"]["claimed"], p
+        assert p["cache_fraction"] is not None and p["cache_fraction"] < 0.05, p
+        assert p["kernel"]["proc_self_io"]["ranks"] == ranks
+        w = s["phases"][f"write_{j}"]
+        assert w["device_bytes"] >= w["bytes"] and w["fsync_calls"] > 0, w  # fsynced: on the device
+    assert s["valid"] and not [w for w in s["warnings"] if "cold not verified" in w]
     assert c["durability"].startswith("fsync per file")
     # fsync: one per file written, observed by the backend
     files = sum(len(cl.ModelLayout(cl.PRESETS["llama3_405b"].model, cl.PRESETS["llama3_405b"].parallel)

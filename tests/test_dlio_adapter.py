@@ -217,7 +217,13 @@ def test_dlio_training_on_posix_odirect(tmp_path):
     ckpts = sorted((root / "ckpt").iterdir())
     assert len(ckpts) == 2 * EPOCHS
     report = check_dlio_outputs(out)
-    assert report["storage"] == {"backend": "posix", "root": str(root), "direct": True, "fsync": "none"}
+    assert report["storage"] == {
+        "backend": "posix",
+        "root": str(root),
+        "direct": True,
+        "fsync": "none",
+        "fsync_source": "default",
+    }
     assert report["io"]["reads"] == EPOCHS * FILES
     assert report["io"]["read_bytes"] == EPOCHS * sum(f.stat().st_size for f in files)
     assert report["io"]["writes"] == FILES + len(ckpts)

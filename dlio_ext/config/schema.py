@@ -56,9 +56,15 @@ class RunSchema:
     seed: int = 1234
     progress_interval: float = 2.0
     preflight: bool = True
+    max_cache_fraction: float = 0.05
 
     def validate(self) -> str | None:
-        return positive("progress_interval", self.progress_interval, allow_zero=True)
+        return first_problem(
+            positive("progress_interval", self.progress_interval, allow_zero=True),
+            f"max_cache_fraction={self.max_cache_fraction} must be within [0, 1]"
+            if not 0 <= self.max_cache_fraction <= 1
+            else None,
+        )
 
 
 @dataclass
@@ -66,12 +72,12 @@ class PosixSchema:
     type: str = "posix"
     root: str | None = None
     direct: bool = False
-    fsync: str = "none"
+    fsync: str | None = None  # null: "none", unless the workload asks for durability
     chunk_size: int = 8 << 20
 
     def validate(self) -> str | None:
         return first_problem(
-            one_of("fsync", self.fsync, ("none", "file", "file_and_dir")),
+            one_of("fsync", self.fsync, ("none", "file", "file_and_dir")) if self.fsync is not None else None,
             positive("chunk_size", self.chunk_size),
         )
 

@@ -67,7 +67,141 @@ def merge_phase(per_rank: Sequence[dict[str, Any]]) -> dict[str, Any]:
     extras = [r["extra"] for r in per_rank if r.get("extra")]
     if extras:
         out["extra"] = _sum_extras(extras)
+    io = next((r["io"] for r in per_rank if r.get("io")), None)
+    if io:
+        out["io"] = io
+    cold = next((r["cold"] for r in per_rank if r.get("cold")), None)
+    if cold:
+        out["cold"] = {"claimed": True, "method": cold}
+    states = [r["kernel"] for r in per_rank if r.get("kernel")]
+    if states:
+        out.update(merge_kernel(states, io, nbytes))
     return out
+
+
+#: the two kernel sources disagree when they differ by more than this fraction of the larger of
+#: (bytes counted, either source), plus KERNEL_SLACK bytes: diskstats counts every process on the
+#: host and writeback that falls in the phase, /proc/self/io only this run's processes, and a
+#: small phase carries a few MiB of metadata and journal traffic either way
+KERNEL_TOLERANCE = 0.10
+KERNEL_SLACK = 8 << 20
+
+
+def merge_kernel(states: Sequence[dict[str, Any]], io: str | None, counted: int) -> dict[str, Any]:
+    """The kernel's view of one phase over all ranks (PhaseResult.kernel, from KernelMeter).
+
+    device_bytes: read phases, bytes read from the device by this run's processes (/proc/self/io
+    read_bytes summed over ranks; exact attribution), else the device's diskstats; write phases,
+    bytes the device wrote during the phase (diskstats summed over hosts: it saw them land), else
+    bytes the ranks dirtied (/proc/self/io, which does not prove they reached the device).
+    cache_fraction (read phases): 1 - device_bytes / bytes counted, within [0, 1]; null when no
+    block device holds the data (remote, overlay: not measurable); 1 on tmpfs (memory)."""
+    procs = [s["proc_self_io"] for s in states if s.get("proc_self_io") is not None]
+    disks = [s for s in states if s.get("diskstats") is not None]
+    devices = sorted({s["device"] for s in states if s.get("device")})
+    memory = any(s.get("memory") for s in states)
+    proc = None
+    if procs and len(procs) == len(states):  # a rank without /proc/self/io: the sum would lie
+        proc = {k: sum(p[k] for p in procs) for k in ("read_bytes", "write_bytes", "cancelled_write_bytes")}
+        proc["ranks"] = len(procs)
+    disk = None
+    if disks:
+        disk = {
+            "device": ",".join(sorted({s["device"] for s in disks})),
+            "read_bytes": sum(s["diskstats"]["read_bytes"] for s in disks),
+            "write_bytes": sum(s["diskstats"]["write_bytes"] for s in disks),
+            "hosts": len(disks),
+        }
+    info: dict[str, Any] = {"proc_self_io": proc, "diskstats": disk, "device": ",".join(devices) or None}
+    if not devices:
+        info["no_device"] = next((s["no_device"] for s in states if s.get("no_device")), "unknown")
+        info["memory"] = memory
+        info["fstype"] = next((s["fstype"] for s in states if s.get("fstype")), None)
+    out: dict[str, Any] = {
+        "device_bytes": None,
+        "device_bytes_source": None,
+        "fsync_calls": sum(s.get("fsync_calls", 0) for s in states),
+        "fsync_seconds": round(sum(s.get("fsync_seconds", 0.0) for s in states), 6),
+        "kernel": info,
+    }
+    dev_proc = dev_disk = None
+    if io == "read":
+        dev_proc = proc["read_bytes"] if proc and devices else None
+        dev_disk = disk["read_bytes"] if disk else None
+        out["cache_fraction"] = None
+        out["cache_fraction_source"] = None
+        if memory:
+            out["device_bytes"], out["device_bytes_source"] = 0, f"{info.get('fstype')}: no device, memory"
+            if counted:
+                out["cache_fraction"] = 1.0
+                out["cache_fraction_source"] = f"{info.get('fstype')}: file data is memory by definition"
+        else:
+            if dev_proc is not None:
+                out["device_bytes"], out["device_bytes_source"] = dev_proc, "proc_self_io"
+            elif dev_disk is not None:
+                out["device_bytes"], out["device_bytes_source"] = dev_disk, f"diskstats {disk['device']}"
+            if out["device_bytes"] is not None and counted:
+                out["cache_fraction"] = round(min(1.0, max(0.0, 1 - out["device_bytes"] / counted)), 6)
+                out["cache_fraction_source"] = out["device_bytes_source"] + (
+                    f" on {info['device']}" if out["device_bytes_source"] == "proc_self_io" else ""
+                )
+    elif io == "write":
+        dev_proc = proc["write_bytes"] - proc["cancelled_write_bytes"] if proc and devices else None
+        dev_disk = disk["write_bytes"] if disk else None
+        if dev_disk is not None:
+            out["device_bytes"], out["device_bytes_source"] = dev_disk, f"diskstats {disk['device']}"
+        elif dev_proc is not None:
+            out["device_bytes"] = dev_proc
+            out["device_bytes_source"] = "proc_self_io (bytes dirtied: not proof they reached the device)"
+    if dev_proc is not None and dev_disk is not None:
+        tol = KERNEL_TOLERANCE * max(counted, dev_proc, dev_disk) + KERNEL_SLACK
+        info["tolerance"] = (
+            f"{KERNEL_TOLERANCE:.0%} of max(bytes counted, either source) + {KERNEL_SLACK >> 20} MiB"
+        )
+        info["disagree"] = abs(dev_proc - dev_disk) > tol
+        if info["disagree"]:
+            what = "read from" if io == "read" else "written to"
+            info["disagreement"] = (
+                f"bytes {what} {disk['device']}: /proc/self/io says {dev_proc:,}, diskstats says "
+                f"{dev_disk:,} (they differ by more than {KERNEL_TOLERANCE:.0%} of {max(counted, dev_proc, dev_disk):,} "
+                f"+ {KERNEL_SLACK >> 20} MiB; diskstats counts every process on the host and writeback "
+                "in the phase, /proc/self/io this run's reads and the bytes it dirtied)"
+            )
+            if io == "write" and dev_disk < dev_proc:
+                info["disagreement"] += (
+                    "; bytes dirtied but not written back by the phase's end were still in the page cache"
+                    " (no fsync)"
+                )
+    return out
+
+
+def cold_check(phases: dict[str, dict[str, Any]], max_cache_fraction: float) -> tuple[list[str], list[str]]:
+    """(reasons the run is invalid, warnings) from the phases that claim cold reads, and the
+    kernel sources' disagreements. Called by the harness on every run."""
+    reasons: list[str] = []
+    warnings: list[str] = []
+    for name, p in phases.items():
+        k = p.get("kernel") or {}
+        if k.get("disagree"):
+            warnings.append(f"{name}: kernel sources disagree: {k['disagreement']}")
+        if not p.get("cold") or not p.get("bytes"):
+            continue
+        cf = p.get("cache_fraction")
+        if k.get("memory"):
+            reasons.append(
+                f"phase {name} claims cold reads but its data is on {k.get('fstype')}, whose reads are "
+                f"memory by definition (cache_fraction 1.0, source {p.get('cache_fraction_source')})"
+            )
+        elif cf is None:
+            warnings.append(f"{name}: cold not verified: {k.get('no_device') or 'no kernel counters'}")
+        elif cf > max_cache_fraction:
+            reasons.append(
+                f"phase {name} claims cold reads but the kernel says {cf:.1%} of its {p['bytes']:,} bytes "
+                f"came from the page cache (cache_fraction {cf:.3f} > run.max_cache_fraction "
+                f"{max_cache_fraction:g}; measured by {p.get('cache_fraction_source')}; made cold by "
+                f"{p['cold'].get('method')})"
+            )
+    return reasons, warnings
 
 
 #: numeric extras whose merge over ranks is the largest value, not the sum: a time on the phase's
@@ -128,7 +262,7 @@ def write_yaml(path: Path, obj: Any) -> None:
 def write_phases_csv(path: Path, phases: dict[str, dict[str, Any]]) -> None:
     cols = ["phase", "ops", "bytes", "errors", "seconds", "ops_per_s", "GBps"]
     cols += [f"lat_{k}_us" for k in LATENCY_KEYS]
-    cols += ["rank_s_min", "rank_s_p50", "rank_s_max", "straggler_ratio"]
+    cols += ["rank_s_min", "rank_s_p50", "rank_s_max", "straggler_ratio", "device_bytes", "cache_fraction"]
     tmp = path.with_suffix(".csv.partial")
     with tmp.open("w", newline="") as f:
         w = csv.writer(f)
@@ -138,6 +272,6 @@ def write_phases_csv(path: Path, phases: dict[str, dict[str, Any]]) -> None:
                 [name, p["ops"], p["bytes"], p["errors"], p["seconds"], p["ops_per_s"], p["GBps"]]
                 + [p["latency_us"][k] for k in LATENCY_KEYS]
                 + [p["rank_seconds"][k] for k in ("min", "p50", "max")]
-                + [p["straggler_ratio"]]
+                + [p["straggler_ratio"], p.get("device_bytes"), p.get("cache_fraction")]
             )
     os.replace(tmp, path)

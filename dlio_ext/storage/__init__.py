@@ -22,7 +22,8 @@ def open_backend(cfg: Mapping[str, Any], run_dir: str | None = None) -> Backend:
         return PosixBackend(
             root=str(root),
             direct=bool(cfg.get("direct", False)),
-            fsync=str(cfg.get("fsync", "none")),
+            # None: the user did not choose (a workload may then ask for fsync, see ask_durable)
+            fsync=None if cfg.get("fsync") is None else str(cfg["fsync"]),
             chunk_size=int(cfg.get("chunk_size", 8 << 20)),
         )
     if kind == "s3":

@@ -8,6 +8,7 @@ bytes-like object, `get` fills a preallocated writable buffer, so the hot path a
 from __future__ import annotations
 
 import abc
+import contextlib
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -155,6 +156,28 @@ class Counters:
             }
 
 
+@dataclass(frozen=True)
+class CacheControl:
+    """What a backend can do so that the next read of a key comes from the medium, not a cache.
+
+    `method` names how reads are made cold ("O_DIRECT": always; "fadvise_dontneed": `evict`
+    before reading; "remote": nothing on this host can), `evicts` says whether `evict` does
+    anything, and `note` says what "cold" means on this medium, in the summary's words."""
+
+    method: str
+    evicts: bool
+    note: str
+
+
+@dataclass(frozen=True)
+class Durability:
+    """What a finished write guarantees (`policy`) and who chose it (`source`: "user" for an
+    explicit storage setting, "preset"/"workload" when a workload asked, "default", "medium")."""
+
+    policy: str
+    source: str
+
+
 class Writer(abc.ABC):
     """Streams one large file/object in chunks; `close` commits, `abort` leaves nothing behind."""
 
@@ -271,6 +294,49 @@ class Backend(abc.ABC):
         else:
             raise ValueError(f"no bare form of {verb!r}; one of {BARE_VERBS}")
         return Bare(call, StorageError, _as_is)
+
+    # caches and durability: what the medium can do, never which workload asks
+    def local_root(self) -> str | None:
+        """The local directory holding the data (to find its block device), or None if remote."""
+        return None
+
+    def cache_control(self) -> CacheControl:
+        return CacheControl("none", False, "this medium offers no cache control")
+
+    def evict(self, keys: Iterable[str]) -> None:
+        """Make the next read of each key come from the medium (untimed; missing keys are skipped)."""
+        return None
+
+    @contextlib.contextmanager
+    def cold_read(self, key: str) -> Iterator[None]:
+        """Around one read of `key` that must come from the medium: evicts it on entry and, where
+        the medium allows, keeps this host's other cold readers of `key` out until the read is
+        done (two readers at once would share one cache fill). Untimed: enter before the clock."""
+        self.evict((key,))
+        yield
+
+    def drop_caches(self) -> str | None:
+        """Drop this host's whole page cache (asked for explicitly; root only): None on success,
+        else why not."""
+        return f"{self.name} keeps no data in this host's page cache"
+
+    def resident(self, keys: Iterable[str]) -> tuple[int, int]:
+        """(pages still in this host's page cache, pages) of the keys' data; (0, 0) if unknown."""
+        return 0, 0
+
+    def fsync_counters(self) -> tuple[int, float]:
+        """fsync calls issued so far and the seconds spent in them (0 where writes need none)."""
+        return 0, 0.0
+
+    def durability(self) -> Durability:
+        return Durability("not controlled by dlio-ext", "medium")
+
+    def ask_durable(self, source: str) -> Durability:
+        """A workload asks that every write be durable when it returns (MLPerf fsyncs each one),
+        without knowing the medium. An explicit user setting of the backend wins; `source` names
+        who asked ("preset", "workload"). Returns what now holds. Ask before the first write: a
+        `bare` verb already built keeps the policy it was built with."""
+        return self.durability()
 
     # lifecycle
     def check(self) -> None:

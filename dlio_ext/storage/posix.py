@@ -6,11 +6,15 @@ workload can report it apart from the data transfer: DLIO's checkpoints skip it 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
+import fcntl
+import mmap
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from operator import attrgetter
 from pathlib import Path
 from typing import cast
@@ -19,7 +23,9 @@ from dlio_ext.storage.base import (
     AccessDenied,
     Backend,
     Bare,
+    CacheControl,
     DeviceError,
+    Durability,
     NoSpace,
     NotFound,
     ObjectInfo,
@@ -59,15 +65,19 @@ class PosixBackend(Backend):
     name = "posix"
     capabilities = {"mkdir": "native", "rename": "native", "list": "native"}
 
-    def __init__(self, root: str, direct: bool = False, fsync: str = "none", chunk_size: int = 8 << 20):
+    def __init__(
+        self, root: str, direct: bool = False, fsync: str | None = "none", chunk_size: int = 8 << 20
+    ):
+        """`fsync=None`: the user did not choose; "none" unless a workload asks for durability."""
         super().__init__()
-        if fsync not in FSYNC_POLICIES:
+        if fsync is not None and fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {FSYNC_POLICIES}")
         self.root = Path(root)
         # key -> path is on every op's path: a string concat, not os.path.join over a Path
         self._prefix = os.path.join(str(self.root), "")
         self.direct = direct
-        self.fsync_policy = fsync
+        self.fsync_policy = fsync or "none"
+        self.fsync_source = "default" if fsync is None else "user"
         self.chunk_size = round_up(chunk_size)
         self.fsync_calls = 0
         self.fsync_seconds = 0.0
@@ -375,6 +385,91 @@ class PosixBackend(Backend):
 
         return get if whole else head
 
+    # caches and durability -------------------------------------------------------------------
+    def local_root(self) -> str:
+        return str(self.root)
+
+    def cache_control(self) -> CacheControl:
+        if self.direct:
+            return CacheControl("O_DIRECT", False, "O_DIRECT: every read bypasses the page cache")
+        return CacheControl(
+            "fadvise_dontneed",
+            True,
+            "buffered: a read is cold after its file is flushed and evicted (posix_fadvise DONTNEED); "
+            "a reader of the same file in between can warm it again (cold_read takes turns on this host)",
+        )
+
+    def evict(self, keys: Iterable[str]) -> None:
+        if self.direct:
+            return
+        for key in keys:
+            try:
+                fd = os.open(self._prefix + key, os.O_RDONLY)
+            except OSError:
+                continue  # the read will report the missing file
+            try:
+                os.fdatasync(fd)  # dirty pages cannot be evicted: flush first (untimed)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                pass  # what stays resident is measured, not assumed
+            finally:
+                os.close(fd)
+
+    @contextlib.contextmanager
+    def cold_read(self, key: str) -> Iterator[None]:
+        if self.direct:
+            yield
+            return
+        try:
+            fd = os.open(self._prefix + key, os.O_RDONLY)
+        except OSError:
+            yield  # the read will report the missing file
+            return
+        try:
+            # an exclusive flock on the file: cold readers of this host (any thread, any rank)
+            # take turns, so none reads what another's read has just brought into the cache
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with contextlib.suppress(OSError):  # what stays resident is measured, not assumed
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def drop_caches(self) -> str | None:
+        try:
+            os.sync()
+            with open("/proc/sys/vm/drop_caches", "w") as fh:
+                fh.write("1\n")
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        return None
+
+    def resident(self, keys: Iterable[str]) -> tuple[int, int]:
+        r = n = 0
+        for key in keys:
+            a, b = _resident_pages(self._prefix + key)
+            r, n = r + a, n + b
+        return r, n
+
+    def fsync_counters(self) -> tuple[int, float]:
+        with self._lock:
+            return self.fsync_calls, self.fsync_seconds
+
+    def durability(self) -> Durability:
+        if self.fsync_policy != "none":
+            policy = f"fsync per file ({self.fsync_policy})" + (", O_DIRECT" if self.direct else "")
+        elif self.direct:
+            policy = "O_DIRECT without fsync: past the page cache, the device's volatile cache not flushed"
+        else:
+            policy = "none: writes may end in the page cache (storage.fsync=none)"
+        return Durability(policy, self.fsync_source)
+
+    def ask_durable(self, source: str) -> Durability:
+        if self.fsync_source != "user" and self.fsync_policy == "none":
+            self.fsync_policy, self.fsync_source = "file", source
+        return self.durability()
+
     def check(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -416,10 +511,45 @@ class PosixBackend(Backend):
             "root": str(self.root),
             "direct": self.direct,
             "fsync": self.fsync_policy,
+            "fsync_source": self.fsync_source,
         }
 
     def where(self) -> str:
         return f"under {self.root}"
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def _resident_pages(path: str) -> tuple[int, int]:
+    """(resident pages, pages) of a file in the page cache, by mincore(2); (0, 0) if unknown."""
+    global _libc
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return 0, 0
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        finally:
+            os.close(fd)
+        pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+        vec = (ctypes.c_ubyte * pages)()
+        import numpy as np  # only for the mapping's address (a read-only mmap has no ctypes view)
+
+        arr = np.frombuffer(mm, dtype=np.uint8)
+        try:
+            rc = _libc.mincore(ctypes.c_void_p(arr.ctypes.data), ctypes.c_size_t(size), vec)
+        finally:
+            del arr
+            mm.close()
+        if rc != 0:
+            return 0, 0
+        return sum(v & 1 for v in vec), pages
+    except (OSError, ValueError, AttributeError):
+        return 0, 0
 
 
 class _PosixWriter(Writer):

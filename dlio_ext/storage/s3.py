@@ -48,6 +48,8 @@ from dlio_ext.errors import UsageError
 from dlio_ext.storage.base import (
     AccessDenied,
     Backend,
+    CacheControl,
+    Durability,
     NotFound,
     ObjectInfo,
     StorageError,
@@ -1244,6 +1246,12 @@ class S3Backend(Backend):
 
     def free_bytes(self) -> int | None:
         return self.settings.quota_bytes or None  # S3 tells no free space; only a known quota
+
+    def cache_control(self) -> CacheControl:
+        return CacheControl("remote", False, "object store: server cache not controlled")
+
+    def durability(self) -> Durability:
+        return Durability("a completed PUT or multipart upload is the commit", "medium")
 
     def describe(self) -> dict[str, object]:
         s = self.settings

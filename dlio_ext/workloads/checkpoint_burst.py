@@ -23,11 +23,8 @@ shrinks every file for small machines; `subset` runs a few ranks of a large layo
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
-import mmap
-import os
 import queue
 import resource
 import socket
@@ -50,7 +47,7 @@ from dlio_ext.storage.base import Backend, StorageError, kind_text
 from dlio_ext.storage.buffers import ALIGN, aligned_buffer, fill_random
 from dlio_ext.workloads import checkpoint_layout as cl
 from dlio_ext.workloads.context import Context
-from dlio_ext.workloads.phases import PhaseResult, VerifyError
+from dlio_ext.workloads.phases import PhaseResult, PhaseRunner, VerifyError
 
 PRESETS = (*cl.PRESETS, "custom")
 WORDS_PER_BLOCK = ALIGN // 8
@@ -418,52 +415,20 @@ class Engine:
 
 # --- cold restores --------------------------------------------------------------------------------
 
-_libc: Any = None
-
-
-def _resident_fraction(path: str) -> tuple[int, int]:
-    """(resident pages, pages) of a file in the page cache, by mincore(2); (0, 0) if unknown."""
-    global _libc
-    try:
-        size = os.path.getsize(path)
-        if size == 0:
-            return 0, 0
-        if _libc is None:
-            _libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
-        finally:
-            os.close(fd)
-        pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
-        vec = (ctypes.c_ubyte * pages)()
-        arr = np.frombuffer(mm, dtype=np.uint8)
-        try:
-            rc = _libc.mincore(ctypes.c_void_p(arr.ctypes.data), ctypes.c_size_t(size), vec)
-        finally:
-            del arr
-            mm.close()
-        if rc != 0:
-            return 0, 0
-        return int(sum(v & 1 for v in vec)), pages
-    except (OSError, ValueError, AttributeError):
-        return 0, 0
-
 
 class ColdRestore:
     """Makes the next restore read from storage, not from this host's memory, and says how.
 
-    O_DIRECT bypasses the page cache; otherwise one rank per host drops the caches
-    (/proc/sys/vm/drop_caches, root only, refused in most containers) and, where that fails,
-    every rank flushes and evicts the files it is about to read (posix_fadvise DONTNEED), then
-    checks with mincore(2) how much stayed resident. Object stores are remote: their server's
-    cache is not ours to control."""
+    The backend knows what its medium can do (Backend.cache_control): O_DIRECT needs nothing;
+    a buffered file system is made cold by one rank per host dropping the caches (policy
+    auto/drop_caches; root only, refused in most containers) or, where that fails, by every rank
+    evicting the files it is about to read; then the backend says how much stayed resident. An
+    object store's server cache is not ours to control. The kernel's counters of the restore
+    phase say whether it worked (metrics.results.cold_check)."""
 
     def __init__(self, ctx: Context, policy: str):
         self.ctx, self.policy = ctx, policy
-        b = ctx.backend
-        self.local = callable(getattr(b, "path", None))
-        self.direct = bool(getattr(b, "direct", False))
+        self.control = ctx.backend.cache_control()
         hosts = ctx.world.allgather(socket.gethostname())
         me = hosts[ctx.rank]
         self.leader = ctx.rank == min(i for i, h in enumerate(hosts) if h == me)
@@ -474,53 +439,40 @@ class ColdRestore:
         self.resident_pages = 0
         self.pages = 0
 
+    @property
+    def claimed(self) -> str | None:
+        """The method to record on a restore phase; None when caches were deliberately kept."""
+        return None if self.policy == "none" else self.method
+
     def prepare(self, keys: Sequence[str]) -> None:
         world, b = self.ctx.world, self.ctx.backend
         if self.policy == "none":
             self.method = "none (warm: caches deliberately kept)"
             return
-        if not self.local:
+        if self.control.method == "remote":
             self.method = "remote (server cache not controlled)"
             return
-        if self.direct:
-            self.method = "O_DIRECT"
+        if not self.control.evicts:
+            self.method = self.control.method
             return
         dropped = False
         if self.policy in ("auto", "drop_caches"):
-            ok, why = True, ""
-            if self.leader:
-                try:
-                    os.sync()
-                    with open("/proc/sys/vm/drop_caches", "w") as fh:
-                        fh.write("1\n")
-                except OSError as exc:
-                    ok, why = False, exc.strerror or str(exc)
-            verdicts = world.allgather((ok, why))
-            dropped = all(v[0] for v in verdicts)
+            why = b.drop_caches() if self.leader else None
+            verdicts = world.allgather(why)
+            dropped = all(v is None for v in verdicts)
             if not dropped:
-                reason = next(v[1] for v in verdicts if not v[0])
-                note = f"drop_caches refused ({reason}); fell back to posix_fadvise(DONTNEED)"
+                reason = next(v for v in verdicts if v is not None)
+                note = f"drop_caches refused ({reason}); fell back to {self.control.method}"
                 if note not in self.notes:
                     self.notes.append(note)
         if dropped:
             self.method = "drop_caches"
         else:
-            self.method = "fadvise_dontneed"
-            for key in keys:
-                path = b.path(key)  # type: ignore[attr-defined]
-                try:
-                    fd = os.open(path, os.O_RDONLY)
-                except OSError:
-                    continue  # the restore will report the missing file
-                try:
-                    os.fdatasync(fd)  # dirty pages cannot be evicted: flush first (untimed)
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-                finally:
-                    os.close(fd)
-        for key in keys:
-            r, n = _resident_fraction(b.path(key))  # type: ignore[attr-defined]
-            self.resident_pages += r
-            self.pages += n
+            self.method = self.control.method
+            b.evict(keys)
+        r, n = b.resident(keys)
+        self.resident_pages += r
+        self.pages += n
         world.barrier()
 
     def describe(self) -> dict[str, Any]:
@@ -550,6 +502,9 @@ class Burst:
     fsync_s: float = 0.0
     planned: int = 0
     nbytes: int = 0  # stall bursts: bytes copied
+    io: str | None = None
+    cold: str | None = None  # how a restore was made cold (ColdRestore.claimed)
+    kernel: dict[str, Any] | None = None  # PhaseRunner.kernel_stop over the burst
 
     def result(self) -> PhaseResult:
         res = PhaseResult(name=self.phase, planned_ops=self.planned)
@@ -576,6 +531,7 @@ class Burst:
         res.start = (first - self.t0) if first is not None else 0.0
         res.end = (last - self.t0) if last is not None else 0.0
         res.hist = hist
+        res.io, res.cold, res.kernel = self.io, self.cold, self.kernel
         res.extra = {
             "files": len(self.events),
             "fsync_calls": self.fsync_calls,
@@ -628,10 +584,6 @@ def _abort(w: Any) -> None:
         pass
 
 
-def _fsync_counters(b: Backend) -> tuple[int, float]:
-    return int(getattr(b, "fsync_calls", 0) or 0), float(getattr(b, "fsync_seconds", 0.0) or 0.0)
-
-
 def _run_files(
     files: Sequence[PlannedFile], fn: Callable[[PlannedFile, int], FileEvent], threads: int
 ) -> list[FileEvent]:
@@ -656,9 +608,9 @@ def _run_files(
 class _Persister(threading.Thread):
     """Async mode's background writer: drains snapshot chunks from host slots to storage, in order."""
 
-    def __init__(self, engine: Engine, free: queue.Queue, backend: Backend):
+    def __init__(self, engine: Engine, free: queue.Queue, backend: Backend, runner: PhaseRunner):
         super().__init__(daemon=True, name="checkpoint-persist")
-        self.engine, self.free, self.b = engine, free, backend
+        self.engine, self.free, self.b, self.runner = engine, free, backend, runner
         self.q: queue.Queue = queue.Queue()
         self.bursts: dict[int, Burst] = {}
         self.done: dict[int, threading.Event] = {}
@@ -672,14 +624,16 @@ class _Persister(threading.Thread):
             if item[0] == "begin":
                 _, ckpt, burst = item
                 self.bursts[ckpt] = burst
-                c0 = _fsync_counters(self.b)
-                cur = {"burst": burst, "c0": c0}
+                c0 = self.b.fsync_counters()
+                # the whole process's counters: they include the stall's copies, which move no I/O
+                cur = {"burst": burst, "c0": c0, "mark": self.runner.kernel_start()}
                 continue
             if item[0] == "end":
                 _, ckpt = item
                 burst = cur["burst"]
-                c1 = _fsync_counters(self.b)
+                c1 = self.b.fsync_counters()
                 burst.fsync_calls, burst.fsync_s = c1[0] - cur["c0"][0], c1[1] - cur["c0"][1]
+                burst.kernel = self.runner.kernel_stop(cur["mark"], collective=False)
                 self.done[ckpt].set()
                 continue
             _, f, ckpt, i, nchunks, slot, n, words, body = item
@@ -996,19 +950,21 @@ def run(ctx: Context) -> list[PhaseResult]:
             if cfg.layout == "dcp" and ctx.rank == 0:
                 dcp_metadata(k)  # built before the clock starts
             ctx.world.barrier()
-            burst = Burst(f"write_{k}", "write", k, time.perf_counter(), planned=len(files))
-            c0 = _fsync_counters(b)
+            mark = ctx.runner.kernel_start()
+            burst = Burst(f"write_{k}", "write", k, time.perf_counter(), planned=len(files), io="write")
+            c0 = b.fsync_counters()
             burst.events = _run_files(files, lambda f, _t, k=k: engine.write_file(f, k), cfg.io_threads)
             if cfg.layout == "dcp" and ctx.rank == 0:
                 burst.events.append(write_metadata(k, "write"))
                 burst.planned += 1
-            c1 = _fsync_counters(b)
+            c1 = b.fsync_counters()
             burst.fsync_calls, burst.fsync_s = c1[0] - c0[0], c1[1] - c0[1]
+            # and a barrier: training resumes when the slowest rank has finished its shard
+            burst.kernel = ctx.runner.kernel_stop(mark)
             st.bursts.append(burst)
             res = burst.result()
             results.append(res)
             written.append(k)
-            ctx.world.barrier()  # training resumes when the slowest rank has finished its shard
             if log:
                 _log_burst(log, f"checkpoint {k + 1}/{n_ck}", "written", res)
             if cfg.keep_checkpoints and len(written) - len(deleted) > cfg.keep_checkpoints:
@@ -1030,16 +986,26 @@ def run(ctx: Context) -> list[PhaseResult]:
         ctx.world.barrier()  # every write (and persist) is done before caches are dropped
         cold.prepare(keys)
         ctx.world.barrier()
-        burst = Burst(f"restore_{j}", "restore", k, time.perf_counter(), planned=len(files))
-        c0 = _fsync_counters(b)
+        mark = ctx.runner.kernel_start()
+        burst = Burst(
+            f"restore_{j}",
+            "restore",
+            k,
+            time.perf_counter(),
+            planned=len(files),
+            io="read",
+            cold=cold.claimed,
+        )
+        c0 = b.fsync_counters()
         if cfg.layout == "dcp":
             burst.events.append(read_metadata(k, files))
             burst.planned += 1
         burst.events.extend(
             _run_files(files, lambda f, t, k=k: engine.read_file(f, k, rbufs[t]), cfg.io_threads)
         )
-        c1 = _fsync_counters(b)
+        c1 = b.fsync_counters()
         burst.fsync_calls, burst.fsync_s = c1[0] - c0[0], c1[1] - c0[1]
+        burst.kernel = ctx.runner.kernel_stop(mark)
         if cfg.layout == "dcp" and burst.events and burst.events[0].ok:
             doc = burst.events[0].__dict__.get("doc", {})
             for ev in burst.events[1:]:
@@ -1101,7 +1067,7 @@ def _run_async(
     for s in slots:
         free.put(s)
     per_block = chunk // ALIGN
-    pers = _Persister(engine, free, ctx.backend)
+    pers = _Persister(engine, free, ctx.backend, ctx.runner)
     pers.start()
     stalls: list[Burst] = []
     persists: list[Burst] = []
@@ -1112,7 +1078,7 @@ def _run_async(
         ctx.world.barrier()
         t0 = time.perf_counter()
         stall = Burst(f"stall_{k}", "stall", k, t0, planned=1, start=t0)
-        persist = Burst(f"persist_{k}", "persist", k, t0, planned=len(files))
+        persist = Burst(f"persist_{k}", "persist", k, t0, planned=len(files), io="write")
         pers.done[k] = threading.Event()
         pers.q.put(("begin", k, persist))
         copied = 0

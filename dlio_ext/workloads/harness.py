@@ -129,14 +129,18 @@ def _counters(backend: Backend) -> dict[str, Any]:
 def _print_table(summary: dict[str, Any]) -> None:
     print(
         f"{'phase':<18}{'ops':>10}{'GB/s':>10}{'ops/s':>12}{'p50 us':>11}{'p99 us':>11}{'max us':>11}"
-        f"{'straggler':>10}{'errors':>8}"
+        f"{'straggler':>10}{'errors':>8}{'dev GB':>9}{'cache%':>8}"
     )
     for name, p in summary["phases"].items():
         lat = p["latency_us"]
+        dev, cf = p.get("device_bytes"), p.get("cache_fraction")
         print(
             f"{name:<18}{p['ops']:>10}{p['GBps']:>10.3f}{p['ops_per_s']:>12,.0f}{lat['p50']:>11,.0f}"
             f"{lat['p99']:>11,.0f}{lat['max']:>11,.0f}{p['straggler_ratio']:>10.2f}{p['errors']:>8}"
+            f"{'-' if dev is None else f'{dev / 1e9:.3f}':>9}{'-' if cf is None else f'{cf:.0%}':>8}"
         )
+    for w in summary.get("warnings", []):
+        print(f"warning: {w}")
     print(
         f"valid: {summary['valid']}"
         + ("" if summary["valid"] else f" ({'; '.join(summary['invalid_reasons'])})")
@@ -148,7 +152,8 @@ RUN_HELP = """usage: dlio-ext run workload=<name>[/<preset>] storage=<posix|s3> 
 workloads: {workloads}
 storage:   {storage}
 Every key is documented in workload_configs/ (config.yaml, workload/, storage/) and in the README.
-The last line printed is `results: <dir>`; exit 0 for a valid run, 1 for an invalid one, 2 for bad input."""
+The last line printed is `results: <dir>`; exit 0 for a valid run, 1 for an invalid one, 2 for bad input,
+3 when a rank failed, 128 + the signal (130, 143) when interrupted."""
 
 
 def run(argv: list[str]) -> int:
@@ -209,7 +214,7 @@ def _run(cfg: RunConfig, world: SoloWorld, run_dir: Path, run_id: str, ending: E
             world.size,
             run_dir,
         )
-    runner = PhaseRunner(world, cfg.run.progress_interval)
+    runner = PhaseRunner(world, cfg.run.progress_interval, backend)  # collective: every rank builds it
     ending.phase = lambda: runner.current
     ctx = Context(
         world=world,
@@ -330,6 +335,8 @@ def _summarize(
     ]
     if unfinished:
         reasons.append(f"phase(s) not finished: {', '.join(unfinished)}")
+    cold_reasons, warnings = res.cold_check(phases, cfg.run.max_cache_fraction)
+    reasons += cold_reasons
     summary: dict[str, Any] = {
         "schema": res.SCHEMA,
         "dlio_ext_version": __version__,
@@ -340,6 +347,7 @@ def _summarize(
         "hosts": len({r["host"] for r in gathered}),
         "valid": not reasons,
         "invalid_reasons": reasons,
+        "warnings": warnings,
         "errors": errors,
         "counters": counters,
         "started_utc": started.isoformat(),

@@ -33,6 +33,7 @@ import struct
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +100,9 @@ MODELS = {
 }
 WRITE_POLICIES = ("sync", "write_back")
 PUBLISH = ("auto", "rename", "put")
+#: fsync: every chunk durable when its write returns (MLPerf's np.save + fsync), unless the user set
+#: storage.fsync; storage: whatever the storage config says
+DURABILITY = ("fsync", "storage")
 AUTO_BIN_S = 0.1  # timeseries_interval_s=0: count in 0.1 s bins, then merge bins (1-2-5 steps)
 AUTO_POINTS = 300  # until the series has at most this many points
 
@@ -156,6 +160,9 @@ class Config:
     # compute and the TTFT estimate
     prefill_compute_s_per_token: float = 0.0
     prefill_tokens_per_s: float = 10000.0
+    # cold reads and durable writes (the presets that mirror MLPerf set both)
+    cold: bool = False
+    durability: str = "storage"
     # measuring
     verify: bool = True
     timeseries_interval_s: float = 0.0  # 0 = auto: 0.1 s bins, merged to at most 300 points
@@ -203,6 +210,7 @@ class Config:
             positive("writer_threads", self.writer_threads),
             positive("write_queue_chunks", self.write_queue_chunks),
             one_of("publish", self.publish, PUBLISH),
+            one_of("durability", self.durability, DURABILITY),
             positive("prefill_compute_s_per_token", self.prefill_compute_s_per_token, allow_zero=True),
             positive("prefill_tokens_per_s", self.prefill_tokens_per_s),
             positive("timeseries_interval_s", self.timeseries_interval_s, allow_zero=True),
@@ -513,6 +521,8 @@ class Server:
         self.write_queue: queue.Queue[tuple[str, bytes] | None] | None = (
             queue.Queue(cfg.write_queue_chunks) if cfg.write_policy == "write_back" else None
         )
+        # cold reads as MLPerf's harness makes them: the chunk's file evicted before each read
+        self.cold = cfg.cold
 
     # reading -----------------------------------------------------------------------------------
     def read_chunk(self, k: str, key: bytes, st: Stats) -> bool | None:
@@ -520,18 +530,22 @@ class Server:
         buf = self.buffers.get()
         try:
             perf = time.perf_counter
-            t0 = perf()
-            try:
-                got = self.storage.read(k, buf)
-            except NotFound:
+            # cold: the chunk evicted first, and another reader of it on this host (who would
+            # share this read's cache fill) kept out until the read ends; untimed, as the wait
+            # for a chunk buffer is
+            with self.storage.backend.cold_read(self.storage.path(k)) if self.cold else nullcontext():
+                t0 = perf()
+                try:
+                    got = self.storage.read(k, buf)
+                except NotFound:
+                    t1 = perf()
+                    st.logs["miss"].add(t1, t1 - t0)
+                    st.c["lookup_misses"] += 1
+                    return None
+                except StorageError as exc:
+                    st.error("read", exc)
+                    return False
                 t1 = perf()
-                st.logs["miss"].add(t1, t1 - t0)
-                st.c["lookup_misses"] += 1
-                return None
-            except StorageError as exc:
-                st.error("read", exc)
-                return False
-            t1 = perf()
             if self.cfg.verify:
                 problem = self.content.check(key, buf, got)
                 if problem is not None:
@@ -729,6 +743,10 @@ def run(ctx: Context) -> list[PhaseResult]:
                 else "lower workload.scale or max_inflight, or choose a storage with more free space"
             )
         )
+    if cfg.durability == "fsync":
+        durable = ctx.backend.ask_durable("preset" if cfg.preset != "custom" else "workload")
+    else:
+        durable = ctx.backend.durability()
     storage = StorageTier(
         ctx.backend, prefix, cfg.publish, tag=f"r{rank}", capacity_bytes=bound.per_rank_bytes
     )
@@ -794,6 +812,7 @@ def run(ctx: Context) -> list[PhaseResult]:
     for th in users + writers:
         th.start()
     ctx.world.barrier()
+    mark = ctx.runner.kernel_start()  # one window: reads and writes overlap, the kernel splits them
     t0 = time.perf_counter()
     clock["t0"] = t0
     for st in user_stats + writer_stats:
@@ -807,6 +826,7 @@ def run(ctx: Context) -> list[PhaseResult]:
         for th in writers:
             th.join()
     t_end = time.perf_counter()
+    kernel = ctx.runner.kernel_stop(mark)
     if fatal:
         raise fatal[0]
     ctx.world.barrier()
@@ -841,6 +861,12 @@ def run(ctx: Context) -> list[PhaseResult]:
         ),
         _phase("lookup_miss", logs["miss"], t0, counters["lookup_misses"], 0, {}, None),
     ]
+    read, write = phases[1], phases[2]
+    read.io, write.io = "read", "write"
+    read.cold = ctx.backend.cache_control().method if cfg.cold else None
+    if kernel is not None:
+        write.kernel = kernel
+        read.kernel = kernel | {"fsync_calls": 0, "fsync_seconds": 0.0}  # every fsync is a write's
     planned = cfg.users * cfg.requests_per_user if cfg.requests_per_user else None
     first = min(lg.first for lg in logs.values())
     state.metrics = {
@@ -861,6 +887,7 @@ def run(ctx: Context) -> list[PhaseResult]:
             "requests": logs["request"].counts.tolist(),
         },
         "publish": storage.publish,
+        "durability": {"policy": durable.policy, "source": durable.source},
         "memory_tier": server.memory.stats() if server.memory is not None else None,
         "storage_tier": storage.stats() | {"bound_chunks": bound.chunks, "bound_source": bound.source},
         "chunks_known": len(server.present),
@@ -1024,6 +1051,13 @@ def summarize(
                 "hit_rate_chunks_lost": _rate(c["evicted_misses"], c["full_chunks"]),
             },
             "write_policy": cfg.write_policy,
+        },
+        "durability": per_rank[0].get("durability"),
+        "cold_reads": {
+            "claimed": cfg.cold,
+            "method": ctx.backend.cache_control().note if cfg.cold else "not claimed",
+            "cache_fraction": phases.get("read", {}).get("cache_fraction"),
+            "device_bytes": phases.get("read", {}).get("device_bytes"),
         },
         "requests": {
             "count": c["requests"],

@@ -7,6 +7,7 @@ their wall clocks: a phase lasts from the first rank's first op to the last rank
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -15,9 +16,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dlio_ext.metrics import kernel
 from dlio_ext.metrics.histogram import Histogram
 from dlio_ext.metrics.world import SoloWorld
-from dlio_ext.storage.base import Bare, StorageError
+from dlio_ext.storage.base import Backend, Bare, StorageError
 
 #: op(index, thread_state) -> bytes moved; raises StorageError (counted) on failure
 Op = Callable[[int, Any], int]
@@ -54,6 +56,14 @@ class PhaseResult:
     planned_ops: int = 0
     hist: Histogram = field(default_factory=Histogram)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: "read" or "write": which way the phase's counted bytes move (what the kernel's counters are
+    #: compared with); None for phases that move no data
+    io: str | None = None
+    #: how the phase made its reads cold (a CacheControl method, "drop_caches"), None if it claims
+    #: nothing: a claim is checked against the kernel's counters (metrics.results.cold_check)
+    cold: str | None = None
+    #: what the kernel counted during the phase on this rank (KernelMeter.stop)
+    kernel: dict[str, Any] | None = None
 
     @property
     def seconds(self) -> float:
@@ -72,6 +82,72 @@ class PhaseResult:
             "planned_ops": self.planned_ops,
             "hist": self.hist.to_state(),
             "extra": self.extra,
+            "io": self.io,
+            "cold": self.cold,
+            "kernel": self.kernel,
+        }
+
+
+@dataclass(frozen=True)
+class KernelMark:
+    proc: kernel.ProcIO | None
+    disk: kernel.DiskIO | None
+    fsync: tuple[int, float]
+
+
+class KernelMeter:
+    """Snapshots of the kernel's own counters around a phase, cheap enough for every phase (two
+    small /proc reads at each end, none per op): this process's /proc/self/io on every rank, and
+    the diskstats of the device under the backend's local root on one rank per host (the lowest:
+    its device counts every rank of the host), plus the backend's fsync counters.
+
+    Built once per run on every rank (it gathers the host names: a collective call)."""
+
+    def __init__(self, world: SoloWorld, backend: Backend | None):
+        self.backend = backend
+        self.host = os.uname().nodename
+        hosts = world.allgather(self.host)
+        self.sampler = world.rank == min(i for i, h in enumerate(hosts) if h == self.host)
+        root = backend.local_root() if backend is not None else None
+        if backend is None:
+            self.device = kernel.Device(None, "no backend")
+        elif root is None:
+            self.device = kernel.Device(None, backend.cache_control().note)
+        else:
+            while not os.path.exists(root) and os.path.dirname(root) != root:
+                root = os.path.dirname(root)  # not created on this host yet: its parent's device
+            self.device = kernel.find_device(root)
+
+    def _disk(self) -> kernel.DiskIO | None:
+        if self.sampler and self.device.name is not None:
+            return kernel.read_diskstats(self.device.name)
+        return None
+
+    def start(self) -> KernelMark:
+        fsync = self.backend.fsync_counters() if self.backend is not None else (0, 0.0)
+        return KernelMark(kernel.read_proc_io(), self._disk(), fsync)
+
+    def stop(self, mark: KernelMark, wait: Callable[[], None] | None = None) -> dict[str, Any]:
+        """This rank's deltas since `mark`, as PhaseResult.kernel holds them. `wait` (a barrier)
+        runs between this process's counters and the device's, so the device's count covers
+        the slowest rank of the host too."""
+        proc = kernel.read_proc_io()
+        fsync = self.backend.fsync_counters() if self.backend is not None else (0, 0.0)
+        if wait is not None:
+            wait()
+        disk = self._disk()
+        dp = proc - mark.proc if proc is not None and mark.proc is not None else None
+        dd = disk - mark.disk if disk is not None and mark.disk is not None else None
+        return {
+            "host": self.host,
+            "proc_self_io": vars(dp) if dp is not None else None,
+            "diskstats": vars(dd) if dd is not None else None,
+            "device": self.device.name,
+            "no_device": self.device.why,
+            "memory": self.device.memory,
+            "fstype": self.device.fstype,
+            "fsync_calls": fsync[0] - mark.fsync[0],
+            "fsync_seconds": round(fsync[1] - mark.fsync[1], 9),
         }
 
 
@@ -110,11 +186,34 @@ class _Progress:
 
 
 class PhaseRunner:
-    def __init__(self, world: SoloWorld, progress_interval: float = 2.0):
+    def __init__(self, world: SoloWorld, progress_interval: float = 2.0, backend: Backend | None = None):
+        """With a `backend`, every phase also records what the kernel counted (KernelMeter);
+        building the runner is then a collective call."""
         self.world = world
         self.progress_interval = progress_interval if world.rank == 0 else 0.0
         #: the phase under way, for a run that has to say where it stopped
         self.current: str | None = None
+        self.backend = backend
+        self.meter = KernelMeter(world, backend) if backend is not None else None
+
+    def kernel_start(self) -> KernelMark | None:
+        """For a phase timed outside `run_chunks`: call right after its start barrier, and
+        `kernel_stop` (which is the end barrier) when the rank's part is done, as run_chunks does."""
+        return self.meter.start() if self.meter is not None else None
+
+    def kernel_stop(self, mark: KernelMark | None, collective: bool = True) -> dict[str, Any] | None:
+        """PhaseResult.kernel for the span since `mark` (None without a backend).
+
+        Collective (the default): every rank calls it when its part of the phase is done, and it
+        ends the phase with a barrier, taken after this process's counters and before the
+        device's. A background thread cannot join a barrier: `collective=False` then reads the
+        device at this rank's own end (the sampling rank's span, not the slowest rank's)."""
+        wait = self.world.barrier if collective else None
+        if self.meter is None or mark is None:
+            if wait is not None:
+                wait()
+            return None
+        return self.meter.stop(mark, wait)
 
     def run(
         self,
@@ -125,9 +224,14 @@ class PhaseRunner:
         thread_state: Callable[[int], Any] | None = None,
         deadline_s: float | None = None,
         catch_up: bool = False,
+        *,
+        io: str | None = None,
+        cold: bool = False,
     ) -> PhaseResult:
         """`run_chunks` with one op at a time: `op(i, state)` for i in 0..n_ops-1."""
-        return self.run_chunks(name, n_ops, per_op(op), 1, io_depth, thread_state, deadline_s, catch_up)
+        return self.run_chunks(
+            name, n_ops, per_op(op), 1, io_depth, thread_state, deadline_s, catch_up, io=io, cold=cold
+        )
 
     def run_chunks(
         self,
@@ -139,8 +243,15 @@ class PhaseRunner:
         thread_state: Callable[[int], Any] | None = None,
         deadline_s: float | None = None,
         catch_up: bool = False,
+        *,
+        io: str | None = None,
+        cold: bool = False,
     ) -> PhaseResult:
         """Run ops 0..n_ops-1 on `io_depth` threads, `chunk` at a time; every rank enters and leaves together.
+
+        `io` ("read"/"write") says which way the counted bytes move; `cold` claims the reads come
+        from the medium (the caller evicted what it will read): both are checked against what the
+        kernel counted between the barriers (see KernelMeter).
 
         `thread_state(t)` builds what thread t reuses across its ops (its buffers), before the
         clock starts. A thread takes the next `chunk` indices and hands them to `chunk_op` (see
@@ -157,7 +268,9 @@ class PhaseRunner:
         chunk = max(1, chunk)
         states = [thread_state(t) if thread_state else None for t in range(io_depth)]
         hists = [Histogram() for _ in range(io_depth)]
-        res = PhaseResult(name=name, planned_ops=n_ops)
+        res = PhaseResult(name=name, planned_ops=n_ops, io=io)
+        if cold:
+            res.cold = self.backend.cache_control().method if self.backend is not None else "claimed"
         lock = threading.Lock()
         tally = {"ops": 0, "bytes": 0}
         firsts: list[float] = []
@@ -226,6 +339,7 @@ class PhaseRunner:
 
         self.current = name
         self.world.barrier()
+        mark = self.kernel_start()
         t0 = time.perf_counter()
         if deadline_s is not None:
             stop_at = t0 + deadline_s
@@ -247,7 +361,7 @@ class PhaseRunner:
         res.start = (min(firsts) - t0) if firsts else 0.0
         res.end = (max(lasts) - t0) if lasts else 0.0
         res.hist = Histogram.merged(hists)
-        self.world.barrier()
+        res.kernel = self.kernel_stop(mark)  # and the closing barrier
         self.current = None
         return res
 

@@ -33,6 +33,7 @@ class Config:
     phases: list[str] = field(default_factory=lambda: ["write", "read_sequential", "read_random", "delete"])
     read_shift: int = 1
     verify: bool = True
+    cold: bool = False
 
     def validate(self) -> str | None:
         bad = [p for p in self.phases if p not in PHASES]
@@ -133,12 +134,19 @@ def run(ctx: Context) -> list[PhaseResult]:
     rng.shuffle(shuffled)
     results: list[PhaseResult] = []
     for phase in cfg.phases:
+        if phase.startswith("read_") and cfg.cold:
+            # after the last phase's closing barrier: every write is done; untimed
+            b.evict(key(src_rank, i) for i in range(n))
         if phase == "write":
-            res = ctx.runner.run(phase, n, write, cfg.io_depth, write_state)
+            res = ctx.runner.run(phase, n, write, cfg.io_depth, write_state, io="write")
         elif phase == "read_sequential":
-            res = ctx.runner.run(phase, n, read_fn(list(range(n))), cfg.io_depth, read_state)
+            res = ctx.runner.run(
+                phase, n, read_fn(list(range(n))), cfg.io_depth, read_state, io="read", cold=cfg.cold
+            )
         elif phase == "read_random":
-            res = ctx.runner.run(phase, n, read_fn(shuffled), cfg.io_depth, read_state)
+            res = ctx.runner.run(
+                phase, n, read_fn(shuffled), cfg.io_depth, read_state, io="read", cold=cfg.cold
+            )
         elif phase == "stat":
             res = ctx.runner.run(phase, n, stat, cfg.io_depth)
         else:
