@@ -388,6 +388,9 @@ class PosixBackend(Backend):
             "fsync": self.fsync_policy,
         }
 
+    def where(self) -> str:
+        return str(self.root)
+
 
 class _PosixWriter(Writer):
     """Streams chunks at increasing offsets; under O_DIRECT, unaligned pieces are staged."""
