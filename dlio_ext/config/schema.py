@@ -32,9 +32,13 @@ class RunSchema:
     dir: str | None = None
     seed: int = 1234
     progress_interval: float = 2.0
+    store_timeout_s: float = 20.0
 
     def validate(self) -> str | None:
-        return positive("progress_interval", self.progress_interval, allow_zero=True)
+        return first_problem(
+            positive("progress_interval", self.progress_interval, allow_zero=True),
+            positive("store_timeout_s", self.store_timeout_s),
+        )
 
 
 @dataclass

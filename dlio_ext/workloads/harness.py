@@ -25,7 +25,7 @@ from dlio_ext.errors import UsageError
 from dlio_ext.metrics import results as res
 from dlio_ext.metrics.world import SoloWorld, get_world
 from dlio_ext.storage import open_backend
-from dlio_ext.storage.base import Backend, StorageError
+from dlio_ext.storage.base import Backend, StorageError, StoreGone
 from dlio_ext.workloads import registry
 from dlio_ext.workloads.context import Context
 from dlio_ext.workloads.phases import PhaseRunner
@@ -152,6 +152,7 @@ def run(argv: list[str]) -> int:
         res.write_yaml(run_dir / "config.yaml", cfg.redacted())
     try:
         backend = _backend(cfg, run_dir, world)
+        backend.liveness.timeout_s = cfg.run.store_timeout_s
     except UsageError as exc:
         if world.rank == 0:
             (run_dir / INCOMPLETE).write_text(f"this run did not start: {exc}\n")
@@ -169,7 +170,7 @@ def run(argv: list[str]) -> int:
     ctx = Context(
         world=world,
         backend=backend,
-        runner=PhaseRunner(world, cfg.run.progress_interval),
+        runner=PhaseRunner(world, cfg.run.progress_interval, backend.liveness),
         config=cfg.workload,
         run_dir=run_dir,
         run_id=run_id,
@@ -177,9 +178,13 @@ def run(argv: list[str]) -> int:
         log=log,
     )
     t0 = time.perf_counter()
+    gone: StoreGone | None = None
     try:
         phases = module.run(ctx)
         extra = module.rank_metrics(ctx) if hasattr(module, "rank_metrics") else {}
+    except StoreGone as exc:
+        # raised on every rank at the same point: keep what was measured, end invalid (exit 1)
+        gone, phases, extra = exc, ctx.runner.results, {}
     except UsageError as exc:
         # a workload's check of its config against the world (same verdict on every rank)
         if world.rank == 0:
@@ -206,12 +211,13 @@ def run(argv: list[str]) -> int:
         "phases": [p.to_state() for p in phases],
         "counters": _counters(backend),
         "metrics": extra,
+        "leftovers": backend.leftovers.as_dict(),
     }
     gathered = world.gather(mine)
     if world.rank != 0:
         return 0
     assert gathered is not None
-    summary = _summarize(cfg, module, ctx, backend, gathered, started)
+    summary = _summarize(cfg, module, ctx, backend, gathered, started, gone)
     for r in gathered:
         res.write_json(run_dir / f"rank-{r['rank']:05d}.json", _rank_record(r))
     res.write_phases_csv(run_dir / "phases.csv", summary["phases"])
@@ -219,6 +225,7 @@ def run(argv: list[str]) -> int:
     res.write_json(run_dir / "summary.json", summary)
     (run_dir / INCOMPLETE).unlink(missing_ok=True)
     _print_table(summary)
+    _print_ends(summary)
     log.info("finished in %.1f s", wall)
     print(f"results: {run_dir}", flush=True)
     # an invalid run still leaves its results, but a script or CI job must not read it as a pass
@@ -251,6 +258,7 @@ def _summarize(
     backend: Backend,
     gathered: list[dict[str, Any]],
     started: datetime,
+    gone: StoreGone | None = None,
 ) -> dict[str, Any]:
     names = [p["name"] for p in gathered[0]["phases"]]
     phases = {n: res.merge_phase([r["phases"][i] for r in gathered]) for i, n in enumerate(names)}
@@ -274,6 +282,8 @@ def _summarize(
     ]
     if unfinished:
         reasons.append(f"phase(s) not finished: {', '.join(unfinished)}")
+    if gone is not None:
+        reasons.insert(0, gone.reason)
     summary: dict[str, Any] = {
         "schema": res.SCHEMA,
         "dlio_ext_version": __version__,
@@ -290,7 +300,32 @@ def _summarize(
         "finished_utc": datetime.now(timezone.utc).isoformat(),
         "command": "dlio-ext run " + " ".join(redact_args(sys.argv[2:])),
         "phases": phases,
+        "cleanup": _cleanup(backend, gathered),
     }
-    if hasattr(module, "summarize"):
+    if gone is not None:
+        summary["store_gone"] = gone.reason
+    elif hasattr(module, "summarize"):  # a stopped run has no workload state to summarize
         summary.update(module.summarize(ctx, phases, [r["metrics"] for r in gathered]))
     return summary
+
+
+def _cleanup(backend: Backend, gathered: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the ranks could not delete (or abort), summed, the first keys listed, and where."""
+    failed = sum(r["leftovers"]["failed"] for r in gathered)
+    keys = [k for r in gathered for k in r["leftovers"]["left_behind"]]
+    return {"failed": failed, "left_behind": keys[:20], "where": backend.where()}
+
+
+def _print_ends(summary: dict[str, Any]) -> None:
+    """One line each for why a run stopped early and what it left behind."""
+    if "store_gone" in summary:
+        print(f"dlio-ext: run stopped: {summary['store_gone']}", file=sys.stderr, flush=True)
+    c = summary["cleanup"]
+    if c["failed"]:
+        shown = ", ".join(c["left_behind"][:3])
+        print(
+            f"dlio-ext: cleanup left {c['failed']} item(s) behind in {c['where']} (first: {shown}; "
+            "the first 20 are in summary.json cleanup.left_behind)",
+            file=sys.stderr,
+            flush=True,
+        )
