@@ -146,13 +146,15 @@ class Liveness:
         self.last_ok = time.perf_counter()
         self.failing_since: float | None = None  # first failure since the last success
         self.errors = 0  # ops failed since the last success
+        self.kinds: dict[str, int] = {}  # ... by kind
         self.first_error: StorageError | None = None
+        self.last_error: StorageError | None = None
         self.gone: str | None = None
 
     def ok(self, now: float | None = None) -> None:
         self.last_ok = time.perf_counter() if now is None else now
         if self.failing_since is not None:
-            self.failing_since, self.errors, self.first_error = None, 0, None
+            self.failing_since, self.errors, self.first_error, self.kinds = None, 0, None, {}
 
     def trouble(self, now: float | None = None) -> None:
         """An attempt failed (it may still be retried)."""
@@ -165,8 +167,10 @@ class Liveness:
             return
         self.trouble(now)
         self.errors += 1
+        self.kinds[exc.kind] = self.kinds.get(exc.kind, 0) + 1
         if self.first_error is None:
             self.first_error = exc
+        self.last_error = exc
 
     def expired(self, now: float | None = None) -> bool:
         since = self.failing_since
@@ -195,13 +199,14 @@ class Liveness:
         """Mark the store gone (the first declaration wins); returns the reason."""
         if self.gone is None:
             t = time.perf_counter() if now is None else now
-            first = self.first_error
-            kind = first.kind if first is not None else "error"
+            first, last = self.first_error, self.last_error
+            kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.kinds.items(), key=lambda kv: -kv[1]))
             self.gone = (
                 f"the store stopped answering during {where}: no successful operation for "
                 f"{t - (self.failing_since or t):.0f} s (run.store_timeout_s={self.timeout_s:g}), "
-                f"{self.errors} op(s) failed ({kind})"
+                f"{self.errors} op(s) failed ({kinds or 'error'})"
                 + (f"; first error: {first}" if first is not None else "")
+                + (f"; last: {last}" if last is not None and last is not first else "")
             )
         return self.gone
 

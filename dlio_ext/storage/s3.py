@@ -35,6 +35,7 @@ import io
 import os
 import random
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -265,7 +266,8 @@ class _Failure:
 
     status: int | None = None  # HTTP status, when the server answered
     code: str | None = None  # S3 error code, when the answer had one
-    #: refused | dns | connect | timeout | io | tls | checksum | credentials | other
+    #: refused | dns | connect | timeout | send (could not send, no detail) | io | tls | checksum |
+    #: credentials | other
     transport: str | None = None
 
     @property
@@ -276,7 +278,7 @@ class _Failure:
     def retryable(self) -> bool:
         if self.status is not None:
             return self.status in _RETRYABLE_STATUS
-        return self.transport in _UNREACHABLE or self.transport in ("io", "checksum")
+        return self.transport in _UNREACHABLE or self.transport in ("send", "io", "checksum")
 
 
 #: transports that mean the server could not be reached at all (kind `unreachable`)
@@ -379,6 +381,9 @@ def _classify_obstore(exc: BaseException) -> _Failure | None:
         return _Failure(transport="timeout")
     if "kind: connect" in low or "tcp connect" in low:
         return _Failure(transport="connect")
+    if "error sending request" in low and "debug source" not in low:
+        # obstore's writer drops the detail: refused, reset or never connected look the same
+        return _Failure(transport="send")
     if "http error" in low or "error sending request" in low or "connection" in low or "body" in low:
         return _Failure(transport="io")
     if "credential" in low:
@@ -1028,6 +1033,8 @@ class S3Backend(Backend):
 
     def _error(self, op: str, key: str | None, f: _Failure, attempts: int) -> StorageError:
         where = f"{op} {key!r}" if key is not None else op
+        if f.transport == "send":
+            f = _Failure(transport=self._probe() or "io")
         endpoint = _redact_url(self.settings.endpoint) or "the S3 endpoint"
         tries = f"after {attempts} attempt{'s' if attempts != 1 else ''}"
         if f.status is None:
@@ -1064,6 +1071,26 @@ class S3Backend(Backend):
         port = parts.port or (443 if parts.scheme == "https" else 80)
         host = parts.hostname or "?"
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def _probe(self) -> str | None:
+        """Why a request could not be sent, when the client did not say: one TCP connect to the
+        endpoint now (refused on a dead local server in microseconds). None: it accepts."""
+        s = self.settings
+        parts = urlsplit(s.endpoint or f"https://s3.{s.region}.amazonaws.com")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            socket.create_connection(
+                (parts.hostname or "", port), timeout=min(1.0, s.connect_timeout)
+            ).close()
+        except ConnectionRefusedError:
+            return "refused"
+        except socket.gaierror:
+            return "dns"
+        except TimeoutError:
+            return "timeout"
+        except OSError:
+            return "connect"
+        return None
 
     def _unreachable(self, transport: str | None) -> str:
         hp = self._host_port()
