@@ -27,6 +27,7 @@ CASES = {
     "bad-fsync": (["storage.fsync=always"], ["fsync", "file_and_dir"]),
     "unknown-phase": (["workload.phases=[write,fly]"], ["fly", "read_random"]),
     "bool-wanted": (["storage.direct=maybe"], ["direct"]),
+    "store-timeout-zero": (["run.store_timeout_s=0"], ["store_timeout_s", "> 0"]),
     "s3-part-size": (["storage=s3", "storage.bucket=b", "storage.part_size=1024"], ["part_size", "5 MiB"]),
     "s3-endpoint-scheme": (
         ["storage=s3", "storage.bucket=b", "storage.endpoint=localhost:9000"],

@@ -234,6 +234,9 @@ def test_killed_server_ends_the_sweep_on_every_rank(
     assert write["error_kinds"].get("unreachable", 0) >= 1
     assert s["counters"]["errors_by_kind"].get("unreachable", 0) >= 1
     assert "read_sequential" not in s["phases"]  # no phase ran after the store was declared gone
+    # while it failed, the progress line said so, with no ETA
+    failing = [ln for ln in done.err.splitlines() if "the store is failing: no successful op for" in ln]
+    assert failing and all("ETA" not in ln and "failed" in ln for ln in failing)
     # the console says so in one line, and what was left where
     assert (
         sum("dlio-ext: run stopped: the store stopped answering" in ln for ln in done.err.splitlines()) == 1
