@@ -202,7 +202,7 @@ class Liveness:
             first, last = self.first_error, self.last_error
             kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.kinds.items(), key=lambda kv: -kv[1]))
             self.gone = (
-                f"the store stopped answering during {where}: no successful operation for "
+                f"the store is gone: no operation succeeded during {where} for "
                 f"{t - (self.failing_since or t):.0f} s (run.store_timeout_s={self.timeout_s:g}), "
                 f"{self.errors} op(s) failed ({kinds or 'error'})"
                 + (f"; first error: {first}" if first is not None else "")
