@@ -4,8 +4,10 @@
     dlio-ext s3-server stop   [--dir D]
     dlio-ext s3-server status [--dir D]                exit 0 when running, 1 when stopped
 
-Everything lives in D (default ./.s3-server): data/, weed.log, server.pid, server.json (ports,
-no secrets) and env (mode 0600: the endpoint and the generated keys). `start` is the one place
+Everything lives in D (default ./.s3-server): data/, weed.log, logs/ (weed's own), tmp/ (its
+TMPDIR), its local sockets, server.pid, server.json (ports, no secrets) and env (mode 0600: the
+endpoint and the generated keys). The exception, compiled into weed: its gRPC unix sockets in
+/tmp, named by our ports, removed by `stop`. `start` is the one place
 the keys are printed, by design, so that `eval "$(dlio-ext s3-server start)"` works.
 
 `weed mini` runs master, volume, filer, S3 and admin servers in one process; each wants an HTTP
@@ -47,6 +49,9 @@ GRPC_OFFSET = 10000
 #: environment that would change how weed behaves (WEED_* overrides any of its settings)
 _WEED_ENV_DROP = ("S3_BUCKET", "S3_TABLE_BUCKET", "S3_EXTERNAL_URL")
 _KEY_CHARS = string.ascii_letters + string.digits
+#: weed's TMPDIR and log directory, under the state directory
+TMP_DIR = "tmp"
+LOG_DIR = "logs"
 #: Popen objects of servers started by this process, so that stopping one also reaps it
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -112,7 +117,7 @@ def _is_our_server(pid: int, d: Path) -> bool:
     except OSError:
         return False
     return (
-        len(argv) > 1 and argv[0].endswith(b"weed") and argv[1] == b"mini" and _dir_flag(d).encode() in argv
+        len(argv) > 1 and argv[0].endswith(b"weed") and b"mini" in argv[1:3] and _dir_flag(d).encode() in argv
     )
 
 
@@ -150,10 +155,23 @@ def _write_private(path: Path, text: str) -> None:
         os.close(fd)
 
 
+def _state_dir(d: Path) -> None:
+    """Make the state directory, or say in one line why it cannot be one."""
+    if d.exists() and not d.is_dir():
+        raise UsageError(f"--dir {d} is not a directory; give a directory for the server's state")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        (d / ".lock").touch()
+    except OSError as exc:
+        raise UsageError(
+            f"--dir {d} cannot hold the server's state ({exc.strerror or exc}); give a writable directory"
+        ) from None
+
+
 @contextlib.contextmanager
 def _locked(d: Path) -> Iterator[None]:
     """One start or stop at a time per directory."""
-    d.mkdir(parents=True, exist_ok=True)
+    _state_dir(d)
     with open(d / ".lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
@@ -280,8 +298,11 @@ def _auth_enforced(info: ServerInfo) -> bool:
 
 def _weed_env(access_key: str, secret_key: str, d: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _WEED_ENV_DROP and not k.startswith("WEED_")}
-    # weed reads security.toml and friends from ~/.seaweedfs; a private HOME keeps it predictable
-    env.update(AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key, HOME=str(d))
+    # weed reads security.toml and friends from ~/.seaweedfs; a private HOME keeps it predictable;
+    # its temporary files (Go's os.TempDir()) go to TMPDIR
+    env.update(
+        AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key, HOME=str(d), TMPDIR=str(d / TMP_DIR)
+    )
     return env
 
 
@@ -307,9 +328,11 @@ def _launch(
 ) -> ServerInfo:
     """Run `weed mini` for d on exactly these ports with these keys; wait until S3 serves the bucket."""
     weed = find_weed()
-    (d / "data").mkdir(parents=True, exist_ok=True)
+    for sub in ("data", TMP_DIR, LOG_DIR):
+        (d / sub).mkdir(parents=True, exist_ok=True)
     args = [
         weed,
+        f"-logdir={d / LOG_DIR}",  # glog writes weed.<host>.<user>.log.* to the temp dir otherwise
         "mini",
         _dir_flag(d),
         "-ip=127.0.0.1",
@@ -322,8 +345,8 @@ def _launch(
         "-master.telemetry=false",
         "-volume.preStopSeconds=0",
     ]
-    if len(str(d / "filer.sock")) < 100:  # AF_UNIX paths are short; else weed's /tmp default stays
-        args += [f"-s3.localSocket={d / 's3.sock'}", f"-filer.localSocket={d / 'filer.sock'}"]
+    # relative to d, its working directory: inside d, and short (AF_UNIX paths allow ~107 bytes)
+    args += ["-s3.localSocket=s3.sock", "-filer.localSocket=filer.sock"]
     log = d / "weed.log"
     with open(log, "ab") as log_fh:
         proc = subprocess.Popen(
@@ -375,7 +398,9 @@ def start_server(
 
 
 def _remove_sockets(d: Path) -> None:
-    """weed leaves some of its gRPC unix sockets in /tmp, named by port; take ours away."""
+    """weed puts its gRPC unix sockets at /tmp/seaweedfs-<server>-grpc-<port>.sock, a path compiled
+    into it (no flag; TMPDIR does not move them): the one thing it writes outside d. Take ours
+    away, also after the server was killed."""
     try:
         ports = json.loads((d / "server.json").read_text())["ports"].values()
     except (OSError, ValueError, KeyError, AttributeError):

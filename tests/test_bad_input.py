@@ -29,6 +29,7 @@ CASES = {
     "bool-wanted": (["storage.direct=maybe"], ["direct"]),
     "cache-fraction-range": (["run.max_cache_fraction=1.5"], ["max_cache_fraction", "[0, 1]"]),
     "kv-durability": (["workload=kv_cache/custom", "workload.durability=always"], ["durability", "fsync"]),
+    "store-timeout-zero": (["run.store_timeout_s=0"], ["store_timeout_s", "> 0"]),
     "s3-part-size": (["storage=s3", "storage.bucket=b", "storage.part_size=1024"], ["part_size", "5 MiB"]),
     "s3-endpoint-scheme": (
         ["storage=s3", "storage.bucket=b", "storage.endpoint=localhost:9000"],

@@ -88,7 +88,7 @@ def test_signal_ends_a_run_with_128_plus_signal_and_says_where_its_data_is(tmp_p
     lines = [ln for ln in err.splitlines() if ln.startswith("dlio-ext:")]
     assert len(lines) == 1, err
     assert f"interrupted by {name} during phase write" in lines[0]
-    assert f"its data is left under {tmp_path / 'data'}" in lines[0]
+    assert f"its data is left in {tmp_path / 'data'}" in lines[0]
     assert "Traceback" not in err
     reason = (tmp_path / "run" / "INCOMPLETE").read_text()
     assert f"interrupted by {name} during phase write" in reason
@@ -208,5 +208,5 @@ def test_disk_full_is_named(small_fs, tmp_path, workload):
     assert any("no space left on device" in r for r in s["invalid_reasons"])
     out = d.out + d.err
     assert f"no space left on device: {kinds['no_space']} of " in out
-    assert f"(under {small_fs})" in out
+    assert f"(data in {small_fs})" in out
     assert " written by rank 0" not in out  # a failed checkpoint is never called written

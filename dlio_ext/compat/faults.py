@@ -262,6 +262,8 @@ def _sweep_cmd(
         f"workload.objects_per_rank={objects}", f"workload.object_size={args.object_size}",
         f"workload.io_depth={args.io_depth}", f"workload.phases=[{phases}]", "workload.verify=true",
         "workload.read_shift=0", f"run.results_dir={out / 'sweep'}",
+        # a planned outage is not a dead store: the sweep must outlast it to show the recovery
+        f"run.store_timeout_s={max(20.0, getattr(args, 'outage', 0.0) + 30.0)}",
     ]  # fmt: skip
 
 

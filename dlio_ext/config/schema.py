@@ -57,6 +57,7 @@ class RunSchema:
     progress_interval: float = 2.0
     preflight: bool = True
     max_cache_fraction: float = 0.05
+    store_timeout_s: float = 20.0
 
     def validate(self) -> str | None:
         return first_problem(
@@ -64,6 +65,7 @@ class RunSchema:
             f"max_cache_fraction={self.max_cache_fraction} must be within [0, 1]"
             if not 0 <= self.max_cache_fraction <= 1
             else None,
+            positive("store_timeout_s", self.store_timeout_s),
         )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -178,6 +179,122 @@ class Durability:
     source: str
 
 
+#: kinds of failure that are an answer from a live store (it looked, and said no), not a sign
+#: that it is gone
+ANSWER_KINDS = frozenset({"not_found", "access_denied", "unsupported", "corrupt"})
+
+
+class StoreGone(Exception):
+    """The store gave no successful answer for `run.store_timeout_s`: every rank stops the run.
+
+    Not a StorageError: no op loop may count it as one more failed op and carry on."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Liveness:
+    """Whether the store still answers, shared by a backend's retry loop and whoever runs ops.
+
+    The clock starts at the first failure after a success (a pause between phases is no
+    failure); once failures have gone on for `timeout_s` with no successful op, the store counts
+    as gone: the retry loop stops retrying and op loops stop taking ops (`gone` holds the reason).
+    Every method is a few attribute stores under the GIL, cheap enough to call once an op.
+    """
+
+    def __init__(self, timeout_s: float | None = None):
+        self.timeout_s = timeout_s
+        self.last_ok = time.perf_counter()
+        self.failing_since: float | None = None  # first failure since the last success
+        self.errors = 0  # ops failed since the last success
+        self.kinds: dict[str, int] = {}  # ... by kind
+        self.first_error: StorageError | None = None
+        self.last_error: StorageError | None = None
+        self.gone: str | None = None
+
+    def ok(self, now: float | None = None) -> None:
+        self.last_ok = time.perf_counter() if now is None else now
+        if self.failing_since is not None:
+            self.failing_since, self.errors, self.first_error, self.kinds = None, 0, None, {}
+
+    def trouble(self, now: float | None = None) -> None:
+        """An attempt failed (it may still be retried)."""
+        if self.failing_since is None:
+            self.failing_since = time.perf_counter() if now is None else now
+
+    def failed(self, exc: StorageError, now: float | None = None) -> None:
+        """An op failed for good; an answer (not found, denied, corrupt) says the store is there."""
+        if exc.kind in ANSWER_KINDS:
+            return
+        self.trouble(now)
+        self.errors += 1
+        self.kinds[exc.kind] = self.kinds.get(exc.kind, 0) + 1
+        if self.first_error is None:
+            self.first_error = exc
+        self.last_error = exc
+
+    def expired(self, now: float | None = None) -> bool:
+        since = self.failing_since
+        if since is None or self.timeout_s is None:
+            return False
+        return (time.perf_counter() if now is None else now) - since >= self.timeout_s
+
+    def outcome(self, exc: StorageError | None, where: str, now: float | None = None) -> bool:
+        """One op's result (None: it succeeded), for loops that time ops outside the phase
+        runner; True once the store counts as gone (the caller stops taking ops)."""
+        if exc is None:
+            self.ok(now)
+        else:
+            now = time.perf_counter() if now is None else now
+            self.failed(exc, now)
+            if self.expired(now):
+                self.declare(where, now)
+        return self.gone is not None
+
+    def deadline(self) -> float | None:
+        """When the store will count as gone if nothing succeeds before (perf_counter time)."""
+        since = self.failing_since
+        return None if since is None or self.timeout_s is None else since + self.timeout_s
+
+    def declare(self, where: str, now: float | None = None) -> str:
+        """Mark the store gone (the first declaration wins); returns the reason."""
+        if self.gone is None:
+            t = time.perf_counter() if now is None else now
+            first, last = self.first_error, self.last_error
+            kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.kinds.items(), key=lambda kv: -kv[1]))
+            self.gone = (
+                f"the store is gone: no operation succeeded during {where} for "
+                f"{t - (self.failing_since or t):.0f} s (run.store_timeout_s={self.timeout_s:g}), "
+                f"{self.errors} op(s) failed ({kinds or 'error'})"
+                + (f"; first error: {first}" if first is not None else "")
+                + (f"; last: {last}" if last is not None and last is not first else "")
+            )
+        return self.gone
+
+
+class Leftovers:
+    """What a cleanup (or an abort) could not remove: counted, and the first keys kept to list."""
+
+    KEEP = 20
+
+    def __init__(self) -> None:
+        self.failed = 0
+        self.keys: list[str] = []
+        self._lock = threading.Lock()
+
+    def add(self, keys: Iterable[str]) -> None:
+        with self._lock:
+            for k in keys:
+                self.failed += 1
+                if len(self.keys) < self.KEEP:
+                    self.keys.append(k)
+
+    def as_dict(self) -> dict[str, object]:
+        with self._lock:
+            return {"failed": self.failed, "left_behind": list(self.keys)}
+
+
 class Writer(abc.ABC):
     """Streams one large file/object in chunks; `close` commits, `abort` leaves nothing behind."""
 
@@ -209,6 +326,10 @@ class Backend(abc.ABC):
 
     def __init__(self) -> None:
         self.counters = Counters()
+        #: set by the harness (run.store_timeout_s); without it the store is never given up on
+        self.liveness = Liveness()
+        #: what could not be deleted when the run cleaned up (or a writer aborted)
+        self.leftovers = Leftovers()
 
     # data verbs
     @abc.abstractmethod
@@ -353,8 +474,8 @@ class Backend(abc.ABC):
         return {"backend": self.name}
 
     def where(self) -> str:
-        """Where this backend's data lives, for a person told what a run left behind (no secrets)."""
-        return f"on {self.name} storage"
+        """Where this backend's data lives, in one phrase for a user (never credentials)."""
+        return self.name
 
     def close(self) -> None:
         return None

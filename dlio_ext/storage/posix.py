@@ -515,7 +515,7 @@ class PosixBackend(Backend):
         }
 
     def where(self) -> str:
-        return f"under {self.root}"
+        return str(self.root)
 
 
 _libc: ctypes.CDLL | None = None

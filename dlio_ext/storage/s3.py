@@ -35,6 +35,7 @@ import io
 import os
 import random
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -50,6 +51,7 @@ from dlio_ext.storage.base import (
     Backend,
     CacheControl,
     Durability,
+    Leftovers,
     NotFound,
     ObjectInfo,
     StorageError,
@@ -269,7 +271,9 @@ class _Failure:
 
     status: int | None = None  # HTTP status, when the server answered
     code: str | None = None  # S3 error code, when the answer had one
-    transport: str | None = None  # connect | timeout | io | tls | checksum | credentials | other
+    #: refused | dns | connect | timeout | send (could not send, no detail) | io | tls | checksum |
+    #: credentials | other
+    transport: str | None = None
 
     @property
     def throttled(self) -> bool:
@@ -279,7 +283,11 @@ class _Failure:
     def retryable(self) -> bool:
         if self.status is not None:
             return self.status in _RETRYABLE_STATUS
-        return self.transport in ("connect", "timeout", "io", "checksum")
+        return self.transport in _UNREACHABLE or self.transport in ("send", "io", "checksum")
+
+
+#: transports that mean the server could not be reached at all (kind `unreachable`)
+_UNREACHABLE = ("refused", "dns", "connect", "timeout")
 
 
 class _BodyError(Exception):
@@ -324,6 +332,12 @@ def _classify_boto3(exc: BaseException) -> _Failure | None:
     if isinstance(exc, (bx.ConnectTimeoutError, bx.ReadTimeoutError)):
         return _Failure(transport="timeout")
     if isinstance(exc, bx.ConnectionError):
+        # urllib3's error under botocore's says why: NameResolutionError, or errno 111 refused
+        cause = getattr(exc, "kwargs", {}).get("error") or exc.__context__
+        if "NameResolution" in type(cause).__name__ or "Failed to resolve" in str(cause):
+            return _Failure(transport="dns")
+        if isinstance(cause, ConnectionRefusedError) or "refused" in str(cause).lower():
+            return _Failure(transport="refused")
         return _Failure(transport="connect")
     if isinstance(exc, (bx.HTTPClientError, bx.IncompleteReadError)):
         return _Failure(transport="io")
@@ -336,6 +350,7 @@ def _classify_boto3(exc: BaseException) -> _Failure | None:
 
 _OBS_STATUS = re.compile(r"(?:status code|status): (\d{3})\b")
 _OBS_CODE = re.compile(r"<Code>([A-Za-z0-9.]{1,64})</Code>")
+_OBS_TIMEOUT = re.compile(r"timed ?out|kind: timeout\b")
 
 
 def _classify_obstore(exc: BaseException) -> _Failure | None:
@@ -361,10 +376,19 @@ def _classify_obstore(exc: BaseException) -> _Failure | None:
     low = text.lower()
     if "certificate" in low or "tls handshake" in low or "invalidcertificate" in low:
         return _Failure(transport="tls")
-    if "timeout" in low or "timed out" in low:
+    # before timeouts: every obstore message carries "retry_timeout: 180s", so a bare "timeout"
+    # says nothing (it once made a refused connection read as "timed out")
+    if "connectionrefused" in low or "connection refused" in low:
+        return _Failure(transport="refused")
+    if "dns error" in low or "failed to lookup address" in low:
+        return _Failure(transport="dns")
+    if _OBS_TIMEOUT.search(low):
         return _Failure(transport="timeout")
-    if "kind: connect" in low or "tcp connect" in low or "dns error" in low or "connection refused" in low:
+    if "kind: connect" in low or "tcp connect" in low:
         return _Failure(transport="connect")
+    if "error sending request" in low and "debug source" not in low:
+        # obstore's writer drops the detail: refused, reset or never connected look the same
+        return _Failure(transport="send")
     if "http error" in low or "error sending request" in low or "connection" in low or "body" in low:
         return _Failure(transport="io")
     if "credential" in low:
@@ -731,6 +755,8 @@ class _ObstoreDriver:
         )
         self._janitor: _Boto3Driver | None = None
         self._janitor_lock = threading.Lock()
+        #: where a sweep that could not run lists the key (the backend's, set by it)
+        self.leftovers: Leftovers | None = None
 
     def probe(self) -> None:
         import obstore as obs
@@ -872,7 +898,9 @@ class _ObstoreDriver:
             for upload_id in self._janitor.pending_uploads(key):
                 self._janitor.abort_upload(key, upload_id)
         except Exception:
-            pass
+            # not raised (the failure that led here is the one to report), but never silent
+            if self.leftovers is not None:
+                self.leftovers.add([f"{key} (a multipart upload may be pending)"])
 
     def close(self) -> None:
         if self._janitor is not None:
@@ -940,6 +968,8 @@ class S3Backend(Backend):
         self.settings = settings
         self._driver: _Driver = _make_driver(settings, settings.connect_timeout, settings.read_timeout)
         self._classify: Callable[[BaseException], _Failure | None] = self._driver.classify
+        if isinstance(self._driver, _ObstoreDriver):
+            self._driver.leftovers = self.leftovers
         self._check_driver: _Driver | None = None
         self._pool = _PartPool(settings.part_size, keep=2 * (settings.concurrency + 1))
         self._executor: ThreadPoolExecutor | None = None
@@ -958,19 +988,33 @@ class S3Backend(Backend):
 
     # retry loop ----------------------------------------------------------------------------
     def _may_retry(self, failure: _Failure, attempt: int, budget: int) -> bool:
-        """Sleep before the next attempt if there is one (full jitter); count it."""
-        if not failure.retryable or attempt >= budget:
+        """Sleep before the next attempt if there is one (full jitter); count it.
+
+        A store that has given no successful answer for run.store_timeout_s is not retried: the
+        op fails at once, and no sleep runs past that deadline."""
+        if not failure.retryable:
+            return False
+        live = self.liveness
+        now = time.perf_counter()
+        live.trouble(now)
+        if attempt >= budget or live.expired(now):
             return False
         self.counters.retry(throttled=failure.throttled)
         s = self.settings
-        time.sleep(random.uniform(0.0, min(s.backoff_max, s.backoff_base * (2**attempt))))
+        pause = random.uniform(0.0, min(s.backoff_max, s.backoff_base * (2**attempt)))
+        deadline = live.deadline()
+        if deadline is not None:
+            pause = min(pause, max(deadline - now, 0.0))
+        time.sleep(pause)
         return True
 
     def _attempts(self, fn: Callable[..., T], args: tuple[Any, ...], budget: int) -> T:
         attempt = 0
         while True:
             try:
-                return fn(*args)
+                out = fn(*args)
+                self.liveness.ok()
+                return out
             except StorageError:
                 raise
             except Exception as exc:
@@ -994,12 +1038,13 @@ class S3Backend(Backend):
 
     def _error(self, op: str, key: str | None, f: _Failure, attempts: int) -> StorageError:
         where = f"{op} {key!r}" if key is not None else op
+        if f.transport == "send":
+            f = _Failure(transport=self._probe() or "io")
         endpoint = _redact_url(self.settings.endpoint) or "the S3 endpoint"
         tries = f"after {attempts} attempt{'s' if attempts != 1 else ''}"
         if f.status is None:
-            if f.transport in ("connect", "timeout"):
-                reason = "connection failed" if f.transport == "connect" else "timed out"
-                return Unreachable(f"{where}: cannot reach {endpoint} ({reason} {tries})", key)
+            if f.transport in _UNREACHABLE:
+                return Unreachable(f"{where}: {self._unreachable(f.transport)} ({tries})", key)
             if f.transport == "tls":
                 return StorageError(
                     f"{where}: TLS with {endpoint} failed; check storage.verify and storage.ca_bundle", key
@@ -1023,6 +1068,48 @@ class S3Backend(Backend):
         if f.retryable:
             return StorageError(f"{where}: server error ({detail}) {tries}", key)
         return StorageError(f"{where}: {detail}", key)
+
+    def _host_port(self) -> str:
+        """host:port of the endpoint, for messages (no user:password@, which urlsplit drops)."""
+        s = self.settings
+        parts = urlsplit(s.endpoint or f"https://s3.{s.region}.amazonaws.com")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        host = parts.hostname or "?"
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def _probe(self) -> str | None:
+        """Why a request could not be sent, when the client did not say: one TCP connect to the
+        endpoint now (refused on a dead local server in microseconds). None: it accepts."""
+        s = self.settings
+        parts = urlsplit(s.endpoint or f"https://s3.{s.region}.amazonaws.com")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            socket.create_connection(
+                (parts.hostname or "", port), timeout=min(1.0, s.connect_timeout)
+            ).close()
+        except ConnectionRefusedError:
+            return "refused"
+        except socket.gaierror:
+            return "dns"
+        except TimeoutError:
+            return "timeout"
+        except OSError:
+            return "connect"
+        return None
+
+    def _unreachable(self, transport: str | None) -> str:
+        hp = self._host_port()
+        if transport == "refused":
+            return f"connection refused by {hp} (is the server running?)"
+        if transport == "dns":
+            return f"cannot resolve {hp.rpartition(':')[0]} (DNS lookup failed)"
+        if transport == "timeout":
+            s = self.settings
+            return (
+                f"{hp} timed out (no connection within {s.connect_timeout:g} s or no answer within "
+                f"{s.read_timeout:g} s)"
+            )
+        return f"cannot connect to {hp}"
 
     def _raise(self, op: str, key: str | None, f: _Failure, attempts: int) -> NoReturn:
         err = self._error(op, key, f, attempts)
@@ -1234,10 +1321,10 @@ class S3Backend(Backend):
                 f"access denied to bucket {s.bucket} at {endpoint} ({f.code or f.status or 'no credentials'}); "
                 "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or storage.access_key/storage.secret_key)"
             )
-        elif f.transport in ("connect", "timeout"):
+        elif f.transport in _UNREACHABLE:
             err = Unreachable(
-                f"cannot reach {endpoint}; check storage.endpoint (or AWS_ENDPOINT_URL) and that the server "
-                "is running (a local one: dlio-ext s3-server start)"
+                f"cannot reach {endpoint}: {self._unreachable(f.transport)}; check storage.endpoint "
+                "(or AWS_ENDPOINT_URL) and that the server is running (a local one: dlio-ext s3-server start)"
             )
         else:
             err = self._error("check", None, f, attempts)
@@ -1270,8 +1357,8 @@ class S3Backend(Backend):
 
     def where(self) -> str:
         s = self.settings
-        place = f"s3://{s.bucket}/{s.prefix}" if s.prefix else f"s3://{s.bucket}"
-        return f"in {place}" + (f" at {_redact_url(s.endpoint)}" if s.endpoint else "")
+        where = f"s3://{s.bucket}/{s.prefix + '/' if s.prefix else ''}"
+        return f"{where} at {_redact_url(s.endpoint) or f'S3 in {s.region}'}"
 
     def close(self) -> None:
         with self._lock:
@@ -1403,9 +1490,12 @@ class _Multipart:
             fut.cancel()
         wait(self.inflight)
         self.inflight.clear()
-        # a failed abort is counted; the error that caused the abort is the one worth raising
-        with contextlib.suppress(StorageError):
+        # a failed abort is counted and its upload listed as left behind; the error that caused
+        # the abort is the one worth raising
+        try:
             self.b._call("abort", self.key, self.d.abort_upload, self.key, self.upload_id)
+        except StorageError:
+            self.b.leftovers.add([f"{self.key} (multipart upload {self.upload_id})"])
 
 
 class _Boto3Writer(Writer):

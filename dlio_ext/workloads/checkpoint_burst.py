@@ -43,7 +43,7 @@ import xxhash
 from dlio_ext.config.schema import first_problem, key_prefix, one_of, positive
 from dlio_ext.errors import UsageError
 from dlio_ext.metrics.histogram import Histogram
-from dlio_ext.storage.base import Backend, StorageError, kind_text
+from dlio_ext.storage.base import Backend, Liveness, NotFound, StorageError, StoreGone, kind_text
 from dlio_ext.storage.buffers import ALIGN, aligned_buffer, fill_random
 from dlio_ext.workloads import checkpoint_layout as cl
 from dlio_ext.workloads.context import Context
@@ -585,24 +585,45 @@ def _abort(w: Any) -> None:
 
 
 def _run_files(
-    files: Sequence[PlannedFile], fn: Callable[[PlannedFile, int], FileEvent], threads: int
+    files: Sequence[PlannedFile],
+    fn: Callable[[PlannedFile, int], FileEvent],
+    threads: int,
+    live: Liveness | None = None,
 ) -> list[FileEvent]:
     """Run fn over files on `threads` threads; thread t takes files t, t+T, ... (fixed, so a
-    writer thread only ever touches the pool buffers it owns)."""
+    writer thread only ever touches the pool buffers it owns). Each file's outcome counts towards
+    the store's liveness: once it is gone, no further file is started."""
+    out: list[list[FileEvent]] = [[] for _ in range(max(threads, 1))]
+
+    def work(t: int, mine: Sequence[PlannedFile]) -> None:
+        for f in mine:
+            if live is not None and live.gone is not None:
+                return
+            ev = fn(f, t)
+            out[t].append(ev)
+            if live is not None:
+                _note(live, ev)
+
     if threads <= 1 or len(files) <= 1:
-        return [fn(f, 0) for f in files]
-    out: list[list[FileEvent]] = [[] for _ in range(threads)]
+        work(0, files)
+        return out[0]
 
-    def work(t: int) -> None:
-        for f in files[t::threads]:
-            out[t].append(fn(f, t))
-
-    ths = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    ths = [threading.Thread(target=work, args=(t, files[t::threads])) for t in range(threads)]
     for th in ths:
         th.start()
     for th in ths:
         th.join()
     return sorted((e for lst in out for e in lst), key=lambda e: e.start)
+
+
+def _note(live: Liveness, ev: FileEvent) -> None:
+    """A file's outcome, told to the store's liveness."""
+    if ev.ok:
+        live.ok(ev.end)
+        return
+    err = StorageError(ev.error or f"{ev.kind} {ev.name} failed")
+    err.kind = ev.error_kind or StorageError.kind
+    live.outcome(err, "checkpoint_burst", ev.end)
 
 
 class _Persister(threading.Thread):
@@ -922,19 +943,36 @@ def run(ctx: Context) -> list[PhaseResult]:
 
     written: list[int] = []
     deleted: list[int] = []
+    live = b.liveness
+
+    def ckpt_keys(ckpt: int) -> list[str]:
+        """What this rank writes for one checkpoint (rank 0 also DCP's .metadata)."""
+        keys = [pf.key for pf in plan.files(me, ckpt)]
+        return keys + ([plan.metadata_key(ckpt)] if cfg.layout == "dcp" and ctx.rank == 0 else [])
 
     def delete_checkpoint(ckpt: int) -> None:
-        for pf in plan.files(me, ckpt):
-            try:
-                b.delete(pf.key)
-            except StorageError:
-                pass
-        if cfg.layout == "dcp" and ctx.rank == 0:
-            try:
-                b.delete(plan.metadata_key(ckpt))
-            except StorageError:
-                pass
+        keys = ckpt_keys(ckpt)
+        if live.gone is not None:  # nothing can be deleted: list it rather than wait on it
+            b.leftovers.add(keys)
+        else:
+            for key in keys:
+                try:
+                    b.delete(key)
+                except NotFound:
+                    pass
+                except StorageError:
+                    b.leftovers.add([key])
         deleted.append(ckpt)
+
+    def stop_if_gone(upto: int) -> None:
+        """Collective: if any rank found the store gone, every rank lists what it may have left
+        (checkpoints 0..upto not deleted) and raises the same StoreGone, keeping the results."""
+        reason = ctx.runner.store_gone()
+        if reason is None:
+            return
+        b.leftovers.add(key for k in range(upto + 1) if k not in deleted for key in ckpt_keys(k))
+        ctx.runner.keep(results)
+        raise StoreGone(reason)
 
     if ctx.rank == 0 and durability(b).startswith("none"):
         ctx.log.warning("warning: checkpoint writes are not made durable: %s", durability(b))
@@ -953,7 +991,7 @@ def run(ctx: Context) -> list[PhaseResult]:
             mark = ctx.runner.kernel_start()
             burst = Burst(f"write_{k}", "write", k, time.perf_counter(), planned=len(files), io="write")
             c0 = b.fsync_counters()
-            burst.events = _run_files(files, lambda f, _t, k=k: engine.write_file(f, k), cfg.io_threads)
+            burst.events = _run_files(files, lambda f, _t, k=k: engine.write_file(f, k), cfg.io_threads, live)
             if cfg.layout == "dcp" and ctx.rank == 0:
                 burst.events.append(write_metadata(k, "write"))
                 burst.planned += 1
@@ -965,6 +1003,7 @@ def run(ctx: Context) -> list[PhaseResult]:
             res = burst.result()
             results.append(res)
             written.append(k)
+            stop_if_gone(k)
             if log:
                 _log_burst(log, f"checkpoint {k + 1}/{n_ck}", "written", res)
             if cfg.keep_checkpoints and len(written) - len(deleted) > cfg.keep_checkpoints:
@@ -974,6 +1013,7 @@ def run(ctx: Context) -> list[PhaseResult]:
     else:
         results.extend(_run_async(ctx, cfg, plan, me, engine, content, st, dcp_metadata, write_metadata, log))
         written.extend(range(n_ck))
+        stop_if_gone(n_ck - 1)
         if cfg.keep_checkpoints:
             while len(written) - len(deleted) > cfg.keep_checkpoints:
                 delete_checkpoint(written[len(deleted)])
@@ -1001,7 +1041,7 @@ def run(ctx: Context) -> list[PhaseResult]:
             burst.events.append(read_metadata(k, files))
             burst.planned += 1
         burst.events.extend(
-            _run_files(files, lambda f, t, k=k: engine.read_file(f, k, rbufs[t]), cfg.io_threads)
+            _run_files(files, lambda f, t, k=k: engine.read_file(f, k, rbufs[t]), cfg.io_threads, live)
         )
         c1 = b.fsync_counters()
         burst.fsync_calls, burst.fsync_s = c1[0] - c0[0], c1[1] - c0[1]
@@ -1017,6 +1057,7 @@ def run(ctx: Context) -> list[PhaseResult]:
         results.append(burst.result())
         if log:
             _log_burst(log, f"restore {j + 1}/{cfg.restores}", "read", results[-1])
+        stop_if_gone(max(written, default=-1))
 
     ctx.world.barrier()
     st.info["peak_rss_bytes"] = _peak_rss()

@@ -25,7 +25,7 @@ from dlio_ext.errors import UsageError
 from dlio_ext.metrics import results as res
 from dlio_ext.metrics.world import SoloWorld, get_world
 from dlio_ext.storage import open_backend
-from dlio_ext.storage.base import Backend, StorageError, kind_text
+from dlio_ext.storage.base import Backend, StorageError, StoreGone, kind_text
 from dlio_ext.workloads import lifecycle, preflight, registry
 from dlio_ext.workloads.context import Context
 from dlio_ext.workloads.lifecycle import (
@@ -192,6 +192,7 @@ def _run(cfg: RunConfig, world: SoloWorld, run_dir: Path, run_id: str, ending: E
     log = ending.log = _logger(run_dir, world.rank)
     started = datetime.now(timezone.utc)
     backend = _backend(cfg, run_dir, world)
+    backend.liveness.timeout_s = cfg.run.store_timeout_s
     ending.data_where = backend.where
     module = registry()[cfg.workload_name]
     local_ranks = world.allgather(world.hostname).count(world.hostname)
@@ -227,9 +228,13 @@ def _run(cfg: RunConfig, world: SoloWorld, run_dir: Path, run_id: str, ending: E
         log=log,
     )
     t0 = time.perf_counter()
+    gone: StoreGone | None = None
     try:
         phases = module.run(ctx)
         extra = module.rank_metrics(ctx) if hasattr(module, "rank_metrics") else {}
+    except StoreGone as exc:
+        # raised on every rank at the same point: keep what was measured, end invalid (exit 1)
+        gone, phases, extra = exc, ctx.runner.results, {}
     finally:
         backend.close()
     wall = time.perf_counter() - t0
@@ -240,12 +245,13 @@ def _run(cfg: RunConfig, world: SoloWorld, run_dir: Path, run_id: str, ending: E
         "phases": [p.to_state() for p in phases],
         "counters": _counters(backend),
         "metrics": extra,
+        "leftovers": backend.leftovers.as_dict(),
     }
     gathered = world.gather(mine)
     if world.rank != 0:
         return 0
     assert gathered is not None
-    summary = _summarize(cfg, module, ctx, backend, gathered, started)
+    summary = _summarize(cfg, module, ctx, backend, gathered, started, gone)
     for r in gathered:
         res.write_json(run_dir / f"rank-{r['rank']:05d}.json", _rank_record(r))
     res.write_phases_csv(run_dir / "phases.csv", summary["phases"])
@@ -255,6 +261,7 @@ def _run(cfg: RunConfig, world: SoloWorld, run_dir: Path, run_id: str, ending: E
     _print_table(summary)
     for line in error_lines(summary["phases"], backend.where()):
         print(line)
+    _print_ends(summary)
     log.info("finished in %.1f s", wall)
     print(f"results: {run_dir}", flush=True)
     # an invalid run still leaves its results, but a script or CI job must not read it as a pass
@@ -262,14 +269,14 @@ def _run(cfg: RunConfig, world: SoloWorld, run_dir: Path, run_id: str, ending: E
 
 
 def error_lines(phases: dict[str, dict[str, Any]], where: str) -> list[str]:
-    """What went wrong, by kind, in words: "no space left on device: 28 of 64 ops failed in phase
-    write (under /mnt/x); first: ..." — one line a phase and kind."""
+    """What went wrong, by kind, in words: "no space left on device: 28 of 64 op(s) failed in phase
+    write (data in /mnt/x)", one line a phase and kind, then the phase's first error."""
     out = []
     for name, p in phases.items():
         for kind, n in sorted(p.get("error_kinds", {}).items(), key=lambda kv: -kv[1]):
             out.append(
                 f"{kind_text(kind)}: {n} of {p['planned_ops'] or p['ops'] + p['errors']} op(s) failed in "
-                f"phase {name} ({where})"
+                f"phase {name} (data in {where})"
             )
         if p.get("first_error") and p.get("errors"):
             out.append(f"  first error in {name}: {p['first_error']}")
@@ -302,6 +309,7 @@ def _summarize(
     backend: Backend,
     gathered: list[dict[str, Any]],
     started: datetime,
+    gone: StoreGone | None = None,
 ) -> dict[str, Any]:
     names = [p["name"] for p in gathered[0]["phases"]]
     phases = {n: res.merge_phase([r["phases"][i] for r in gathered]) for i, n in enumerate(names)}
@@ -337,6 +345,8 @@ def _summarize(
         reasons.append(f"phase(s) not finished: {', '.join(unfinished)}")
     cold_reasons, warnings = res.cold_check(phases, cfg.run.max_cache_fraction)
     reasons += cold_reasons
+    if gone is not None:
+        reasons.insert(0, gone.reason)
     summary: dict[str, Any] = {
         "schema": res.SCHEMA,
         "dlio_ext_version": __version__,
@@ -354,7 +364,32 @@ def _summarize(
         "finished_utc": datetime.now(timezone.utc).isoformat(),
         "command": "dlio-ext run " + " ".join(redact_args(sys.argv[2:])),
         "phases": phases,
+        "cleanup": _cleanup(backend, gathered),
     }
-    if hasattr(module, "summarize"):
+    if gone is not None:
+        summary["store_gone"] = gone.reason
+    elif hasattr(module, "summarize"):  # a stopped run has no workload state to summarize
         summary.update(module.summarize(ctx, phases, [r["metrics"] for r in gathered]))
     return summary
+
+
+def _cleanup(backend: Backend, gathered: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the ranks could not delete (or abort), summed, the first keys listed, and where."""
+    failed = sum(r["leftovers"]["failed"] for r in gathered)
+    keys = [k for r in gathered for k in r["leftovers"]["left_behind"]]
+    return {"failed": failed, "left_behind": keys[:20], "where": backend.where()}
+
+
+def _print_ends(summary: dict[str, Any]) -> None:
+    """One line each for why a run stopped early and what it left behind."""
+    if "store_gone" in summary:
+        print(f"dlio-ext: run stopped: {summary['store_gone']}", file=sys.stderr, flush=True)
+    c = summary["cleanup"]
+    if c["failed"]:
+        shown = ", ".join(c["left_behind"][:3])
+        print(
+            f"dlio-ext: cleanup left {c['failed']} item(s) behind in {c['where']} (first: {shown}; "
+            "the first 20 are in summary.json cleanup.left_behind)",
+            file=sys.stderr,
+            flush=True,
+        )

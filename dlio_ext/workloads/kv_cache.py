@@ -43,7 +43,7 @@ import xxhash
 from dlio_ext.config.schema import first_problem, key_prefix, one_of, positive
 from dlio_ext.errors import UsageError
 from dlio_ext.metrics.histogram import Histogram
-from dlio_ext.storage.base import NotFound, StorageError
+from dlio_ext.storage.base import NotFound, StorageError, StoreGone
 from dlio_ext.storage.buffers import ALIGN, aligned_buffer, fill_random, round_up
 from dlio_ext.workloads.context import Context
 from dlio_ext.workloads.kv_tiers import MemoryTier, StorageTier
@@ -512,6 +512,8 @@ class Server:
             self.buffers.put(buf)
         self.memory = MemoryTier(self.sizes.cpu_stored) if self.sizes.cpu_chunks else None
         self.storage = storage
+        #: whether the store still answers (the backend's, shared with its retry loop)
+        self.live = storage.backend.liveness
         self.present: set[str] = set()  # known to be in storage: written or read by this rank
         self.mine: set[str] = set()  # written by this rank, not evicted
         self.evicted: set[str] = set()  # written by this rank, then evicted by it
@@ -544,8 +546,10 @@ class Server:
                     return None
                 except StorageError as exc:
                     st.error("read", exc)
+                    self.live.outcome(exc, "kv_cache", perf())
                     return False
                 t1 = perf()
+                self.live.ok(t1)
             if self.cfg.verify:
                 problem = self.content.check(key, buf, got)
                 if problem is not None:
@@ -593,9 +597,12 @@ class Server:
         buf = self.buffers.get()
         ok = False
         try:
+            if self.live.gone is not None:
+                return False  # queued before the store was found gone: not worth a request
             self.content.fill(key, buf)
             perf = time.perf_counter
             t0 = 0.0
+            failed: StorageError | None = None
             try:
                 self._make_room(k)  # untimed: the write's latency is the write's alone
                 t0 = perf()
@@ -603,7 +610,9 @@ class Server:
                 ok = True
             except StorageError as exc:
                 st.error("write", exc)
+                failed = exc
             t1 = perf()
+            self.live.outcome(failed, "kv_cache", t1)
             if ok:
                 st.logs["write"].add(t1, t1 - t0)
                 st.c["writes"] += 1
@@ -782,6 +791,8 @@ def run(ctx: Context) -> list[PhaseResult]:
             deadline = t0 + cfg.duration_s if cfg.duration_s else math.inf
             perf = time.perf_counter
             for req in trace.user_requests(rank, u):
+                if server.live.gone is not None:
+                    break  # the store is gone: the ranks agree below and the run stops
                 keys = server.keys_for(req)
                 now = perf()
                 arrive = begin + req.arrival_s if req.arrival_s is not None else max(now, begin)
@@ -830,6 +841,7 @@ def run(ctx: Context) -> list[PhaseResult]:
     if fatal:
         raise fatal[0]
     ctx.world.barrier()
+    gone = ctx.runner.store_gone()  # collective: the same verdict on every rank
 
     # duplicate writes across ranks: rank 0 sees every rank's written keys
     written = sorted(int(k[:16], 16) for k in server.mine | server.evicted)  # evicted or not
@@ -894,6 +906,9 @@ def run(ctx: Context) -> list[PhaseResult]:
         "cleanup": cleanup,
     }
     ctx.__dict__["_kv_cache"] = state
+    if gone is not None:
+        ctx.runner.keep(phases)
+        raise StoreGone(gone)
     return phases
 
 
@@ -902,6 +917,11 @@ def _cleanup(ctx: Context, storage: StorageTier, server: Server) -> dict[str, An
     other delete finds nothing, which is fine); then rank 0 removes the fan-out directories."""
     paths = [storage.path(k) for k in sorted(server.mine)]
     deleted = failed = 0
+    if ctx.backend.liveness.gone is not None:
+        # a gone store cannot delete anything: say what is left rather than wait on it
+        ctx.backend.leftovers.add(paths)
+        ctx.world.barrier()
+        return {"deleted": 0, "failed": len(paths), "skipped": "the store is gone"}
     try:
         deleted = ctx.backend.delete_many(paths)
     except StorageError:
@@ -914,6 +934,7 @@ def _cleanup(ctx: Context, storage: StorageTier, server: Server) -> dict[str, An
                 pass
             except StorageError:
                 failed += 1
+                ctx.backend.leftovers.add([p])
     ctx.world.barrier()
     if ctx.rank == 0 and ctx.backend.capabilities.get("rmdir") == "native":
         # a directory that still holds something (another run's chunks, a failed rename) stays

@@ -117,7 +117,7 @@ class Ending:
             parts.append(f"during phase {phase}")
         if self.data_where is not None:
             try:
-                parts.append(f"its data is left {self.data_where()}")
+                parts.append(f"its data is left in {self.data_where()}")
             except Exception:  # describing the backend must not stop the ending
                 pass
         if self.run_dir is not None:

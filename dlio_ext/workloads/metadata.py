@@ -29,7 +29,7 @@ from typing import Any, cast
 import xxhash
 
 from dlio_ext.config.schema import first_problem, io_depth, one_of, positive
-from dlio_ext.storage.base import Backend, Bare
+from dlio_ext.storage.base import Backend, Bare, StoreGone
 from dlio_ext.storage.buffers import aligned_buffer, fill_random
 from dlio_ext.workloads.context import Context
 from dlio_ext.workloads.phases import Chunk, PhaseResult, VerifyError, bare_loop, per_op
@@ -682,8 +682,14 @@ def run(ctx: Context) -> list[PhaseResult]:
     cfg: Config = ctx.config
     r = _Run(ctx)
     skipped: dict[str, tuple[str, str]] = {}
-    for it in range(cfg.iterations):
-        r.iteration(it, skipped)
+    try:
+        for it in range(cfg.iterations):
+            r.iteration(it, skipped)
+    except StoreGone:
+        # items are not tracked one by one: name the tree they are in (rank 0, once for the run)
+        if ctx.rank == 0:
+            ctx.backend.leftovers.add([f"{ctx.run_id}/ (whatever this run's metadata phases left)"])
+        raise
     if ctx.rank == 0:
         by_reason: dict[str, list[str]] = {}
         for phase, (_how, why) in skipped.items():

@@ -19,7 +19,7 @@ from typing import Any
 from dlio_ext.metrics import kernel
 from dlio_ext.metrics.histogram import Histogram
 from dlio_ext.metrics.world import SoloWorld
-from dlio_ext.storage.base import Backend, Bare, StorageError
+from dlio_ext.storage.base import Backend, Bare, Liveness, StorageError, StoreGone
 
 #: op(index, thread_state) -> bytes moved; raises StorageError (counted) on failure
 Op = Callable[[int, Any], int]
@@ -152,27 +152,47 @@ class KernelMeter:
 
 
 class _Progress:
-    """Rank 0's live line: ops done, rate, ETA; only for phases that last a while."""
+    """Rank 0's live line: ops done, rate, ETA; only for phases that last a while.
 
-    def __init__(self, name: str, total: int, interval: float, done: Callable[[], tuple[int, int]]):
-        self.name, self.total, self.interval, self.done = name, total, interval, done
+    While the store is failing (`live`), an ETA means nothing: the line says how many ops failed
+    and how long since the last success instead, and when the run will give up."""
+
+    def __init__(
+        self,
+        name: str,
+        total: int,
+        interval: float,
+        done: Callable[[], tuple[int, int, int]],
+        live: Liveness | None = None,
+    ):
+        self.name, self.total, self.interval, self.done, self.live = name, total, interval, done, live
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.t0 = time.perf_counter()
 
     def _loop(self) -> None:
         while not self.stop.wait(self.interval):
-            ops, nbytes = self.done()
-            dt = time.perf_counter() - self.t0
+            ops, nbytes, errors = self.done()
+            now = time.perf_counter()
+            dt = now - self.t0
             rate = ops / dt if dt else 0.0
-            eta = (self.total - ops) / rate if rate else float("inf")
             pct = 100.0 * ops / self.total if self.total else 100.0
-            print(
-                f"[{self.name}] rank 0: {ops}/{self.total} ops ({pct:.0f}%), {rate:,.0f} ops/s, "
-                f"{nbytes / dt / 1e6 if dt else 0:,.1f} MB/s, ETA {eta:,.0f} s",
-                file=sys.stderr,
-                flush=True,
-            )
+            head = f"[{self.name}] rank 0: {ops}/{self.total} ops ({pct:.0f}%)"
+            live = self.live
+            if live is not None and live.failing_since is not None:
+                deadline = live.deadline()
+                line = (
+                    f"{head}, {errors} failed; the store is failing: no successful op for "
+                    f"{now - max(live.last_ok, self.t0):,.0f} s"
+                    + (f", giving up in {max(deadline - now, 0):,.0f} s" if deadline is not None else "")
+                )
+            else:
+                eta = (self.total - ops) / rate if rate else float("inf")
+                line = (
+                    f"{head}, {rate:,.0f} ops/s, {nbytes / dt / 1e6 if dt else 0:,.1f} MB/s, ETA {eta:,.0f} s"
+                    + (f", {errors} failed" if errors else "")
+                )
+            print(line, file=sys.stderr, flush=True)
 
     def __enter__(self) -> _Progress:
         if self.interval > 0:
@@ -186,7 +206,13 @@ class _Progress:
 
 
 class PhaseRunner:
-    def __init__(self, world: SoloWorld, progress_interval: float = 2.0, backend: Backend | None = None):
+    def __init__(
+        self,
+        world: SoloWorld,
+        progress_interval: float = 2.0,
+        backend: Backend | None = None,
+        liveness: Liveness | None = None,
+    ):
         """With a `backend`, every phase also records what the kernel counted (KernelMeter);
         building the runner is then a collective call."""
         self.world = world
@@ -195,6 +221,13 @@ class PhaseRunner:
         self.current: str | None = None
         self.backend = backend
         self.meter = KernelMeter(world, backend) if backend is not None else None
+        #: the backend's: whether the store still answers (see `Liveness`)
+        if liveness is None:
+            liveness = backend.liveness if backend is not None else Liveness()
+        self.liveness = liveness
+        #: every phase this runner measured (and those `keep` was handed), in order: what
+        #: survives when the run stops early
+        self.results: list[PhaseResult] = []
 
     def kernel_start(self) -> KernelMark | None:
         """For a phase timed outside `run_chunks`: call right after its start barrier, and
@@ -214,6 +247,25 @@ class PhaseRunner:
                 wait()
             return None
         return self.meter.stop(mark, wait)
+
+    def keep(self, results: Sequence[PhaseResult]) -> None:
+        """Remember phases a workload timed itself, so a run that stops early still reports them."""
+        self.results.extend(results)
+
+    def store_gone(self) -> str | None:
+        """Collective (every rank calls it at the same point): the reason the store counts as
+        gone if any rank declared it so, the same text on every rank, else None."""
+        reasons = self.world.allgather(self.liveness.gone)
+        reason = next((r for r in reasons if r is not None), None)
+        if reason is not None and self.liveness.gone is None:
+            self.liveness.gone = reason  # this rank too now skips what needs a live store
+        return reason
+
+    def stop_if_gone(self) -> None:
+        """Collective: every rank raises the same StoreGone if any rank declared the store gone."""
+        reason = self.store_gone()
+        if reason is not None:
+            raise StoreGone(reason)
 
     def run(
         self,
@@ -258,6 +310,11 @@ class PhaseRunner:
         `Chunk`). With `deadline_s`, no chunk is taken once the deadline has passed; the ops
         issued are always a prefix 0..k-1 (a chunk taken is a chunk run).
 
+        A failed op counts towards the store's liveness: once this rank has seen failures and no
+        successful op for run.store_timeout_s, its threads take no further chunk; after the
+        phase's end barrier the ranks agree, and if any rank found the store gone, every rank
+        raises the same StoreGone (the phase's result is kept in `results` first).
+
         `catch_up` (with `deadline_s`) is mdtest's stonewall wear-out: when the deadline stops a
         rank, the ranks agree on the highest k any of them reached (allreduce max) and every rank
         goes on to that k, on the same clock. `extra` then records `stonewall_items` (this rank's
@@ -276,6 +333,7 @@ class PhaseRunner:
         firsts: list[float] = []
         lasts: list[float] = []
         stop_at: float | None = None  # absolute deadline; None in the catch-up round
+        live = self.liveness
 
         def worker(t: int, starts: Iterator[int], hi: int) -> None:
             # paid once a chunk: per op, only what chunk_op does
@@ -287,6 +345,8 @@ class PhaseRunner:
             first = last = None
             ops = nbytes = pub_ops = pub_bytes = 0
             for lo in starts:
+                if live.gone is not None:  # another thread (or phase) found the store gone
+                    break
                 s = perf()
                 if first is None:
                     first = s
@@ -301,7 +361,17 @@ class PhaseRunner:
                             res.error_kinds[exc.kind] = res.error_kinds.get(exc.kind, 0) + 1
                             if res.first_error is None:
                                 res.first_error = str(exc)
+                            live.failed(exc, last)
                     failures.clear()
+                    if done:
+                        live.ok(last)
+                    elif live.expired(last):
+                        live.declare(f"phase {name}", last)
+                        break
+                elif live.failing_since is not None:
+                    live.ok(last)
+                else:
+                    live.last_ok = last
                 ops += done
                 nbytes += moved
                 if ops - pub_ops >= 64:  # progress is read from another thread: publish in batches
@@ -343,7 +413,10 @@ class PhaseRunner:
         t0 = time.perf_counter()
         if deadline_s is not None:
             stop_at = t0 + deadline_s
-        with _Progress(name, n_ops, self.progress_interval, lambda: (tally["ops"], tally["bytes"])):
+        progress = _Progress(
+            name, n_ops, self.progress_interval, lambda: (tally["ops"], tally["bytes"], res.errors), live
+        )
+        with progress:
             round_(0, n_ops)
             if catch_up and deadline_s is not None:
                 reached = min(res.ops + res.errors, n_ops)
@@ -363,6 +436,8 @@ class PhaseRunner:
         res.hist = Histogram.merged(hists)
         res.kernel = self.kernel_stop(mark)  # and the closing barrier
         self.current = None
+        self.results.append(res)
+        self.stop_if_gone()
         return res
 
 

@@ -95,9 +95,14 @@ def run(ctx: Context) -> list[PhaseResult]:
         buf[:] = mine.template
         return buf
 
+    # which of this rank's objects exist (a list item store is atomic under the GIL): what a
+    # delete phase that failed, or never ran because the run stopped, leaves behind
+    stored = [False] * n
+
     def write(i: int, buf: memoryview) -> int:
         buf[:stamp_len] = _stamp(rank, i)[:stamp_len]
         b.put(key(rank, i), buf)
+        stored[i] = True
         return s
 
     def read_state(_t: int) -> memoryview:
@@ -127,29 +132,36 @@ def run(ctx: Context) -> list[PhaseResult]:
 
     def delete(i: int, _state: Any) -> int:
         b.delete(key(rank, i))
+        stored[i] = False
         return 0
 
     rng = random.Random(ctx.seed * 7919 + rank)
     shuffled = list(range(n))
     rng.shuffle(shuffled)
     results: list[PhaseResult] = []
-    for phase in cfg.phases:
-        if phase.startswith("read_") and cfg.cold:
-            # after the last phase's closing barrier: every write is done; untimed
-            b.evict(key(src_rank, i) for i in range(n))
-        if phase == "write":
-            res = ctx.runner.run(phase, n, write, cfg.io_depth, write_state, io="write")
-        elif phase == "read_sequential":
-            res = ctx.runner.run(
-                phase, n, read_fn(list(range(n))), cfg.io_depth, read_state, io="read", cold=cfg.cold
-            )
-        elif phase == "read_random":
-            res = ctx.runner.run(
-                phase, n, read_fn(shuffled), cfg.io_depth, read_state, io="read", cold=cfg.cold
-            )
-        elif phase == "stat":
-            res = ctx.runner.run(phase, n, stat, cfg.io_depth)
-        else:
-            res = ctx.runner.run(phase, n, delete, cfg.io_depth)
-        results.append(res)
+    try:
+        for phase in cfg.phases:
+            if phase.startswith("read_") and cfg.cold:
+                # after the last phase's closing barrier: every write is done; untimed
+                b.evict(key(src_rank, i) for i in range(n))
+            if phase == "write":
+                res = ctx.runner.run(phase, n, write, cfg.io_depth, write_state, io="write")
+            elif phase == "read_sequential":
+                res = ctx.runner.run(
+                    phase, n, read_fn(list(range(n))), cfg.io_depth, read_state, io="read", cold=cfg.cold
+                )
+            elif phase == "read_random":
+                res = ctx.runner.run(
+                    phase, n, read_fn(shuffled), cfg.io_depth, read_state, io="read", cold=cfg.cold
+                )
+            elif phase == "stat":
+                res = ctx.runner.run(phase, n, stat, cfg.io_depth)
+            else:
+                res = ctx.runner.run(phase, n, delete, cfg.io_depth)
+            results.append(res)
+    finally:
+        # without a delete phase the objects are kept on purpose; with one, what is still
+        # there (a delete failed, or the run stopped before it) is left behind, and said so
+        if "delete" in cfg.phases:
+            b.leftovers.add(key(rank, i) for i in range(n) if stored[i])
     return results
