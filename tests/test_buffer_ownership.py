@@ -14,6 +14,7 @@ in front of the real server, which no real server does on demand.
 
 from __future__ import annotations
 
+import pickle
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -316,3 +317,47 @@ def test_a_short_last_word_carries_no_stale_stamp(tmp_path: Path) -> None:
     ev = reader.read_file(short, 0, [aligned_buffer(MIB), aligned_buffer(MIB)])
     assert ev.ok, ev.error
     assert ev.digest == reader.expected_digest(short, 0)
+
+
+class FakeHoldUntilCloseWriter:
+    """FAKE: a client writer that keeps every buffer it is given until close (a zero-copy client
+    may; obstore 0.12 lets go part by part), then stores what it holds with a real PUT."""
+
+    def __init__(self, store: Callable[[bytes], None]):
+        # a PickleBuffer holds a buffer export of the view, as a Rust client's PyBuffer does
+        self.held: list[pickle.PickleBuffer] = []
+        self.store = store
+
+    def write(self, view: memoryview) -> int:
+        self.held.append(pickle.PickleBuffer(view))
+        return len(view)
+
+    def close(self) -> None:
+        self.store(b"".join(bytes(h.raw()) for h in self.held))
+        self.__exit__()
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self.held:
+            h.release()
+        self.held.clear()
+
+
+def test_a_client_holding_parts_until_close_makes_the_pool_grow_not_wait(
+    s3_cfg_for: Callable[..., dict[str, Any]],
+) -> None:
+    b = open_backend(s3_cfg_for("obstore", concurrency=2))
+    driver = b._driver  # type: ignore[attr-defined]
+    driver.open_writer = lambda key: FakeHoldUntilCloseWriter(lambda data: driver.put(key, memoryview(data)))
+    want = _content(9 * PART + 123, 17)  # ten parts, far more than concurrency + 2 buffers
+    src = aligned_buffer(MIB)
+    w = b.writer("own/held")
+    for off in range(0, len(want), MIB):
+        n = min(MIB, len(want) - off)
+        src[:n] = want[off : off + n]
+        w.write(src[:n])
+        _garbage(src)
+    assert len(w.lent) == 9  # type: ignore[attr-defined]
+    w.close()
+    assert not w.lent  # type: ignore[attr-defined]
+    assert _read_back(b, "own/held", len(want)) == want
+    b.close()
