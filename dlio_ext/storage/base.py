@@ -3,6 +3,23 @@
 A few verbs shared by files and objects, after IOR's aiori table: a workload never knows which
 backend it has, a backend never knows who calls it. Buffers are the caller's: `put` takes any
 bytes-like object, `get` fills a preallocated writable buffer, so the hot path allocates nothing.
+
+Buffer ownership. A verb borrows the caller's buffer for the call only: `put`, `get`,
+`get_range` and `Writer.write` may read (or, for the reads, fill) it while they run; once they
+return or raise, the backend holds no reference to it and never reads or writes it again. The
+caller may then overwrite, stamp, hash, reuse or free it at once; that is how workloads stream
+from a small pool of reused buffers. Consequences for a backend:
+- a client that keeps a reference after the call (a zero-copy async client: obstore's multipart
+  writer keeps each chunk until its part is uploaded; NIXL keeps registered memory until a
+  transfer completes) is given buffers the backend owns (staged copies, reused only once the
+  client has let go of them) or the backend waits for the client to release the caller's buffer
+  before it returns;
+- a read that fails must not leave a background part still landing in `into`: helpers are
+  stopped and waited for before the error is raised;
+- a write that fails (or is aborted) leaves the caller's buffer alone just the same.
+No verb keeps a reference past its return. The one holder by design is `bare(verb, buf)`: the
+Bare it returns keeps `buf` for its lifetime, and each `call` borrows it for that call only, so
+the caller may change it between calls (a fresh stamp before every put).
 """
 
 from __future__ import annotations
@@ -299,13 +316,20 @@ class Writer(abc.ABC):
     """Streams one large file/object in chunks; `close` commits, `abort` leaves nothing behind."""
 
     @abc.abstractmethod
-    def write(self, chunk: memoryview | bytes) -> None: ...
+    def write(self, chunk: memoryview | bytes) -> None:
+        """Append `chunk`. It is borrowed for this call only: when write returns (or raises) the
+        backend has copied or sent what it needs and never touches `chunk` again, so the caller
+        may overwrite it at once. A backend that streams later (multipart parts, async clients)
+        stages into buffers of its own."""
 
     @abc.abstractmethod
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Commit what was written. Takes no buffer; buffers the writer staged into are its own."""
 
     @abc.abstractmethod
-    def abort(self) -> None: ...
+    def abort(self) -> None:
+        """Drop the stream; nothing of it stays on storage. Never touches a caller's buffer: a
+        part still in flight reads only the writer's own staging."""
 
     def __enter__(self) -> Writer:
         return self
@@ -333,15 +357,22 @@ class Backend(abc.ABC):
 
     # data verbs
     @abc.abstractmethod
-    def put(self, key: str, data: memoryview | bytes) -> None: ...
+    def put(self, key: str, data: memoryview | bytes) -> None:
+        """Store all of `data` under `key`. `data` is borrowed for this call only: when put
+        returns or raises, no part of it is still being sent and no reference to it is kept."""
 
     @abc.abstractmethod
     def get(self, key: str, into: memoryview) -> int:
-        """Read the whole object into `into`; returns its size. Raises if it does not fit."""
+        """Read the whole object into `into`; returns its size. Raises if it does not fit.
+
+        `into` is borrowed for this call only: when get returns or raises, nothing more lands in
+        it (parts fetched in parallel have all finished or been stopped)."""
 
     @abc.abstractmethod
     def get_range(self, key: str, offset: int, into: memoryview) -> int:
-        """Read up to len(into) bytes from `offset`; returns how many were read."""
+        """Read up to len(into) bytes from `offset`; returns how many were read.
+
+        `into` is borrowed for this call only, as for `get`."""
 
     @abc.abstractmethod
     def writer(self, key: str) -> Writer: ...
@@ -387,6 +418,7 @@ class Backend(abc.ABC):
         fit), "get_head" reads its first len(buf) bytes; the three return the bytes moved.
         "mkdir" makes one level, its parent existing. This default goes through the ordinary verbs;
         a backend whose ops take microseconds overrides it with something leaner.
+        The Bare keeps `buf` while it lives; each `call` borrows it for that call only.
         """
         if verb == "put":
             assert buf is not None

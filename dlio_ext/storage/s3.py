@@ -11,9 +11,13 @@ repr or `describe()` output.
 What the two clients can and cannot do differently:
 - boto3 uploads multipart objects part by part through our loop, so each part is retried alone.
   obstore hides its upload ids: a multipart `put` is retried as a whole, and a streaming
-  `writer` cannot be retried at all (the caller's chunks are gone). After any failed obstore
-  multipart upload the pending upload is looked up and aborted with a boto3 side client, since
-  obstore's own `put` leaves it behind when a part fails.
+  `writer` larger than one part cannot be retried at all (obstore holds its parts). After any
+  failed obstore multipart upload the pending upload is looked up and aborted with a boto3 side
+  client, since obstore's own `put` leaves it behind when a part fails.
+- Both writers copy the caller's chunks into part-sized staging buffers of their own (a pool
+  reused across streams): boto3's because its parts go out on other threads, obstore's because
+  its writer keeps zero-copy references until a part is uploaded. No verb holds a caller's
+  buffer after it returns (base.py, "Buffer ownership").
 - obstore lists with '/' as the only delimiter, and a delimited listing is collected before it
   is yielded (obstore has no paged variant); boto3 streams every page, for any delimiter.
 - checksum=when_supported makes boto3 send CRC32 and validate response checksums; obstore has
@@ -115,6 +119,27 @@ def _redact_url(url: str | None) -> str | None:
 def _as_view(data: memoryview | bytes | bytearray) -> memoryview:
     mv = memoryview(data)
     return mv if mv.format == "B" and mv.ndim == 1 else mv.cast("B")
+
+
+#: how long a backend waits, after a call that handed obstore a buffer, for obstore to let go of
+#: it (measured: it has already, or within milliseconds of an aborted upload)
+RELEASE_WAIT_S = 30.0
+
+
+def _let_go(view: memoryview, wait: float = 0.0) -> bool:
+    """Release `view`, a view made only to hand to a client; False if the client still holds
+    it after `wait` seconds. A zero-copy client (obstore) takes a buffer export of the view it is
+    given, and `memoryview.release` refuses while any export is alive: an exact signal."""
+    deadline, pause = time.monotonic() + wait, 0.0005
+    while True:
+        try:
+            view.release()
+            return True
+        except BufferError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(2 * pause, 0.05)
 
 
 # configuration ------------------------------------------------------------------------------
@@ -1128,12 +1153,31 @@ class S3Backend(Backend):
     # data verbs ----------------------------------------------------------------------------
     def put(self, key: str, data: memoryview | bytes) -> None:
         mv = _as_view(data)
-        if len(mv) <= self.settings.part_size:
+        if isinstance(self._driver, _ObstoreDriver):
+            self._obstore_put(key, self._driver, mv)
+        elif len(mv) <= self.settings.part_size:
             self._call("put", key, self._driver.put, key, mv)
-        elif isinstance(self._driver, _ObstoreDriver):
-            self._call("put", key, self._driver.put_multipart, key, mv)
         else:
             self._multipart_put(key, mv)
+
+    def _obstore_put(self, key: str, driver: _ObstoreDriver, mv: memoryview) -> None:
+        """obstore sends the caller's buffer without copying; its `put` lets go of it as it returns
+        or raises (measured, multipart included). Checked anyway, on a view of our own: the
+        caller may overwrite its buffer as soon as we return (base.py, "Buffer ownership")."""
+        hand = mv[:]
+        try:
+            if len(hand) <= self.settings.part_size:
+                self._call("put", key, driver.put, key, hand)
+            else:
+                self._call("put", key, driver.put_multipart, key, hand)
+        finally:
+            held = not _let_go(hand, RELEASE_WAIT_S)
+        if held:
+            self.counters.error(StorageError.kind)
+            raise StorageError(
+                f"put {key!r}: obstore still held the caller's buffer {RELEASE_WAIT_S:g} s after the call",
+                key,
+            )
 
     def _multipart_put(self, key: str, mv: memoryview) -> None:
         size, step = len(mv), self.settings.part_size
@@ -1409,7 +1453,8 @@ class _RangedGet:
             helpers = min(self.b.settings.concurrency - 1, len(self.pending))
         if helpers > 0:
             executor = self.b._parts_executor()
-            self.helpers = [executor.submit(self._work) for _ in range(helpers)]
+            for _ in range(helpers):  # one by one: if a submit fails, stop() still waits for the rest
+                self.helpers.append(executor.submit(self._work))
 
     def _work(self) -> None:
         driver, budget = self.b._driver, self.b.settings.retries
@@ -1568,43 +1613,117 @@ class _Boto3Writer(Writer):
 
 
 class _ObstoreWriter(Writer):
-    """obstore's own buffered multipart writer (parts of part_size, `concurrency` in flight).
+    """Stages chunks into part-sized buffers of the backend's pool and hands obstore whole parts.
 
-    Not retried: obstore keeps the parts and the upload id to itself, and the caller's chunks
-    are gone, so a failed request fails the stream; it is aborted and swept, counted and raised.
+    obstore's writer does not copy: it keeps a reference to every buffer it is given until the
+    part holding it is uploaded (measured with obstore 0.12: up to `concurrency` parts after a
+    write returns, and a part's first chunks until the part is full or the stream closes), so
+    the caller's chunks never reach it (base.py, "Buffer ownership"). A staging buffer goes back
+    to the pool only once obstore has let go of it, which releasing the view it was handed tells
+    exactly. obstore's `write` blocks while `concurrency` parts are uploading, so a stream lends
+    out at most concurrency + 1 buffers; a client that kept them until close would make the pool
+    allocate one buffer a part instead: memory grows, nothing waits.
+
+    An object that fits one part is one PUT at close, retried like any put. A larger one streams
+    through obstore's multipart writer, which is not retried: obstore keeps the parts and the
+    upload id to itself, so a failed request fails the stream; it is aborted and swept, counted
+    and raised.
     """
 
     def __init__(self, backend: S3Backend, driver: _ObstoreDriver, key: str):
         self.b, self.d, self.key = backend, driver, key
-        self.w = driver.open_writer(key)
+        self.step = backend.settings.part_size
+        self.buf: memoryview | None = backend._pool.get()
+        self.fill = 0
+        self.w: Any = None  # obstore's writer, opened when a second part begins
+        #: staging buffers obstore may still hold: (the view it was handed, the pool buffer)
+        self.lent: list[tuple[memoryview, memoryview]] = []
         self.done = False
 
     def write(self, chunk: memoryview | bytes) -> None:
-        if self.done:
+        if self.done or self.buf is None:
             raise StorageError(f"write {self.key!r}: the writer is closed", self.key)
+        mv = _as_view(chunk)
+        pos, n = 0, len(mv)
         try:
-            self.w.write(chunk)
+            while pos < n:
+                if self.fill == self.step:
+                    self._ship()  # only once more data arrives, so one full part stays a plain PUT
+                take = min(self.step - self.fill, n - pos)
+                self.buf[self.fill : self.fill + take] = mv[pos : pos + take]
+                self.fill += take
+                pos += take
+        except BaseException:
+            self.abort()
+            raise
+
+    def _hand(self) -> None:
+        """Give obstore the staged part; the buffer is lent until obstore lets go of it."""
+        assert self.buf is not None
+        if self.w is None:
+            self.w = self.d.open_writer(self.key)
+        hand = self.buf[: self.fill]
+        self.lent.append((hand, self.buf))
+        self.buf, self.fill = None, 0
+        try:
+            self.w.write(hand)
         except Exception as exc:
             self._fail("write", exc)
+
+    def _ship(self) -> None:
+        self._hand()
+        self._reclaim()
+        self.buf = self.b._pool.get()  # a new one when none is free: the pool grows, never waits
+
+    def _reclaim(self) -> None:
+        held = []
+        for hand, buf in self.lent:
+            if _let_go(hand):
+                self.b._pool.put(buf)
+            else:
+                held.append((hand, buf))
+        self.lent = held
 
     def close(self) -> None:
         if self.done:
             return
         try:
-            self.w.close()
-        except Exception as exc:
-            self._fail("close", exc)
+            if self.w is None:
+                assert self.buf is not None
+                self.b._obstore_put(self.key, self.d, self.buf[: self.fill])
+            else:
+                if self.fill:
+                    self._hand()
+                try:
+                    self.w.close()
+                except Exception as exc:
+                    self._fail("close", exc)
+        except BaseException:
+            self.abort()
+            raise
         self.done = True
+        self._release()
 
     def abort(self) -> None:
         if self.done:
             return
         self.done = True
-        # obstore's WritableFile aborts (AbortMultipartUpload) when left with an exception; if it
-        # already failed or closed, the sweep below still runs
-        with contextlib.suppress(Exception):
-            self.w.__exit__(RuntimeError, RuntimeError("aborted"), None)
-        self.d.sweep_uploads(self.key)
+        if self.w is not None:
+            # obstore's WritableFile aborts (AbortMultipartUpload) when left with an exception; if
+            # it already failed or closed, the sweep below still runs
+            with contextlib.suppress(Exception):
+                self.w.__exit__(RuntimeError, RuntimeError("aborted"), None)
+            self.d.sweep_uploads(self.key)
+        self._release()
+
+    def _release(self) -> None:
+        """Staging buffers back to the pool. One obstore still holds (an aborted upload's parts,
+        let go of within milliseconds) is left to it and dropped from here: never reused."""
+        if self.buf is not None:
+            self.b._pool.put(self.buf)
+            self.buf = None
+        self._reclaim()
+        self.lent = []
 
     def _fail(self, op: str, exc: Exception) -> NoReturn:
         failure = self.d.classify(exc)

@@ -187,7 +187,11 @@ class Content:
 
     The same seed gives every rank the same pool, so a reader knows the body of any chunk; each
     chunk's block words (see `block_words`) are written into the buffer just before it is sent,
-    and the digest of the body (with the pool's own words) is computed once per length."""
+    and the digest of the body (with the pool's own words) is computed once per length.
+
+    A buffer is stamped only by the thread that owns it (`pick`), and only once the backend call
+    that sent its previous chunk has returned: backends borrow a buffer for the call only
+    (dlio_ext/storage/base.py, "Buffer ownership"). Nothing else ever writes to the pool."""
 
     def __init__(self, seed: int, chunk: int, pool_bytes: int, threads: int):
         self.chunk, self.threads = chunk, threads
@@ -197,7 +201,6 @@ class Content:
             fill_random(b, seed * 1_000_003 + 7919 + i)
         self.orig = [word_slots(b, chunk).copy() for b in self.bufs]
         self._digest: dict[tuple[int, int], int] = {}
-        self._lock = threading.Lock()
         self.seed = seed
 
     @property
@@ -211,18 +214,33 @@ class Content:
         return t + self.threads * ((writer * 131 + file_index * 31 + chunk_index) % per)
 
     def body_digest(self, p: int, length: int) -> int:
+        """xxh3-64 of pool buffer p's first `length` bytes as filled, with its own block words.
+
+        Read-only: the buffer may carry another chunk's stamps right now, or be in a backend's
+        hands. Only the stamp words ever change, so they come from `orig` and the bytes between
+        them from the buffer, fed to one streaming hash (the same digest as hashing the filled
+        buffer whole, about 3 ms for 16 MiB, once per buffer and length)."""
         key = (p, length)
         d = self._digest.get(key)
         if d is None:
-            buf = self.bufs[p]
-            slots = word_slots(buf, length)
-            with self._lock:  # the pool buffer may carry another chunk's words right now
-                saved = slots.copy()
-                slots[:] = self.orig[p][: len(slots)]
-                d = xxhash.xxh3_64_intdigest(buf[:length])
-                slots[:] = saved
-            self._digest[key] = d
+            buf, words = self.bufs[p], self.orig[p].tobytes()
+            h = xxhash.xxh3_64()
+            for j, off in enumerate(range(0, length, ALIGN)):
+                end = min(off + ALIGN, length)
+                h.update(words[8 * j : 8 * j + min(8, end - off)])
+                if off + 8 < end:
+                    h.update(buf[off + 8 : end])
+            d = self._digest[key] = h.intdigest()
         return d
+
+    def settle_tail(self, buf: memoryview, p: int, n: int) -> None:
+        """A chunk that ends 1-7 bytes into a block has no room for that block's stamp: those
+        bytes are pool buffer p's own, never what a longer chunk stamped there before (which
+        would depend on this process's history, and fail another rank's check)."""
+        off = n // ALIGN * ALIGN
+        if off < n < off + 8:
+            j = off // ALIGN
+            buf[off:n] = self.orig[p][j : j + 1].tobytes()[: n - off]
 
     def file_key(self, ckpt: int, writer: int, file_index: int) -> int:
         return _mix64(self.seed, ckpt, writer, file_index)
@@ -302,6 +320,8 @@ class Engine:
                     slots = word_slots(buf, n)
                     words = block_words(fkey, i * per_block, len(slots))
                     slots[:] = words
+                    c.settle_tail(buf, p, n)
+                    # borrowed for the call only: once write returns, buf is ours to restamp
                     w.write(buf[:n])
                     if i == 0:
                         ev.first_byte = time.perf_counter()
@@ -692,6 +712,8 @@ class _Persister(threading.Thread):
                     ev.end = time.perf_counter()
                     burst.events.append(ev)
             finally:
+                # the backend let go of the slot when its write returned (or raised): the
+                # snapshot may refill it now
                 self.free.put(slot)
 
 
@@ -1134,6 +1156,7 @@ def _run_async(
                 sl = word_slots(slot, n)
                 words = block_words(fkey, i * per_block, len(sl))
                 sl[:] = words
+                content.settle_tail(slot, p, n)
                 pers.q.put(("chunk", f, k, i, nchunks, slot, n, words, content.body_digest(p, n)))
                 copied += n
         stall.end = time.perf_counter()
