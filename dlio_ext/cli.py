@@ -76,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # every rank reaches the same verdict; one line from rank 0 is enough
         if env_rank() == 0:
             print(f"dlio-ext: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print("dlio-ext: interrupted", file=sys.stderr)
         return 130

@@ -210,3 +210,22 @@ def test_disk_full_is_named(small_fs, tmp_path, workload):
     assert f"no space left on device: {kinds['no_space']} of " in out
     assert f"(data in {small_fs})" in out
     assert " written by rank 0" not in out  # a failed checkpoint is never called written
+
+
+def test_a_config_error_on_one_rank_only_ends_every_rank(tmp_path):
+    """The S3 bucket exported on one rank's host only (mpirun forwards no variable by itself):
+    the rank that lacks it must not leave the others waiting in a collective."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DLIO_EXT_S3_"))} | ENV
+    cli = [PY, "-m", "dlio_ext.cli", "run", "storage=s3", f"run.results_dir={tmp_path / 'res'}"]
+    cmd = [mpirun(), "--oversubscribe", "--allow-run-as-root", "-np", "1", "env", "DLIO_EXT_S3_BUCKET=b"]
+    cmd += ["AWS_ENDPOINT_URL=http://127.0.0.1:9", *cli, ":", "-np", "1"]
+    cmd += ["env", "AWS_ENDPOINT_URL=http://127.0.0.1:9", *cli]
+    t0 = time.monotonic()
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - t0 < 30
+    assert p.returncode == 2, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("dlio-ext:")]
+    assert lines == ["dlio-ext: error: rank 1: no S3 bucket: set storage.bucket or DLIO_EXT_S3_BUCKET"], (
+        p.stderr
+    )
+    assert not (tmp_path / "res").exists()

@@ -31,6 +31,22 @@ class SoloWorld:
     rank = 0
     size = 1
     hostname = os.uname().nodename
+    _hosts: list[str] | None = None
+
+    def hosts(self) -> list[str]:
+        """Every rank's host name, by rank. Collective the first time (every rank calls it at the
+        same point), then remembered."""
+        if self._hosts is None:
+            self._hosts = self.allgather(self.hostname)
+        return self._hosts
+
+    def host_leader(self) -> bool:
+        """Whether this rank is the lowest on its host (the one that samples host-wide counters)."""
+        hosts = self.hosts()
+        return self.rank == hosts.index(self.hostname)
+
+    def ranks_on_host(self) -> int:
+        return self.hosts().count(self.hostname)
 
     def barrier(self) -> None:
         return None

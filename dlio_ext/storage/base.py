@@ -198,7 +198,7 @@ class Durability:
 
 #: kinds of failure that are an answer from a live store (it looked, and said no), not a sign
 #: that it is gone
-ANSWER_KINDS = frozenset({"not_found", "access_denied", "unsupported", "corrupt"})
+ANSWER_KINDS = frozenset({"not_found", "access_denied", "unsupported", "corrupt", "throttled"})
 
 
 class StoreGone(Exception):
@@ -224,6 +224,7 @@ class Liveness:
         self.timeout_s = timeout_s
         self.last_ok = time.perf_counter()
         self.failing_since: float | None = None  # first failure since the last success
+        self.last_failure = 0.0
         self.errors = 0  # ops failed since the last success
         self.kinds: dict[str, int] = {}  # ... by kind
         self.first_error: StorageError | None = None
@@ -236,9 +237,17 @@ class Liveness:
             self.failing_since, self.errors, self.first_error, self.kinds = None, 0, None, {}
 
     def trouble(self, now: float | None = None) -> None:
-        """An attempt failed (it may still be retried)."""
-        if self.failing_since is None:
-            self.failing_since = time.perf_counter() if now is None else now
+        """An attempt failed (it may still be retried).
+
+        A gap longer than the timeout since the last failure, with no op at all in between (a
+        pause for compute, a cleanup, a sparse arrival rate), is no failing time: the clock
+        starts again. A dead store being worked on fails far more often than that."""
+        now = time.perf_counter() if now is None else now
+        if self.failing_since is None or (
+            self.timeout_s is not None and now - self.last_failure > self.timeout_s
+        ):
+            self.failing_since = now
+        self.last_failure = now
 
     def failed(self, exc: StorageError, now: float | None = None) -> None:
         """An op failed for good; an answer (not found, denied, corrupt) says the store is there."""

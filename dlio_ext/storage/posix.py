@@ -427,8 +427,11 @@ class PosixBackend(Backend):
             return
         try:
             # an exclusive flock on the file: cold readers of this host (any thread, any rank)
-            # take turns, so none reads what another's read has just brought into the cache
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            # take turns, so none reads what another's read has just brought into the cache.
+            # Some network file systems refuse flock (NFS on a read-only fd, Lustre -o noflock):
+            # then the readers go unserialized, and the kernel's cache_fraction says what it cost
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX)
             with contextlib.suppress(OSError):  # what stays resident is measured, not assumed
                 os.fdatasync(fd)
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)

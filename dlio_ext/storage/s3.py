@@ -32,6 +32,7 @@ answer has no whole-object checksum, so there a GET stays one plain request.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import heapq
 import http.client
@@ -1382,7 +1383,7 @@ class S3Backend(Backend):
         return CacheControl("remote", False, "object store: server cache not controlled")
 
     def durability(self) -> Durability:
-        return Durability("a completed PUT or multipart upload is the commit", "medium")
+        return Durability("object store: a completed PUT or multipart upload is the commit", "medium")
 
     def describe(self) -> dict[str, object]:
         s = self.settings
@@ -1543,7 +1544,41 @@ class _Multipart:
             self.b.leftovers.add([f"{self.key} (multipart upload {self.upload_id})"])
 
 
-class _Boto3Writer(Writer):
+class _StagingWriter(Writer):
+    """Copies the caller's chunks into part-sized buffers of the backend's pool, so the caller may
+    reuse a chunk as soon as `write` returns; a full part is shipped (`_ship`) only once more data
+    arrives, so an object of one part stays a plain PUT at close."""
+
+    b: S3Backend
+    key: str
+    step: int
+    buf: memoryview | None
+    fill: int
+    done: bool
+
+    def write(self, chunk: memoryview | bytes) -> None:
+        if self.done or self.buf is None:
+            raise StorageError(f"write {self.key!r}: the writer is closed", self.key)
+        mv = _as_view(chunk)
+        pos, n = 0, len(mv)
+        try:
+            while pos < n:
+                if self.fill == self.step:
+                    self._ship()
+                take = min(self.step - self.fill, n - pos)
+                self.buf[self.fill : self.fill + take] = mv[pos : pos + take]
+                self.fill += take
+                pos += take
+        except BaseException:
+            self.abort()
+            raise
+
+    @abc.abstractmethod
+    def _ship(self) -> None:
+        """Send the staged part and start a fresh staging buffer."""
+
+
+class _Boto3Writer(_StagingWriter):
     """Stages chunks into pooled part buffers (the caller may reuse its chunk at once); an object
     that fits one part goes as a single PUT at close, a larger one as a multipart upload."""
 
@@ -1554,23 +1589,6 @@ class _Boto3Writer(Writer):
         self.fill = 0
         self.upload: _Multipart | None = None
         self.done = False
-
-    def write(self, chunk: memoryview | bytes) -> None:
-        if self.done or self.buf is None:
-            raise StorageError(f"write {self.key!r}: the writer is closed", self.key)
-        mv = _as_view(chunk)
-        pos, n = 0, len(mv)
-        try:
-            while pos < n:
-                if self.fill == self.step:
-                    self._ship()  # only once more data arrives, so one full part stays a plain PUT
-                take = min(self.step - self.fill, n - pos)
-                self.buf[self.fill : self.fill + take] = mv[pos : pos + take]
-                self.fill += take
-                pos += take
-        except BaseException:
-            self.abort()
-            raise
 
     def _ship(self) -> None:
         assert self.buf is not None
@@ -1612,7 +1630,7 @@ class _Boto3Writer(Writer):
             self.buf = None
 
 
-class _ObstoreWriter(Writer):
+class _ObstoreWriter(_StagingWriter):
     """Stages chunks into part-sized buffers of the backend's pool and hands obstore whole parts.
 
     obstore's writer does not copy: it keeps a reference to every buffer it is given until the
@@ -1640,23 +1658,6 @@ class _ObstoreWriter(Writer):
         self.lent: list[tuple[memoryview, memoryview]] = []
         self.done = False
 
-    def write(self, chunk: memoryview | bytes) -> None:
-        if self.done or self.buf is None:
-            raise StorageError(f"write {self.key!r}: the writer is closed", self.key)
-        mv = _as_view(chunk)
-        pos, n = 0, len(mv)
-        try:
-            while pos < n:
-                if self.fill == self.step:
-                    self._ship()  # only once more data arrives, so one full part stays a plain PUT
-                take = min(self.step - self.fill, n - pos)
-                self.buf[self.fill : self.fill + take] = mv[pos : pos + take]
-                self.fill += take
-                pos += take
-        except BaseException:
-            self.abort()
-            raise
-
     def _hand(self) -> None:
         """Give obstore the staged part; the buffer is lent until obstore lets go of it."""
         assert self.buf is not None
@@ -1680,6 +1681,9 @@ class _ObstoreWriter(Writer):
         for hand, buf in self.lent:
             if _let_go(hand):
                 self.b._pool.put(buf)
+                # obstore let go of a part it uploaded: the store answers, though the stream has
+                # not closed yet (a long one would otherwise look like no progress at all)
+                self.b.liveness.ok()
             else:
                 held.append((hand, buf))
         self.lent = held

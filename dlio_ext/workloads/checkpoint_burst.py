@@ -43,11 +43,19 @@ import xxhash
 from dlio_ext.config.schema import first_problem, key_prefix, one_of, positive
 from dlio_ext.errors import UsageError
 from dlio_ext.metrics.histogram import Histogram
-from dlio_ext.storage.base import Backend, Liveness, NotFound, StorageError, StoreGone, kind_text
+from dlio_ext.storage.base import (
+    Backend,
+    Liveness,
+    NotFound,
+    StorageError,
+    StoreGone,
+    Unreachable,
+    kind_text,
+)
 from dlio_ext.storage.buffers import ALIGN, aligned_buffer, fill_random
 from dlio_ext.workloads import checkpoint_layout as cl
 from dlio_ext.workloads.context import Context
-from dlio_ext.workloads.phases import PhaseResult, PhaseRunner, VerifyError
+from dlio_ext.workloads.phases import PhaseResult, PhaseRunner, VerifyError, run_threads
 
 PRESETS = (*cl.PRESETS, "custom")
 WORDS_PER_BLOCK = ALIGN // 8
@@ -449,11 +457,9 @@ class ColdRestore:
     def __init__(self, ctx: Context, policy: str):
         self.ctx, self.policy = ctx, policy
         self.control = ctx.backend.cache_control()
-        hosts = ctx.world.allgather(socket.gethostname())
-        me = hosts[ctx.rank]
-        self.leader = ctx.rank == min(i for i, h in enumerate(hosts) if h == me)
-        self.hosts = len(set(hosts))
-        self.ranks_on_host = sum(1 for h in hosts if h == me)
+        self.leader = ctx.world.host_leader()
+        self.hosts = len(set(ctx.world.hosts()))
+        self.ranks_on_host = ctx.world.ranks_on_host()
         self.method = "not needed (no restores)"
         self.notes: list[str] = []
         self.resident_pages = 0
@@ -627,12 +633,7 @@ def _run_files(
     if threads <= 1 or len(files) <= 1:
         work(0, files)
         return out[0]
-
-    ths = [threading.Thread(target=work, args=(t, files[t::threads])) for t in range(threads)]
-    for th in ths:
-        th.start()
-    for th in ths:
-        th.join()
+    run_threads(lambda t: work(t, files[t::threads]), threads)
     return sorted((e for lst in out for e in lst), key=lambda e: e.start)
 
 
@@ -684,6 +685,8 @@ class _Persister(threading.Thread):
                     ev = FileEvent("persist", ckpt, f.name, f.nbytes, time.perf_counter())
                     cur["ev"], cur["fh"] = ev, FileHash()
                     try:
+                        if self.b.liveness.gone is not None:  # no file is started on a gone store
+                            raise Unreachable(f"{f.key}: not persisted, the store is gone", f.key)
                         cur["w"] = self.b.writer(f.key)
                         ev.opened = time.perf_counter()
                     except StorageError as exc:
@@ -711,6 +714,7 @@ class _Persister(threading.Thread):
                 if i == nchunks - 1:
                     ev.end = time.perf_counter()
                     burst.events.append(ev)
+                    _note(self.b.liveness, ev)
             finally:
                 # the backend let go of the slot when its write returned (or raised): the
                 # snapshot may refill it now
@@ -827,21 +831,6 @@ def memory(cfg: Config, ranks: int) -> tuple[int, str]:
             "" if cfg.host_buffer_bytes else " (0: the whole shard)"
         )
     return need, what
-
-
-def durability(b: Backend) -> str:
-    """What a finished burst guarantees, in words: the first thing to check in a checkpoint number."""
-    fsync, direct = getattr(b, "fsync_policy", None), bool(getattr(b, "direct", False))
-    if fsync in ("file", "file_and_dir"):
-        return f"fsync per file ({fsync})" + (", O_DIRECT" if direct else "")
-    if fsync == "none" and direct:
-        return "O_DIRECT without fsync: past the page cache, but the device's volatile cache was not flushed"
-    if fsync == "none":
-        return (
-            "none: a burst may end with data still in the page cache (storage.fsync=none); "
-            "set storage.fsync=file, as MLPerf requires"
-        )
-    return "object store: a completed PUT or multipart upload is the commit"
 
 
 def _rss_now() -> int:
@@ -977,13 +966,17 @@ def run(ctx: Context) -> list[PhaseResult]:
         if live.gone is not None:  # nothing can be deleted: list it rather than wait on it
             b.leftovers.add(keys)
         else:
-            for key in keys:
+            for n, key in enumerate(keys):
                 try:
                     b.delete(key)
+                    live.ok()
                 except NotFound:
                     pass
-                except StorageError:
+                except StorageError as exc:
                     b.leftovers.add([key])
+                    if live.outcome(exc, "checkpoint cleanup"):  # gone meanwhile: list the rest
+                        b.leftovers.add(keys[n + 1 :])
+                        break
         deleted.append(ckpt)
 
     def stop_if_gone(upto: int) -> None:
@@ -996,8 +989,12 @@ def run(ctx: Context) -> list[PhaseResult]:
         ctx.runner.keep(results)
         raise StoreGone(reason)
 
-    if ctx.rank == 0 and durability(b).startswith("none"):
-        ctx.log.warning("warning: checkpoint writes are not made durable: %s", durability(b))
+    durable = b.durability().policy
+    if ctx.rank == 0 and durable.startswith("none"):
+        ctx.log.warning(
+            "warning: checkpoint writes are not made durable: %s; set storage.fsync=file, as MLPerf requires",
+            durable,
+        )
     ctx.world.barrier()
     st.T0 = time.perf_counter()
     results: list[PhaseResult] = []
@@ -1388,7 +1385,7 @@ def summarize(
         "buffer_pool_bytes": per_rank[0].get("pool_bytes"),
         "storage_fsync": getattr(ctx.backend, "fsync_policy", None),
         "storage_direct": getattr(ctx.backend, "direct", None),
-        "durability": durability(ctx.backend),
+        "durability": ctx.backend.durability().policy,
         "restore_rank_shift": per_rank[0].get("restore_rank_shift"),
         "cold_restore": per_rank[0].get("cold_restore", {}),
         "definitions": {

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from dlio_ext import __version__
 from dlio_ext.config import RunConfig, load, redact_args
-from dlio_ext.errors import UsageError
+from dlio_ext.errors import Failed, UsageError
 from dlio_ext.metrics import results as res
 from dlio_ext.metrics.world import SoloWorld, get_world
 from dlio_ext.storage import open_backend
@@ -43,18 +43,46 @@ from dlio_ext.workloads.phases import PhaseRunner
 T = TypeVar("T")
 
 
+def _verdict(exc: Exception) -> tuple[str, bool]:
+    """(one line, whether it is the user's to fix) for an error every rank is about to share."""
+    return one_line(exc), isinstance(exc, UsageError | StorageError | OSError | ValueError)
+
+
+def _raise(line: str, usage: bool) -> None:
+    # bad input or an unusable environment exits 2; anything else (a bug) is a failure, exit 3
+    raise UsageError(line) if usage else Failed(line)
+
+
 def on_rank0(world: SoloWorld, fn: Callable[[], T]) -> T:
     """Run `fn` on rank 0 and hand its result, or its one-line error, to every rank."""
-    payload: tuple[str | None, Any] = (None, None)
+    payload: tuple[tuple[str, bool] | None, Any] = (None, None)
     if world.rank == 0:
         try:
             payload = (None, fn())
         except Exception as exc:  # any failure here is every rank's: none may wait for rank 0
-            payload = (one_line(exc), None)
+            payload = (_verdict(exc), None)
     err, value = world.bcast(payload)
     if err is not None:
-        raise UsageError(err)
+        _raise(*err)
     return value
+
+
+def on_every_rank(world: SoloWorld, fn: Callable[[], T]) -> T:
+    """Run `fn` on every rank; if it fails on any, every rank raises that rank's error.
+
+    For checks that read a rank's own environment or disk (S3 credentials exported on the
+    launching host only, a CA bundle missing on one node): a rank that failed alone and left
+    would leave the others waiting in the next collective."""
+    try:
+        value, mine = fn(), None
+    except Exception as exc:
+        value, mine = None, _verdict(exc)
+    failed = [(r, e) for r, e in enumerate(world.allgather(mine)) if e is not None]
+    if failed:
+        rank, (line, usage) = failed[0]
+        where = f"rank {rank}: " if len(failed) < world.size else ""
+        _raise(where + line, usage)
+    return value  # type: ignore[return-value]
 
 
 def _make_run_dir(cfg: RunConfig, lock: list[RunDirLock]) -> tuple[Path, str]:
@@ -109,10 +137,7 @@ def _logger(run_dir: Path, rank: int) -> logging.Logger:
 
 
 def _backend(cfg: RunConfig, run_dir: Path, world: SoloWorld) -> Backend:
-    try:
-        backend = open_backend(dataclasses.asdict(cfg.storage), str(run_dir))
-    except (StorageError, ValueError) as exc:
-        raise UsageError(str(exc)) from None
+    backend = on_every_rank(world, lambda: open_backend(dataclasses.asdict(cfg.storage), str(run_dir)))
     on_rank0(world, backend.check)
     world.barrier()
     return backend
@@ -120,9 +145,7 @@ def _backend(cfg: RunConfig, run_dir: Path, world: SoloWorld) -> Backend:
 
 def _counters(backend: Backend) -> dict[str, Any]:
     out = backend.counters.as_dict()
-    for attr in ("fsync_calls", "fsync_seconds"):
-        if hasattr(backend, attr):
-            out[attr] = getattr(backend, attr)
+    out["fsync_calls"], out["fsync_seconds"] = backend.fsync_counters()
     return out
 
 
@@ -168,7 +191,7 @@ def run(argv: list[str]) -> int:
     take_signals()  # a no-op when the CLI took them already, before numpy's threads started
     try:
         world = ending.world = get_world()
-        cfg = load(argv)  # the same verdict on every rank
+        cfg = on_every_rank(world, lambda: load(argv))
         lock: list[RunDirLock] = []
         run_dir, run_id = on_rank0(world, lambda: _make_run_dir(cfg, lock))
         ending.run_dir = run_dir
@@ -195,7 +218,7 @@ def _run(cfg: RunConfig, world: SoloWorld, run_dir: Path, run_id: str, ending: E
     backend.liveness.timeout_s = cfg.run.store_timeout_s
     ending.data_where = backend.where
     module = registry()[cfg.workload_name]
-    local_ranks = world.allgather(world.hostname).count(world.hostname)
+    local_ranks = world.ranks_on_host()
     try:
         on_rank0(
             world,
@@ -249,6 +272,7 @@ def _run(cfg: RunConfig, world: SoloWorld, run_dir: Path, run_id: str, ending: E
     }
     gathered = world.gather(mine)
     if world.rank != 0:
+        ending.finished = True
         return 0
     assert gathered is not None
     summary = _summarize(cfg, module, ctx, backend, gathered, started, gone)
@@ -258,6 +282,7 @@ def _run(cfg: RunConfig, world: SoloWorld, run_dir: Path, run_id: str, ending: E
     res.write_json(run_dir / "host.json", res.host_info() | {"hosts": sorted({r["host"] for r in gathered})})
     res.write_json(run_dir / "summary.json", summary)
     (run_dir / INCOMPLETE).unlink(missing_ok=True)
+    ending.finished = True
     _print_table(summary)
     for line in error_lines(summary["phases"], backend.where()):
         print(line)

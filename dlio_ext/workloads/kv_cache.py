@@ -515,6 +515,8 @@ class Server:
         #: whether the store still answers (the backend's, shared with its retry loop)
         self.live = storage.backend.liveness
         self.present: set[str] = set()  # known to be in storage: written or read by this rank
+        #: chunks this rank stored, a chunk stored again (evicted, or found missing) counted again
+        self.writes_done = 0
         self.mine: set[str] = set()  # written by this rank, not evicted
         self.evicted: set[str] = set()  # written by this rank, then evicted by it
         self.in_flight: set[str] = set()
@@ -625,6 +627,7 @@ class Server:
                 if ok:
                     self.present.add(k)
                     self.mine.add(k)
+                    self.writes_done += 1
         return ok
 
     def _make_room(self, k: str) -> None:
@@ -845,11 +848,13 @@ def run(ctx: Context) -> list[PhaseResult]:
 
     # duplicate writes across ranks: rank 0 sees every rank's written keys
     written = sorted(int(k[:16], 16) for k in server.mine | server.evicted)  # evicted or not
-    every = ctx.world.gather(written)
+    every = ctx.world.gather((written, server.writes_done))
     state = _State()
     if every is not None:
-        total = sum(len(w) for w in every)
-        unique = len(set().union(*map(set, every)))
+        # a rank may store a chunk twice (it was evicted, or a read found it missing while
+        # another rank overwrote it): every store counts, the unique keys once
+        total = sum(n for _w, n in every)
+        unique = len(set().union(*(set(w) for w, _n in every)))
         state.duplicates = {
             "chunks_written": total,
             "unique_chunks": unique,
@@ -926,15 +931,22 @@ def _cleanup(ctx: Context, storage: StorageTier, server: Server) -> dict[str, An
         deleted = ctx.backend.delete_many(paths)
     except StorageError:
         deleted = 0
-        for p in paths:
+        live = ctx.backend.liveness
+        for n, p in enumerate(paths):
             try:
                 ctx.backend.delete(p)
                 deleted += 1
+                live.ok()
             except NotFound:
                 pass
-            except StorageError:
+            except StorageError as exc:
                 failed += 1
                 ctx.backend.leftovers.add([p])
+                if live.outcome(exc, "kv_cache cleanup"):  # gone meanwhile: list the rest, do not wait
+                    rest = paths[n + 1 :]
+                    failed += len(rest)
+                    ctx.backend.leftovers.add(rest)
+                    break
     ctx.world.barrier()
     if ctx.rank == 0 and ctx.backend.capabilities.get("rmdir") == "native":
         # a directory that still holds something (another run's chunks, a failed rename) stays

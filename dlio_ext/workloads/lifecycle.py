@@ -46,8 +46,13 @@ def mark_incomplete(run_dir: Path | None, reason: str) -> None:
     if run_dir is None:
         return
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    line = f"this run did not finish ({stamp}): {reason}\n"
+    path = run_dir / INCOMPLETE
     try:
-        (run_dir / INCOMPLETE).write_text(f"this run did not finish ({stamp}): {reason}\n")
+        # a reason already there is the cause (a rank failed); what follows (the launcher's
+        # SIGTERM to the others) is added below it, never written over it
+        before = path.read_text() if path.exists() else ""
+        path.write_text(before + line if before.startswith("this run did not finish") else line)
     except OSError:
         pass
 
@@ -108,6 +113,8 @@ class Ending:
         self.data_where: Callable[[], str] | None = None
         #: the phase under way, if the runner says
         self.phase: Callable[[], str | None] = lambda: None
+        #: set once this rank's results are safe: a late signal then only ends the process
+        self.finished = False
         self._ending = threading.Lock()
 
     def _where(self) -> str:
@@ -143,6 +150,8 @@ class Ending:
         """SIGINT/SIGTERM: the reason into INCOMPLETE, one line, exit 128 + signal, now."""
         if not self._ending.acquire(blocking=False):
             return
+        if self.finished:
+            os._exit(128 + signum)
         name = signal.Signals(signum).name
         if signum == signal.SIGTERM and self.world.size > 1:
             name += " (a launcher sends it when the job is cancelled or another rank died)"
@@ -154,6 +163,11 @@ class Ending:
                 self.log.error("%s", line, extra=FILE_ONLY)
             print(f"dlio-ext: {line}", file=sys.stderr, flush=True)
         sys.stdout.flush()
+        if self.world.size > 1:
+            # a signal to this rank alone (a node-level kill) must not leave the others waiting in
+            # a collective; should the abort itself hang, the timer ends this process anyway
+            threading.Timer(5.0, os._exit, args=(128 + signum,)).start()
+            self.world.abort(128 + signum)
         # worker threads may be inside a system call and MPI inside a collective: leave at once
         os._exit(128 + signum)
 

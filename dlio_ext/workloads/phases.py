@@ -105,9 +105,8 @@ class KernelMeter:
 
     def __init__(self, world: SoloWorld, backend: Backend | None):
         self.backend = backend
-        self.host = os.uname().nodename
-        hosts = world.allgather(self.host)
-        self.sampler = world.rank == min(i for i, h in enumerate(hosts) if h == self.host)
+        self.host = world.hostname
+        self.sampler = world.host_leader()
         root = backend.local_root() if backend is not None else None
         if backend is None:
             self.device = kernel.Device(None, "no backend")
@@ -398,14 +397,7 @@ class PhaseRunner:
         def round_(lo: int, hi: int) -> None:
             # one iterator shared by the threads (its next() is atomic under the GIL)
             starts = iter(range(lo, hi, chunk))
-            if io_depth == 1:
-                worker(0, starts, hi)
-            else:
-                threads = [threading.Thread(target=worker, args=(t, starts, hi)) for t in range(io_depth)]
-                for th in threads:
-                    th.start()
-                for th in threads:
-                    th.join()
+            run_threads(lambda t: worker(t, starts, hi), io_depth)
 
         self.current = name
         self.world.barrier()
@@ -439,6 +431,31 @@ class PhaseRunner:
         self.results.append(res)
         self.stop_if_gone()
         return res
+
+
+def run_threads(fn: Callable[[int], None], n: int) -> None:
+    """fn(0) .. fn(n-1), each on a thread of its own (inline when n is 1); waits for all.
+
+    A thread that raises (anything but a counted StorageError is a bug) must end the run from
+    the main thread, every rank in one line, not vanish with its thread: the first is re-raised."""
+    if n <= 1:
+        fn(0)
+        return
+    crashed: list[BaseException] = []
+
+    def guarded(t: int) -> None:
+        try:
+            fn(t)
+        except BaseException as exc:
+            crashed.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(t,)) for t in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if crashed:
+        raise crashed[0]
 
 
 def per_op(op: Op) -> Chunk:
