@@ -261,7 +261,8 @@ def _posix_case(rows: list[Row], reps: int, root: Path, case: Case) -> None:
         del parts
     used = ids[: per * case.threads]
     fio_dir = root / "fio"
-    fio_job = fio_layout(fio_dir, size, per, case.threads)
+    # fio is a Debian package (apt-get install fio), not a Python one: without it, its row says so
+    fio_job = fio_layout(fio_dir, size, per, case.threads) if shutil.which("fio") else None
     base = f"{case.threads} x dd iflag=direct bs={size}"
     r = Row(f"posix O_DIRECT chunk read ({what})", "GB/s", base, ">= 0.8")
     rf = Row(
@@ -290,9 +291,13 @@ def _posix_case(rows: list[Row], reps: int, root: Path, case: Case) -> None:
         rn.baseline.append(g)
 
     def fio() -> None:
+        assert fio_job is not None
         rf.baseline.append(fio_read(fio_job))
 
-    _interleave(reps, [ours, dd, fio, ours_plain], f"posix {case.label}", r)
+    if fio_job is None:
+        rf.failure = "fio is not installed (apt-get install fio)"
+    steps = [ours, dd, fio, ours_plain] if fio_job is not None else [ours, dd, ours_plain]
+    _interleave(reps, steps, f"posix {case.label}", r)
     p50 = statistics.median(x["p50_ms"] for x in lat)
     p95 = statistics.median(x["p95_ms"] for x in lat)
     r.note = f"latency of one transfer on the read path (median of reps): p50 {p50:.2f} ms, p95 {p95:.2f} ms"
@@ -456,7 +461,7 @@ def table(rows: list[Row], command: str) -> str:
         p, b = median_or_none(r.project), median_or_none(r.baseline)
         dig = 3 if r.unit == "GB/s" else 2
         proj = f"{p:.{dig}f} {r.unit}" if p is not None else f"failed: {r.failure}"
-        base = f"{b:.3f} {r.unit} ({r.baseline_label})" if b is not None else "-"
+        base = f"{b:.3f} {r.unit} ({r.baseline_label})" if b is not None else (r.failure or "-")
         ratio = f"{r.ratio:.2f}" if r.ratio is not None else "-"
         met = {True: "yes", False: "**no**", None: "n/a"}[r.met]
         out.append(f"| {r.name} | {proj} | {base} | {ratio} | {r.target} | {met} |")

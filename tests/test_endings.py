@@ -229,3 +229,15 @@ def test_a_config_error_on_one_rank_only_ends_every_rank(tmp_path):
         p.stderr
     )
     assert not (tmp_path / "res").exists()
+
+
+@needs_root
+def test_read_only_storage_root_is_refused_before_the_run(small_fs, tmp_path):
+    _mount("-o", "remount,ro", str(small_fs))
+    d = run_cli("run", f"run.results_dir={tmp_path}", f"storage.root={small_fs / 'data'}", np=2, timeout=120)
+    assert d.code == 2, d.err
+    lines = [ln for ln in d.err.splitlines() if ln.startswith("dlio-ext:")]
+    assert len(lines) == 1 and "read-only file system" in lines[0].lower(), d.err
+    assert "Traceback" not in d.err
+    run = next(tmp_path.glob("storage_sweep-*"))
+    assert "did not start" in (run / "INCOMPLETE").read_text()
