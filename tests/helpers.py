@@ -13,6 +13,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
+#: a KV-cache run small enough for a test: 96 KiB chunks, a handful of shared prefixes
+KV_SMALL = [
+    "workload=kv_cache/custom",
+    "workload.scale=0.0078125",  # 96 KiB chunks
+    "workload.system_prompts=2",
+    "workload.documents=4",
+    "workload.document_tokens=[600,1500]",
+    "workload.turns=[1,3]",
+    "workload.max_inflight=4",
+]
+
 
 def mpirun() -> str:
     here = Path(PY).parent / "mpirun"

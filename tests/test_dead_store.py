@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from conftest import S3_CLIENTS
-from helpers import PY, ROOT, Done, mpirun
+from helpers import KV_SMALL, PY, ROOT, Done, mpirun
 
 from dlio_ext.s3server import ServerInfo, restart_server, server_env, start_server, stop_server
 from dlio_ext.storage import open_backend
@@ -261,13 +261,7 @@ def test_killed_server_ends_the_sweep_on_every_rank(
 
 
 KV = [
-    "workload=kv_cache/custom",
-    "workload.scale=0.0078125",  # 96 KiB chunks
-    "workload.system_prompts=2",
-    "workload.documents=4",
-    "workload.document_tokens=[600,1500]",
-    "workload.turns=[1,3]",
-    "workload.max_inflight=4",
+    *KV_SMALL,
     "workload.users=2",
     "workload.requests_per_user=100000",
     "workload.duration_s=600",

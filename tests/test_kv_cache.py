@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import run_cli
+from helpers import KV_SMALL, run_cli
 
 from dlio_ext.config import load
 from dlio_ext.errors import UsageError
@@ -324,16 +324,7 @@ def test_timeseries_auto_interval_merges_bins(tmp_path):
 
 # --- runs through the CLI --------------------------------------------------------------------------
 
-SMALL = [
-    "workload=kv_cache/custom",
-    "workload.scale=0.0078125",  # 96 KiB chunks
-    "workload.system_prompts=2",
-    "workload.documents=4",
-    "workload.document_tokens=[600,1500]",
-    "workload.turns=[1,3]",
-    "workload.max_inflight=4",
-    "run.progress_interval=0",
-]
+SMALL = [*KV_SMALL, "run.progress_interval=0"]
 
 
 def _check(s: dict, ranks: int, requests: int) -> dict:
