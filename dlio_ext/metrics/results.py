@@ -172,6 +172,11 @@ def merge_kernel(states: Sequence[dict[str, Any]], io: str | None, counted: int)
                     "; bytes dirtied but not written back by the phase's end were still in the page cache"
                     " (no fsync)"
                 )
+            elif io == "write" and out["fsync_calls"]:
+                info["disagreement"] += (
+                    f"; the device wrote more than the run: the file system's journal and metadata for "
+                    f"{out['fsync_calls']:,} fsync(s), or other writers on the host"
+                )
     return out
 
 
