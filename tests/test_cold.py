@@ -346,3 +346,54 @@ def test_kv_presets_that_mirror_mlperf_claim_cold_reads_and_fsync(preset, mirror
     cfg = load([f"workload=kv_cache/{preset}"]).workload
     assert (cfg.cold, cfg.durability) == ((True, "fsync") if mirrors_mlperf else (False, "storage"))
     assert load([f"workload=kv_cache/{preset}", "workload.cold=false"]).workload.cold is False
+
+
+def test_cold_read_turns_are_per_host_and_per_file(tmp_path):
+    """Another process on this host waits for a file's turn (a rank beside this one); a reader of
+    another file does not wait at all; the data file itself carries no lock (an flock on a cluster
+    file system would queue readers across hosts)."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    b = PosixBackend(str(tmp_path))
+    for k in ("a", "b"):
+        b.put(k, b"x" * 8192)
+    holder = (
+        "import sys, time\n"
+        "from dlio_ext.storage.posix import PosixBackend\n"
+        "b = PosixBackend(sys.argv[1])\n"
+        "with b.cold_read('a'):\n"
+        "    print('in', flush=True)\n"
+        "    time.sleep(1.5)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "in"
+        t0 = time.monotonic()
+        with b.cold_read("b"):  # another file: no wait
+            other = time.monotonic() - t0
+        with b.cold_read("a"):
+            waited = time.monotonic() - t0
+        assert other < 0.5 and waited > 0.8, (other, waited)
+    finally:
+        p.wait(10)
+    # no lock on the data file: a plain flock of it is free while a cold reader holds its turn
+    import fcntl
+
+    inside = threading.Event()
+    release = threading.Event()
+
+    def reader() -> None:
+        with b.cold_read("a"):
+            inside.set()
+            release.wait(10)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    inside.wait(10)
+    with open(tmp_path / "a", "rb") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    release.set()
+    t.join(10)

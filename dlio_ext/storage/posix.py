@@ -14,6 +14,7 @@ import mmap
 import os
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from operator import attrgetter
 from pathlib import Path
@@ -420,24 +421,23 @@ class PosixBackend(Backend):
         if self.direct:
             yield
             return
-        try:
-            fd = os.open(self._prefix + key, os.O_RDONLY)
-        except OSError:
-            yield  # the read will report the missing file
-            return
-        try:
-            # an exclusive flock on the file: cold readers of this host (any thread, any rank)
-            # take turns, so none reads what another's read has just brought into the cache.
-            # Some network file systems refuse flock (NFS on a read-only fd, Lustre -o noflock):
-            # then the readers go unserialized, and the kernel's cache_fraction says what it cost
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            with contextlib.suppress(OSError):  # what stays resident is measured, not assumed
-                os.fdatasync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
+        path = self._prefix + key
+        # cold readers of one file on this host (any thread, any rank) take turns, so none reads
+        # what another's read has just brought into the cache; readers on other hosts have caches
+        # of their own and need no turn
+        with _host_turns().turn(path):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                yield  # the read will report the missing file
+                return
+            try:
+                with contextlib.suppress(OSError):  # what stays resident is measured, not assumed
+                    os.fdatasync(fd)
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                yield
+            finally:
+                os.close(fd)
 
     def drop_caches(self) -> str | None:
         try:
@@ -519,6 +519,60 @@ class PosixBackend(Backend):
 
     def where(self) -> str:
         return str(self.root)
+
+
+class _HostTurns:
+    """A turn per file for the cold readers of one host: threads wait on an in-process lock, other
+    processes on a byte-range lock of one file in /dev/shm (memory, local to the host), both
+    picked by a hash of the path (65,536 stripes: two files rarely share one).
+
+    Not an flock on the data file itself: on a cluster file system (GPFS, CephFS, Lustre -o flock)
+    that lock is cluster-wide, turning every cold read into a round trip and a queue across hosts;
+    on NFS (a read-only fd) or Lustre -o noflock it is refused. Where /dev/shm cannot be opened,
+    only the threads of a process take turns, and the kernel's cache_fraction says what that cost.
+    """
+
+    STRIPES = 1 << 16
+    PATH = "/dev/shm/dlio-ext-cold-reads.lock"
+
+    def __init__(self) -> None:
+        self.locks: dict[int, threading.Lock] = {}
+        self.guard = threading.Lock()
+        try:
+            self.fd: int | None = os.open(self.PATH, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            self.fd = None
+
+    @contextlib.contextmanager
+    def turn(self, path: str) -> Iterator[None]:
+        stripe = zlib.crc32(path.encode()) % self.STRIPES
+        with self.guard:
+            lock = self.locks.setdefault(stripe, threading.Lock())
+        with lock:  # one thread of this process a stripe: byte-range locks are per process
+            held = False
+            if self.fd is not None:
+                try:
+                    fcntl.lockf(self.fd, fcntl.LOCK_EX, 1, stripe)
+                    held = True
+                except OSError:
+                    pass
+            try:
+                yield
+            finally:
+                if held:
+                    fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, stripe)
+
+
+_turns: _HostTurns | None = None
+_turns_lock = threading.Lock()
+
+
+def _host_turns() -> _HostTurns:
+    global _turns
+    with _turns_lock:
+        if _turns is None:
+            _turns = _HostTurns()
+        return _turns
 
 
 _libc: ctypes.CDLL | None = None
