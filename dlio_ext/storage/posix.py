@@ -409,10 +409,11 @@ class PosixBackend(Backend):
             except OSError:
                 continue  # the read will report the missing file
             try:
-                os.fdatasync(fd)  # dirty pages cannot be evicted: flush first (untimed)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            except OSError:
-                pass  # what stays resident is measured, not assumed
+                # a file system that refuses either leaves the pages resident: not an error here,
+                # since what stays resident is measured (`resident`, the kernel's cache_fraction)
+                with contextlib.suppress(OSError):
+                    os.fdatasync(fd)  # dirty pages cannot be evicted: flush first (untimed)
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
                 os.close(fd)
 
@@ -550,12 +551,11 @@ class _HostTurns:
             lock = self.locks.setdefault(stripe, threading.Lock())
         with lock:  # one thread of this process a stripe: byte-range locks are per process
             held = False
+            # a /dev/shm that refuses record locks leaves only this process's threads taking turns
             if self.fd is not None:
-                try:
+                with contextlib.suppress(OSError):
                     fcntl.lockf(self.fd, fcntl.LOCK_EX, 1, stripe)
                     held = True
-                except OSError:
-                    pass
             try:
                 yield
             finally:

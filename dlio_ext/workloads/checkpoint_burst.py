@@ -970,8 +970,8 @@ def run(ctx: Context) -> list[PhaseResult]:
                 try:
                     b.delete(key)
                     live.ok()
-                except NotFound:
-                    pass
+                except NotFound:  # never written (its write failed): nothing to delete
+                    continue
                 except StorageError as exc:
                     b.leftovers.add([key])
                     if live.outcome(exc, "checkpoint cleanup"):  # gone meanwhile: list the rest

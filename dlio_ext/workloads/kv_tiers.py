@@ -18,6 +18,7 @@ tier (NIXL/UCX one-sided reads of a remote memory pool, Mooncake-style) is one m
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 from typing import Protocol
@@ -197,10 +198,9 @@ class StorageTier:
         done: list[str] = []
         try:
             for victim, _size in victims:
-                try:
+                # already gone (another rank that wrote it too evicted it): evicted all the same
+                with contextlib.suppress(NotFound):
                     self.backend.delete(self.path(victim))
-                except NotFound:  # already gone: another rank that wrote it too evicted it
-                    pass
                 done.append(victim)
         except BaseException:
             with self._lock:

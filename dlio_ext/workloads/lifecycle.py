@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -48,13 +49,12 @@ def mark_incomplete(run_dir: Path | None, reason: str) -> None:
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     line = f"this run did not finish ({stamp}): {reason}\n"
     path = run_dir / INCOMPLETE
-    try:
+    # a full or read-only results disk cannot take the marker; the console line says it instead
+    with contextlib.suppress(OSError):
         # a reason already there is the cause (a rank failed); what follows (the launcher's
         # SIGTERM to the others) is added below it, never written over it
         before = path.read_text() if path.exists() else ""
         path.write_text(before + line if before.startswith("this run did not finish") else line)
-    except OSError:
-        pass
 
 
 def one_line(exc: BaseException) -> str:
@@ -123,10 +123,8 @@ class Ending:
         if phase:
             parts.append(f"during phase {phase}")
         if self.data_where is not None:
-            try:
+            with contextlib.suppress(Exception):  # describing the backend must not stop the ending
                 parts.append(f"its data is left in {self.data_where()}")
-            except Exception:  # describing the backend must not stop the ending
-                pass
         if self.run_dir is not None:
             parts.append(f"partial results in {self.run_dir}")
         return "; ".join(parts)
