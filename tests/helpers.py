@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +32,22 @@ def mpirun() -> str:
     found = str(here) if here.exists() else shutil.which("mpirun")
     assert found, "mpirun not found: run scripts/setup.sh"
     return found
+
+
+def private_tmpdir() -> str:
+    """A fresh TMPDIR for one mpirun. Open MPI keeps its session directory and PMIx rendezvous
+    pipes under TMPDIR, named by mpirun's pid; a killed mpirun leaves them behind, and a later
+    mpirun that gets the same pid (pids wrap in a long test run) fails to start ("The PMIx
+    server's listener thread failed to start"). A short path: a Unix socket path has 108 bytes."""
+    d = tempfile.mkdtemp(prefix="mpi", dir="/tmp")
+    atexit.register(shutil.rmtree, d, True)
+    return d
+
+
+def mpi_cmd(np: int, cmd: list[str]) -> tuple[list[str], dict[str, str]]:
+    """`cmd` under the real mpirun with `np` ranks, and the environment it needs."""
+    env = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "TMPDIR": private_tmpdir()}
+    return [mpirun(), "--oversubscribe", "--allow-run-as-root", "-np", str(np), *cmd], env
 
 
 @dataclass
@@ -56,13 +74,12 @@ def run_cli(
     timeout: float = 300,
 ) -> Done:
     cmd = [PY, "-m", "dlio_ext.cli", *args]
-    if np is not None:
-        cmd = [mpirun(), "--oversubscribe", "--allow-run-as-root", "-np", str(np), *cmd]
     # the S3 settings a developer's shell may export would change what a run is told
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DLIO_EXT_S3_"))}
-    full_env.update(
-        {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "PYTHONPATH": str(ROOT)}
-    )
+    full_env["PYTHONPATH"] = str(ROOT)
+    if np is not None:
+        cmd, mpi_env = mpi_cmd(np, cmd)
+        full_env.update(mpi_env)
     full_env.update(env or {})
     p = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=cwd or ROOT, timeout=timeout)
     return Done(p.returncode, p.stdout, p.stderr)

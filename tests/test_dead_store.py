@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from conftest import S3_CLIENTS
-from helpers import KV_SMALL, PY, ROOT, Done, mpirun
+from helpers import KV_SMALL, PY, ROOT, Done, mpi_cmd
 
 from dlio_ext.s3server import ServerInfo, restart_server, server_env, start_server, stop_server
 from dlio_ext.storage import open_backend
@@ -148,10 +148,11 @@ class _Run:
 
     def __init__(self, args: list[str], np: int, env: dict[str, str]):
         cmd = [PY, "-m", "dlio_ext.cli", *args]
-        if np > 1:
-            cmd = [mpirun(), "--oversubscribe", "--allow-run-as-root", "-np", str(np), *cmd]
         full = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DLIO_EXT_S3_"))}
-        full.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", PYTHONPATH=str(ROOT))
+        full["PYTHONPATH"] = str(ROOT)
+        if np > 1:
+            cmd, mpi_env = mpi_cmd(np, cmd)
+            full.update(mpi_env)
         full.update(env)
         self.p = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full, cwd=ROOT

@@ -7,15 +7,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import PY, ROOT, mpi_cmd
 
-ROOT = Path(__file__).resolve().parents[1]
-PY = sys.executable
-MPIRUN = str(Path(PY).parent / "mpirun")
 RANKS = 2
 FILES = 4
 EPOCHS = 2
@@ -54,12 +51,11 @@ def dlio(
     *args: str, cwd: Path, np: int | None = RANKS, env: dict[str, str] | None = None, timeout: float = 240
 ) -> subprocess.CompletedProcess[str]:
     cmd = [PY, "-m", "dlio_ext.cli", "dlio", *args]
-    if np is not None:
-        cmd = [MPIRUN, "--allow-run-as-root", "--oversubscribe", "-np", str(np), *cmd]
     full = dict(os.environ)
-    full.update(
-        {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "PYTHONPATH": str(ROOT)}
-    )
+    full["PYTHONPATH"] = str(ROOT)
+    if np is not None:
+        cmd, mpi_env = mpi_cmd(np, cmd)
+        full.update(mpi_env)
     full.pop("DLIO_EXT_S3_BUCKET", None)  # the no-bucket case must not find one in the environment
     full.update(env or {})
     # own session: a hung run is killed with all its ranks and DataLoader workers

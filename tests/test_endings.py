@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import PY, ROOT, mpirun, run_cli
+from helpers import PY, ROOT, mpi_cmd, run_cli
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
 
@@ -40,9 +40,10 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
 
 def _start(args: list[str], np: int | None, tmp_path: Path) -> subprocess.Popen:
     cmd = [PY, "-m", "dlio_ext.cli", "run", *args]
-    if np:
-        cmd = [mpirun(), "--oversubscribe", "--allow-run-as-root", "-np", str(np), *cmd]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DLIO_EXT_S3_"))} | ENV
+    if np:
+        cmd, mpi_env = mpi_cmd(np, cmd)
+        env |= mpi_env
     return subprocess.Popen(
         cmd,
         cwd=ROOT,
@@ -217,7 +218,8 @@ def test_a_config_error_on_one_rank_only_ends_every_rank(tmp_path):
     the rank that lacks it must not leave the others waiting in a collective."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DLIO_EXT_S3_"))} | ENV
     cli = [PY, "-m", "dlio_ext.cli", "run", "storage=s3", f"run.results_dir={tmp_path / 'res'}"]
-    cmd = [mpirun(), "--oversubscribe", "--allow-run-as-root", "-np", "1", "env", "DLIO_EXT_S3_BUCKET=b"]
+    cmd, mpi_env = mpi_cmd(1, ["env", "DLIO_EXT_S3_BUCKET=b"])
+    env |= mpi_env
     cmd += ["AWS_ENDPOINT_URL=http://127.0.0.1:9", *cli, ":", "-np", "1"]
     cmd += ["env", "AWS_ENDPOINT_URL=http://127.0.0.1:9", *cli]
     t0 = time.monotonic()
