@@ -13,17 +13,17 @@ import sys
 from collections.abc import Callable, Sequence
 
 from dlio_ext.errors import UsageError
-from dlio_ext.metrics.world import env_rank
 from dlio_ext.storage.base import StorageError
+from dlio_ext.world import env_rank
 
 USAGE = __doc__ or ""
 
 
 def _run(argv: Sequence[str]) -> int:
-    from dlio_ext.workloads.lifecycle import take_signals
+    from dlio_ext.run.lifecycle import take_signals
 
     take_signals()  # first: every thread started from here on (OpenBLAS's, MPI's) leaves them alone
-    from dlio_ext.workloads.harness import run
+    from dlio_ext.run.harness import run
 
     return run(list(argv))
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from dlio_ext.metrics.world import SoloWorld
-from dlio_ext.storage.base import Backend, NotFound, StorageError
+from dlio_ext.storage.base import Backend, NotFound, StorageError, VerifyError
 from dlio_ext.storage.buffers import aligned_buffer
 from dlio_ext.storage.posix import PosixBackend
-from dlio_ext.workloads.phases import PhaseRunner, VerifyError, bare_loop, per_op
+from dlio_ext.workloads.phases import PhaseRunner, bare_loop, per_op
+from dlio_ext.world import SoloWorld
 
 
 def _call(backend: Backend, verb: str, key: str, buf: memoryview | None = None) -> Any:

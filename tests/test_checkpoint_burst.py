@@ -13,12 +13,12 @@ from unittest import mock
 import pytest
 from helpers import run_cli
 
-from dlio_ext.metrics.world import SoloWorld
 from dlio_ext.storage.posix import PosixBackend
 from dlio_ext.workloads import checkpoint_burst as cb
 from dlio_ext.workloads import checkpoint_layout as cl
 from dlio_ext.workloads.context import Context
 from dlio_ext.workloads.phases import PhaseRunner
+from dlio_ext.world import SoloWorld
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -178,7 +178,8 @@ def test_corrupted_byte_fails_the_restore(tmp_path):
             return w
 
     ctx = _ctx(tmp_path, Corrupting(str(tmp_path / "data"), fsync="file"), cold_restore="fadvise")
-    phases = cb.run(ctx)
+    wl = cb.CheckpointBurst(ctx)
+    phases = wl.run()
     by = {p.name: p for p in phases}
     assert [by[f"write_{k}"].errors for k in range(2)] == [0, 0]
     assert by["restore_0"].errors == 0 and by["restore_0"].ops == 2
@@ -188,7 +189,7 @@ def test_corrupted_byte_fails_the_restore(tmp_path):
     from dlio_ext.metrics import results
 
     merged = {p.name: results.merge_phase([p.to_state()]) for p in phases}
-    summary = cb.summarize(ctx, merged, [cb.rank_metrics(ctx)])["checkpoint_burst"]
+    summary = wl.summarize(merged, [wl.rank_metrics()])["checkpoint_burst"]
     assert summary["integrity"]["corrupt"] == 1
     rows = list(csv.DictReader((tmp_path / "timeline.csv").open()))
     assert [r["ok"] for r in rows if r["kind"] == "restore" and r["checkpoint"] == "1"].count("False") == 1
@@ -198,7 +199,7 @@ def test_stale_file_is_detected(tmp_path):
     """A shard of another checkpoint in the right place (same name, same size) is caught by the
     per-block stamps: a restore must not pass on stale bytes."""
     ctx = _ctx(tmp_path, PosixBackend(str(tmp_path / "data")), restores=0)
-    cb.run(ctx)
+    cb.CheckpointBurst(ctx).run()
     d = tmp_path / "data" / "t" / "checkpoints"
     name = "zero_pp_rank_0_mp_rank_0_model_states.pt"
     (d / "global_epoch1_step2" / name).write_bytes((d / "global_epoch1_step1" / name).read_bytes())
@@ -217,7 +218,7 @@ def test_fsync_really_called(tmp_path, policy, calls):
     real = os.fsync
     with mock.patch("os.fsync", side_effect=real) as spy:
         ctx = _ctx(tmp_path, PosixBackend(str(tmp_path / "data"), fsync=policy), restores=0)
-        phases = cb.run(ctx)
+        phases = cb.CheckpointBurst(ctx).run()
     assert spy.call_count == calls
     assert sum(p.extra["fsync_calls"] for p in phases) == calls
     if calls:

@@ -16,12 +16,12 @@ from helpers import run_cli
 
 from dlio_ext.metrics import kernel
 from dlio_ext.metrics import results as res
-from dlio_ext.metrics.world import SoloWorld
 from dlio_ext.s3server import ServerInfo, server_env
 from dlio_ext.storage.posix import PosixBackend
 from dlio_ext.workloads import storage_sweep
 from dlio_ext.workloads.context import Context
 from dlio_ext.workloads.phases import PhaseRunner
+from dlio_ext.world import SoloWorld
 
 MiB = 1 << 20
 SWEEP = [
@@ -215,7 +215,7 @@ def test_cold_claim_with_eviction_defeated_is_invalid(tmp_path):
     ctx = Context(
         world, backend, PhaseRunner(world, 0, backend), cfg, tmp_path, "t", 1, logging.getLogger("t")
     )
-    phases = {p.name: res.merge_phase([p.to_state()]) for p in storage_sweep.run(ctx)}
+    phases = {p.name: res.merge_phase([p.to_state()]) for p in storage_sweep.StorageSweep(ctx).run()}
     read = phases["read_sequential"]
     assert read["cold"]["claimed"] and read["cache_fraction"] > 0.9
     reasons, _warnings = res.cold_check(phases, 0.05)  # what the harness calls
@@ -225,7 +225,7 @@ def test_cold_claim_with_eviction_defeated_is_invalid(tmp_path):
     ok = PosixBackend(str(tmp_path / "data2"))
     ok.check()
     ctx = Context(world, ok, PhaseRunner(world, 0, ok), cfg, tmp_path, "u", 1, logging.getLogger("t"))
-    phases = {p.name: res.merge_phase([p.to_state()]) for p in storage_sweep.run(ctx)}
+    phases = {p.name: res.merge_phase([p.to_state()]) for p in storage_sweep.StorageSweep(ctx).run()}
     assert res.cold_check(phases, 0.05)[0] == []
 
 
@@ -341,7 +341,7 @@ def test_posix_cold_read_keeps_a_second_reader_out_until_the_first_is_done(tmp_p
     ],
 )
 def test_kv_presets_that_mirror_mlperf_claim_cold_reads_and_fsync(preset, mirrors_mlperf):
-    from dlio_ext.config import load
+    from dlio_ext.run.harness import load_config as load
 
     cfg = load([f"workload=kv_cache/{preset}"]).workload
     assert (cfg.cold, cfg.durability) == ((True, "fsync") if mirrors_mlperf else (False, "storage"))

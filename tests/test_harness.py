@@ -92,11 +92,11 @@ def test_corrupted_object_fails_the_run(tmp_path):
     """A byte flipped between write and read is caught by verification and invalidates the run."""
     import os
 
-    from dlio_ext.metrics.world import SoloWorld
     from dlio_ext.storage.posix import PosixBackend
     from dlio_ext.workloads import storage_sweep
     from dlio_ext.workloads.context import Context
     from dlio_ext.workloads.phases import PhaseRunner
+    from dlio_ext.world import SoloWorld
 
     class CorruptingPosix(PosixBackend):
         """Real posix backend; flips one stored byte after object 3 is written (fault injection)."""
@@ -123,7 +123,7 @@ def test_corrupted_object_fails_the_run(tmp_path):
         seed=1,
         log=__import__("logging").getLogger("t"),
     )
-    write, read = storage_sweep.run(ctx)
+    write, read = storage_sweep.StorageSweep(ctx).run()
     assert write.errors == 0 and write.ops == 6
     assert read.errors == 1 and read.error_kinds == {"corrupt": 1} and read.ops == 5
     assert "obj000003" in read.first_error

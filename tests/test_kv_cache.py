@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from helpers import KV_SMALL, run_cli
 
-from dlio_ext.config import load
 from dlio_ext.errors import UsageError
 from dlio_ext.metrics.histogram import Histogram
+from dlio_ext.run.harness import load_config as load
 from dlio_ext.s3server import ServerInfo, server_env
 from dlio_ext.storage.base import NotFound
 from dlio_ext.storage.buffers import ALIGN

@@ -23,12 +23,13 @@ from conftest import unique_prefix
 from helpers import run_cli
 
 from dlio_ext.metrics.histogram import Histogram
-from dlio_ext.metrics.world import SoloWorld
+from dlio_ext.run import harness
 from dlio_ext.s3server import ServerInfo, server_env
 from dlio_ext.storage.base import NotFound
-from dlio_ext.workloads import harness, metadata
+from dlio_ext.workloads import metadata
 from dlio_ext.workloads.metadata import PHASES, Config
 from dlio_ext.workloads.phases import PhaseRunner, per_op
+from dlio_ext.world import SoloWorld
 
 FILE_PHASES = [p for p in PHASES if not p.startswith(("dir_", "tree_"))]
 DIR_PHASES = [p for p in PHASES if p.startswith(("dir_", "tree_"))]
@@ -383,7 +384,7 @@ def _run_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fault: Any,
     monkeypatch.setattr(harness, "open_backend", lambda cfg, run_dir=None: fault(real_open(cfg, run_dir)))
     for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_STEP_NUM_TASKS"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr("dlio_ext.metrics.world._world", None)
+    monkeypatch.setattr("dlio_ext.world._world", None)
     logging.getLogger("dlio_ext").handlers.clear()
     code = harness.run([*args, f"run.results_dir={tmp_path}/results", "run.progress_interval=0"])
     (summary,) = list((tmp_path / "results").glob("*/summary.json"))

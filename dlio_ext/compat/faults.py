@@ -55,8 +55,8 @@ from urllib.parse import unquote, urlsplit
 from dlio_ext.compat.runner import guard, make_client, make_target, scrub
 from dlio_ext.errors import UsageError
 from dlio_ext.s3server import DEFAULT_BUCKET, restart_server, start_server, stop_server
+from dlio_ext.storage.base import VerifyError
 from dlio_ext.storage.s3 import _redact_url
-from dlio_ext.workloads.phases import VerifyError
 
 _RULE_CODES = {503: "SlowDown", 500: "InternalError", 429: "TooManyRequests", 400: "InvalidRequest"}
 KINDS = ("slowdown", "reset_before", "reset_after", "latency", "corrupt")

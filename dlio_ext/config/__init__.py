@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,27 +137,31 @@ def redact_args(args: Sequence[str]) -> list[str]:
     return out
 
 
-def load(overrides: Sequence[str]) -> RunConfig:
-    from dlio_ext.workloads import registry
-
+def load(
+    overrides: Sequence[str],
+    workload_schema: Callable[[str], type],
+    storage_schema: Callable[[str], type] | None = None,
+) -> RunConfig:
+    """Compose and validate. The schemas come from the registries, looked up by name (the config
+    knows no workload or backend): each lookup raises UsageError for a name it does not know."""
     cfg = compose(overrides)
     wl_node = OmegaConf.to_container(cfg.workload, resolve=True)
     st_node = OmegaConf.to_container(cfg.storage, resolve=True)
     run_node = OmegaConf.to_container(cfg.run, resolve=True)
     assert isinstance(wl_node, dict) and isinstance(st_node, dict) and isinstance(run_node, dict)
-    name = wl_node.get("name")
-    workloads = registry()
-    if name not in workloads:
-        raise UsageError(
-            f"workload.name={name!r} is unknown; known workloads: {', '.join(sorted(workloads))}"
-        )
+    name = str(wl_node.get("name"))
+    wl_schema = workload_schema(name)
     st_type = st_node.get("type")
-    if st_type not in STORAGE_SCHEMAS:
-        raise UsageError(f"storage.type={st_type!r} is unknown; use one of: {', '.join(STORAGE_SCHEMAS)}")
+    if storage_schema is None:
+        if st_type not in STORAGE_SCHEMAS:
+            raise UsageError(f"storage.type={st_type!r} is unknown; use one of: {', '.join(STORAGE_SCHEMAS)}")
+        st_schema = STORAGE_SCHEMAS[st_type]
+    else:
+        st_schema = storage_schema(str(st_type))
     return RunConfig(
         raw=cfg,
         run=_check_section("run", RUN_SCHEMA, run_node),
-        storage=_check_section("storage", STORAGE_SCHEMAS[st_type], st_node),
-        workload=_check_section("workload", workloads[name].Config, wl_node),
+        storage=_check_section("storage", st_schema, st_node),
+        workload=_check_section("workload", wl_schema, wl_node),
         workload_name=name,
     )

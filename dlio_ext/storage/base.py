@@ -83,6 +83,13 @@ class Throttled(StorageError):
     text = "throttled by the store"
 
 
+class VerifyError(StorageError):
+    """Bytes read back differ from the bytes written (found by the reader's content check)."""
+
+    kind = "corrupt"
+    text = "content differs from what was written"
+
+
 class Unsupported(StorageError):
     kind = "unsupported"
     text = "not supported by the medium"

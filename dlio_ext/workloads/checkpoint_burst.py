@@ -50,12 +50,14 @@ from dlio_ext.storage.base import (
     StorageError,
     StoreGone,
     Unreachable,
+    VerifyError,
     kind_text,
 )
 from dlio_ext.storage.buffers import ALIGN, aligned_buffer, fill_random
 from dlio_ext.workloads import checkpoint_layout as cl
+from dlio_ext.workloads.base import Workload, register
 from dlio_ext.workloads.context import Context
-from dlio_ext.workloads.phases import PhaseResult, PhaseRunner, VerifyError, run_threads
+from dlio_ext.workloads.phases import PhaseResult, PhaseRunner, run_threads
 
 PRESETS = (*cl.PRESETS, "custom")
 WORDS_PER_BLOCK = ALIGN // 8
@@ -866,7 +868,7 @@ class _State:
         self.cold: ColdRestore | None = None
 
 
-def run(ctx: Context) -> list[PhaseResult]:
+def _run_phases(ctx: Context, st: _State) -> list[PhaseResult]:
     cfg: Config = ctx.config
     b = ctx.backend
     baseline = _rss_now()
@@ -874,8 +876,6 @@ def run(ctx: Context) -> list[PhaseResult]:
     me = plan.roles[ctx.rank]
     content = Content(ctx.seed, cfg.chunk_size, cfg.buffer_pool_bytes, cfg.io_threads)
     engine = Engine(b, content, cfg.verify)
-    st = _State()
-    ctx.__dict__["_checkpoint_burst"] = st
     cold = ColdRestore(ctx, cfg.cold_restore)
     st.cold = cold
     shift = cfg.restore_rank_shift
@@ -1186,10 +1186,7 @@ def _run_async(
     return out
 
 
-def rank_metrics(ctx: Context) -> dict[str, Any]:
-    st: _State | None = ctx.__dict__.get("_checkpoint_burst")
-    if st is None:
-        return {}
+def _rank_metrics(ctx: Context, st: _State) -> dict[str, Any]:
     events = []
     for burst in st.bursts:
         for e in burst.events:
@@ -1320,7 +1317,7 @@ def goodput(checkpoint_s: float, restart_s: float, mtbf_s: float) -> dict[str, f
     }
 
 
-def summarize(
+def _summarize(
     ctx: Context, phases: dict[str, dict[str, Any]], per_rank: list[dict[str, Any]]
 ) -> dict[str, Any]:
     cfg: Config = ctx.config
@@ -1471,3 +1468,32 @@ def summarize(
             r["burst_seconds"]["p50"],
         )  # fmt: skip
     return {"checkpoint_burst": out}
+
+
+@register
+class CheckpointBurst(Workload):
+    """Every rank writes its checkpoint shard at once, then restores one (see the module)."""
+
+    name = "checkpoint_burst"
+    Config = Config
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self.state = _State()
+
+    @classmethod
+    def footprint(cls, cfg: Config, ranks: int) -> tuple[int, str]:
+        return footprint(cfg, ranks)
+
+    @classmethod
+    def memory(cls, cfg: Config, ranks: int) -> tuple[int, str]:
+        return memory(cfg, ranks)
+
+    def run(self) -> list[PhaseResult]:
+        return _run_phases(self.ctx, self.state)
+
+    def rank_metrics(self) -> dict[str, Any]:
+        return _rank_metrics(self.ctx, self.state)
+
+    def summarize(self, phases: dict[str, dict[str, Any]], per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+        return _summarize(self.ctx, phases, per_rank)

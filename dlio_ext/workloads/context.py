@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dlio_ext.metrics.world import SoloWorld
 from dlio_ext.storage.base import Backend
 from dlio_ext.workloads.phases import PhaseRunner
+from dlio_ext.world import SoloWorld
 
 
 @dataclass

@@ -43,12 +43,13 @@ import xxhash
 from dlio_ext.config.schema import first_problem, key_prefix, one_of, positive
 from dlio_ext.errors import UsageError
 from dlio_ext.metrics.histogram import Histogram
-from dlio_ext.storage.base import NotFound, StorageError, StoreGone
+from dlio_ext.storage.base import NotFound, StorageError, StoreGone, VerifyError
 from dlio_ext.storage.buffers import ALIGN, aligned_buffer, fill_random, round_up
+from dlio_ext.workloads.base import Workload, register
 from dlio_ext.workloads.context import Context
 from dlio_ext.workloads.kv_tiers import MemoryTier, StorageTier
 from dlio_ext.workloads.kv_trace import Request, Trace, TraceSpec, chunk_keys, key_root
-from dlio_ext.workloads.phases import PhaseResult, VerifyError
+from dlio_ext.workloads.phases import PhaseResult
 
 # --- models ---------------------------------------------------------------------------------------
 
@@ -736,7 +737,7 @@ def _merge_kinds(dicts: Sequence[dict[str, int]]) -> dict[str, int]:
     return out
 
 
-def run(ctx: Context) -> list[PhaseResult]:
+def _run_phases(ctx: Context, wl: KVCache) -> list[PhaseResult]:
     cfg: Config = ctx.config
     model = model_of(cfg)
     sz = sizes_of(cfg, model)
@@ -910,7 +911,7 @@ def run(ctx: Context) -> list[PhaseResult]:
         "chunks_known": len(server.present),
         "cleanup": cleanup,
     }
-    ctx.__dict__["_kv_cache"] = state
+    wl.state = state
     if gone is not None:
         ctx.runner.keep(phases)
         raise StoreGone(gone)
@@ -963,8 +964,7 @@ def _cleanup(ctx: Context, storage: StorageTier, server: Server) -> dict[str, An
     return {"deleted": deleted, "failed": failed}
 
 
-def rank_metrics(ctx: Context) -> dict[str, Any]:
-    st: _State | None = ctx.__dict__.get("_kv_cache")
+def _rank_metrics(st: _State | None) -> dict[str, Any]:
     if st is None:
         return {}
     out = dict(st.metrics)
@@ -989,7 +989,7 @@ def _rate(part: float, whole: float) -> float:
     return round(part / whole, 6) if whole else 0.0
 
 
-def summarize(
+def _summarize(
     ctx: Context, phases: dict[str, dict[str, Any]], per_rank: list[dict[str, Any]]
 ) -> dict[str, Any]:
     cfg: Config = ctx.config
@@ -1250,8 +1250,35 @@ __all__ = [
     "Server",
     "Stats",
     "model_of",
-    "rank_metrics",
-    "run",
+    "KVCache",
     "sizes_of",
-    "summarize",
 ]
+
+
+@register
+class KVCache(Workload):
+    """LLM inference KV-cache offload: a server per rank, a trace of users, tiers (see the module)."""
+
+    name = "kv_cache"
+    Config = Config
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self.state: _State | None = None
+
+    @classmethod
+    def footprint(cls, cfg: Config, ranks: int) -> tuple[int, str]:
+        return footprint(cfg, ranks)
+
+    @classmethod
+    def memory(cls, cfg: Config, ranks: int) -> tuple[int, str]:
+        return memory(cfg, ranks)
+
+    def run(self) -> list[PhaseResult]:
+        return _run_phases(self.ctx, self)
+
+    def rank_metrics(self) -> dict[str, Any]:
+        return _rank_metrics(self.state)
+
+    def summarize(self, phases: dict[str, dict[str, Any]], per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+        return _summarize(self.ctx, phases, per_rank)

@@ -29,10 +29,11 @@ from typing import Any, cast
 import xxhash
 
 from dlio_ext.config.schema import first_problem, io_depth, one_of, positive
-from dlio_ext.storage.base import Backend, Bare, StoreGone
+from dlio_ext.storage.base import Backend, Bare, StoreGone, VerifyError
 from dlio_ext.storage.buffers import aligned_buffer, fill_random
+from dlio_ext.workloads.base import Workload, register
 from dlio_ext.workloads.context import Context
-from dlio_ext.workloads.phases import Chunk, PhaseResult, VerifyError, bare_loop, per_op
+from dlio_ext.workloads.phases import Chunk, PhaseResult, bare_loop, per_op
 
 #: every phase, in the order a run takes them (mdtest's: directories, then files)
 PHASES = (
@@ -678,7 +679,7 @@ def _check_listing(prefix: str, got: list[str], expect: set[str]) -> None:
     )
 
 
-def run(ctx: Context) -> list[PhaseResult]:
+def _run_phases(ctx: Context) -> tuple[list[PhaseResult], dict[str, Any]]:
     cfg: Config = ctx.config
     r = _Run(ctx)
     skipped: dict[str, tuple[str, str]] = {}
@@ -698,12 +699,7 @@ def run(ctx: Context) -> list[PhaseResult]:
             ctx.log.warning(
                 "metadata: not run, unsupported on %s: %s (%s)", ctx.backend.name, ", ".join(names), why
             )
-    ctx.__dict__["_metadata"] = {"target_rank": r.target, "phases": r.per_rank}
-    return r.results
-
-
-def rank_metrics(ctx: Context) -> dict[str, Any]:
-    return ctx.__dict__.get("_metadata", {})
+    return r.results, {"target_rank": r.target, "phases": r.per_rank}
 
 
 # --------------------------------------------------------------------------------------------
@@ -716,7 +712,7 @@ def _stats(xs: Sequence[float]) -> dict[str, float]:
     return {"min": round(min(xs), 3), "mean": round(sum(xs) / len(xs), 3), "max": round(max(xs), 3)}
 
 
-def summarize(
+def _summarize(
     ctx: Context, phases: dict[str, dict[str, Any]], per_rank: list[dict[str, Any]]
 ) -> dict[str, Any]:
     cfg: Config = ctx.config
@@ -798,3 +794,33 @@ def summarize(
     if cfg.iterations > 1:
         meta["over_iterations"] = {p: _stats(v) for p, v in by_phase.items()}
     return {"metadata": meta}
+
+
+@register
+class Metadata(Workload):
+    """mdtest-style metadata phases (see the module's docstring)."""
+
+    name = "metadata"
+    Config = Config
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self.mine: dict[str, Any] = {}
+
+    @classmethod
+    def footprint(cls, cfg: Config, ranks: int) -> tuple[int, str]:
+        return footprint(cfg, ranks)
+
+    @classmethod
+    def memory(cls, cfg: Config, ranks: int) -> tuple[int, str]:
+        return memory(cfg, ranks)
+
+    def run(self) -> list[PhaseResult]:
+        results, self.mine = _run_phases(self.ctx)
+        return results
+
+    def rank_metrics(self) -> dict[str, Any]:
+        return self.mine
+
+    def summarize(self, phases: dict[str, dict[str, Any]], per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+        return _summarize(self.ctx, phases, per_rank)

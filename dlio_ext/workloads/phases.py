@@ -18,8 +18,8 @@ from typing import Any
 
 from dlio_ext.metrics import kernel
 from dlio_ext.metrics.histogram import Histogram
-from dlio_ext.metrics.world import SoloWorld
 from dlio_ext.storage.base import Backend, Bare, Liveness, StorageError, StoreGone
+from dlio_ext.world import SoloWorld
 
 #: op(index, thread_state) -> bytes moved; raises StorageError (counted) on failure
 Op = Callable[[int, Any], int]
@@ -27,13 +27,6 @@ Op = Callable[[int, Any], int]
 #: order, appends each successful op's latency in seconds to `latencies` and each failed op's
 #: (index, StorageError) to `failures`; raises nothing for a failed op
 Chunk = Callable[[int, int, Any, array, list], int]
-
-
-class VerifyError(StorageError):
-    """Bytes read back differ from the bytes written."""
-
-    kind = "corrupt"
-    text = "content differs from what was written"
 
 
 #: op latencies a thread keeps (8 bytes each, 1 MiB) before binning them into its histogram at once;

@@ -16,9 +16,11 @@ from typing import Any
 import xxhash
 
 from dlio_ext.config.schema import first_problem, io_depth, positive
+from dlio_ext.storage.base import VerifyError
 from dlio_ext.storage.buffers import aligned_buffer, fill_random
+from dlio_ext.workloads.base import Workload, register
 from dlio_ext.workloads.context import Context
-from dlio_ext.workloads.phases import PhaseResult, VerifyError
+from dlio_ext.workloads.phases import PhaseResult
 
 PHASES = ("write", "read_sequential", "read_random", "stat", "delete")
 STAMP = 16
@@ -78,7 +80,7 @@ class _Content:
         self.body_hash = xxhash.xxh3_64_intdigest(self.template[STAMP:]) if size > STAMP else 0
 
 
-def run(ctx: Context) -> list[PhaseResult]:
+def _run_phases(ctx: Context) -> list[PhaseResult]:
     cfg: Config = ctx.config
     b, rank, size = ctx.backend, ctx.rank, ctx.size
     n, s = cfg.objects_per_rank, cfg.object_size
@@ -165,3 +167,22 @@ def run(ctx: Context) -> list[PhaseResult]:
         if "delete" in cfg.phases:
             b.leftovers.add(key(rank, i) for i in range(n) if stored[i])
     return results
+
+
+@register
+class StorageSweep(Workload):
+    """Write, read (sequential and random), stat and delete objects of one size."""
+
+    name = "storage_sweep"
+    Config = Config
+
+    @classmethod
+    def footprint(cls, cfg: Config, ranks: int) -> tuple[int, str]:
+        return footprint(cfg, ranks)
+
+    @classmethod
+    def memory(cls, cfg: Config, ranks: int) -> tuple[int, str]:
+        return memory(cfg, ranks)
+
+    def run(self) -> list[PhaseResult]:
+        return _run_phases(self.ctx)

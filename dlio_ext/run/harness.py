@@ -23,12 +23,8 @@ from dlio_ext import __version__
 from dlio_ext.config import RunConfig, load, redact_args
 from dlio_ext.errors import Failed, UsageError
 from dlio_ext.metrics import results as res
-from dlio_ext.metrics.world import SoloWorld, get_world
-from dlio_ext.storage import open_backend
-from dlio_ext.storage.base import Backend, StorageError, StoreGone, kind_text
-from dlio_ext.workloads import lifecycle, preflight, registry
-from dlio_ext.workloads.context import Context
-from dlio_ext.workloads.lifecycle import (
+from dlio_ext.run import lifecycle, preflight
+from dlio_ext.run.lifecycle import (
     INCOMPLETE,
     Ending,
     RunDirLock,
@@ -38,9 +34,19 @@ from dlio_ext.workloads.lifecycle import (
     release_signals,
     take_signals,
 )
+from dlio_ext.storage import open_backend
+from dlio_ext.storage.base import Backend, StorageError, StoreGone, kind_text
+from dlio_ext.workloads.base import Workload, workload_class
+from dlio_ext.workloads.context import Context
 from dlio_ext.workloads.phases import PhaseRunner
+from dlio_ext.world import SoloWorld, get_world
 
 T = TypeVar("T")
+
+
+def load_config(argv: list[str]) -> RunConfig:
+    """The run's configuration, its schemas looked up in the registries by name."""
+    return load(argv, workload_schema=lambda name: workload_class(name).Config)
 
 
 def _verdict(exc: Exception) -> tuple[str, bool]:
@@ -191,7 +197,7 @@ def run(argv: list[str]) -> int:
     take_signals()  # a no-op when the CLI took them already, before numpy's threads started
     try:
         world = ending.world = get_world()
-        cfg = on_every_rank(world, lambda: load(argv))
+        cfg = on_every_rank(world, lambda: load_config(argv))
         lock: list[RunDirLock] = []
         run_dir, run_id = on_rank0(world, lambda: _make_run_dir(cfg, lock))
         ending.run_dir = run_dir
@@ -217,13 +223,13 @@ def _run(cfg: RunConfig, world: SoloWorld, run_dir: Path, run_id: str, ending: E
     backend = _backend(cfg, run_dir, world)
     backend.liveness.timeout_s = cfg.run.store_timeout_s
     ending.data_where = backend.where
-    module = registry()[cfg.workload_name]
+    kind = workload_class(cfg.workload_name)
     local_ranks = world.ranks_on_host()
     try:
         on_rank0(
             world,
             lambda: preflight.check(
-                module, cfg.workload, backend, world.size, local_ranks, disk=cfg.run.preflight
+                kind, cfg.workload, backend, world.size, local_ranks, disk=cfg.run.preflight
             ),
         )
     except UsageError:
@@ -250,11 +256,13 @@ def _run(cfg: RunConfig, world: SoloWorld, run_dir: Path, run_id: str, ending: E
         seed=cfg.run.seed,
         log=log,
     )
+    workload = kind(ctx)
     t0 = time.perf_counter()
     gone: StoreGone | None = None
     try:
-        phases = module.run(ctx)
-        extra = module.rank_metrics(ctx) if hasattr(module, "rank_metrics") else {}
+        workload.prepare()
+        phases = workload.run()
+        extra = workload.rank_metrics()
     except StoreGone as exc:
         # raised on every rank at the same point: keep what was measured, end invalid (exit 1)
         gone, phases, extra = exc, ctx.runner.results, {}
@@ -275,7 +283,7 @@ def _run(cfg: RunConfig, world: SoloWorld, run_dir: Path, run_id: str, ending: E
         ending.finished = True
         return 0
     assert gathered is not None
-    summary = _summarize(cfg, module, ctx, backend, gathered, started, gone)
+    summary = _summarize(cfg, workload, backend, gathered, started, gone)
     for r in gathered:
         res.write_json(run_dir / f"rank-{r['rank']:05d}.json", _rank_record(r))
     res.write_phases_csv(run_dir / "phases.csv", summary["phases"])
@@ -329,8 +337,7 @@ def _rank_record(r: dict[str, Any]) -> dict[str, Any]:
 
 def _summarize(
     cfg: RunConfig,
-    module: Any,
-    ctx: Context,
+    workload: Workload,
     backend: Backend,
     gathered: list[dict[str, Any]],
     started: datetime,
@@ -378,7 +385,7 @@ def _summarize(
         "workload": cfg.workload_name,
         "workload_config": dataclasses.asdict(cfg.workload),
         "storage": backend.describe(),
-        "ranks": ctx.size,
+        "ranks": workload.ctx.size,
         "hosts": len({r["host"] for r in gathered}),
         "valid": not reasons,
         "invalid_reasons": reasons,
@@ -393,8 +400,8 @@ def _summarize(
     }
     if gone is not None:
         summary["store_gone"] = gone.reason
-    elif hasattr(module, "summarize"):  # a stopped run has no workload state to summarize
-        summary.update(module.summarize(ctx, phases, [r["metrics"] for r in gathered]))
+    else:  # a stopped run has no workload state to summarize
+        summary.update(workload.summarize(phases, [r["metrics"] for r in gathered]))
     return summary
 
 

@@ -1,6 +1,6 @@
 """Before anything is written: will the run fit the storage, and its buffers the memory?
 
-Each workload module says what it needs (`footprint(cfg, ranks)`: the most bytes it stores at
+Each workload class says what it needs (`footprint(cfg, ranks)`: the most bytes it stores at
 once, all ranks together; `memory(cfg, ranks)`: the bytes one rank allocates before its clock
 starts), each with the keys that drive the number. A run that cannot fit is refused in one
 line that names those keys, what is needed, what is there and where, before any byte is stored:
@@ -11,11 +11,11 @@ ranks that share it.
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
 from dlio_ext.errors import UsageError
 from dlio_ext.storage.base import Backend
+from dlio_ext.workloads.base import Workload
 
 #: room kept free beyond the estimate: file-system overhead (blocks, directories), logs
 DISK_MARGIN = 0.05
@@ -42,12 +42,12 @@ def available_memory() -> int | None:
 
 
 def check(
-    module: ModuleType, cfg: Any, backend: Backend, ranks: int, local_ranks: int, disk: bool = True
+    workload: type[Workload], cfg: Any, backend: Backend, ranks: int, local_ranks: int, disk: bool = True
 ) -> None:
     """Raise UsageError when the run cannot fit; `local_ranks` share this host's memory. `disk`
     false (run.preflight=false) leaves the storage to fill up, on purpose."""
-    if hasattr(module, "memory"):
-        per_rank, what = module.memory(cfg, ranks)
+    per_rank, what = workload.memory(cfg, ranks)
+    if per_rank:
         need, avail = per_rank * local_ranks, available_memory()
         if avail is not None and need > avail * MEMORY_FRACTION:
             raise UsageError(
@@ -55,8 +55,8 @@ def check(
                 f"this host: {size(need)}), more than {MEMORY_FRACTION:.0%} of the {size(avail)} of memory "
                 "available; lower them"
             )
-    if disk and hasattr(module, "footprint"):
-        need, what = module.footprint(cfg, ranks)
+    need, what = workload.footprint(cfg, ranks)
+    if disk and need:
         free = backend.free_bytes() if need else None
         if free is not None and need + max(need * DISK_MARGIN, DISK_MARGIN_MIN) > free:
             d = backend.describe()

@@ -103,7 +103,7 @@ class Ending:
 
     def __init__(self, world: Any = None, log: logging.Logger | None = None):
         if world is None:
-            from dlio_ext.metrics.world import SoloWorld
+            from dlio_ext.world import SoloWorld
 
             world = SoloWorld()
         self.world = world

@@ -1,0 +1,103 @@
+"""What a workload is, after warp's `Benchmark`: a class with a typed `Config`, registered by name.
+
+The harness builds one instance per rank with a `Context`, calls `prepare` (untimed), `run` (its
+timed phases, every one through the phase runner), `rank_metrics` (this rank's own figures, sent
+to rank 0) and, on rank 0, `summarize` (the workload's section of summary.json). `footprint` and
+`memory` let the preflight check refuse a run that cannot fit before anything is written.
+
+A new workload is one module (or package) under `dlio_ext/workloads/` whose name is the
+workload's name, holding a `@register`ed subclass; nothing else is edited to add it.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import importlib.util
+import pkgutil
+from typing import Any, ClassVar, Protocol
+
+from dlio_ext.errors import UsageError
+from dlio_ext.workloads.context import Context
+from dlio_ext.workloads.phases import PhaseResult
+
+
+class WorkloadConfig(Protocol):
+    """A workload's `Config`: a dataclass of its keys with defaults; `validate` returns None or
+    "key=value is wrong because ...; use ..." (the caller adds "workload.")."""
+
+    name: str
+
+    def validate(self) -> str | None: ...
+
+
+class Workload(abc.ABC):
+    """One workload on one rank. State lives in the instance, never in the context."""
+
+    #: the name users give as workload.name (and the module's name under dlio_ext/workloads/)
+    name: ClassVar[str]
+    #: the dataclass of its keys (see WorkloadConfig)
+    Config: ClassVar[type]
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    @classmethod
+    def footprint(cls, cfg: Any, ranks: int) -> tuple[int, str]:
+        """(bytes the run stores at its peak over all ranks, which keys set that) for the
+        preflight check against the storage's free space; (0, "") when it stores nothing big."""
+        return 0, ""
+
+    @classmethod
+    def memory(cls, cfg: Any, ranks: int) -> tuple[int, str]:
+        """(bytes one rank allocates before its first phase, which keys set that)."""
+        return 0, ""
+
+    def prepare(self) -> None:
+        """Untimed set-up before the first phase (nothing here is measured)."""
+        return None
+
+    @abc.abstractmethod
+    def run(self) -> list[PhaseResult]:
+        """Every timed phase, in order, each through `ctx.runner`; the same phases on every rank."""
+
+    def rank_metrics(self) -> dict[str, Any]:
+        """This rank's own figures beyond its phases (JSON-able), gathered by rank 0."""
+        return {}
+
+    def summarize(self, phases: dict[str, dict[str, Any]], per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+        """Rank 0: the workload's own sections of summary.json from the merged phases and every
+        rank's `rank_metrics`."""
+        return {}
+
+
+_REGISTRY: dict[str, type[Workload]] = {}
+
+
+def register(cls: type[Workload]) -> type[Workload]:
+    """Class decorator: make a workload known by its `name`."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _package_modules() -> list[str]:
+    import dlio_ext.workloads as pkg
+
+    return [m.name for m in pkgutil.iter_modules(pkg.__path__)]
+
+
+def known() -> list[str]:
+    """Every workload's name (imports every module of the package: for error messages only)."""
+    for mod in _package_modules():
+        importlib.import_module(f"dlio_ext.workloads.{mod}")
+    return sorted(_REGISTRY)
+
+
+def workload_class(name: str) -> type[Workload]:
+    """The workload registered as `name`, importing only its own module."""
+    if name not in _REGISTRY and isinstance(name, str) and name.isidentifier():
+        if importlib.util.find_spec(f"dlio_ext.workloads.{name}") is not None:
+            importlib.import_module(f"dlio_ext.workloads.{name}")
+    if name not in _REGISTRY:
+        raise UsageError(f"workload.name={name!r} is unknown; known workloads: {', '.join(known())}")
+    return _REGISTRY[name]
