@@ -23,9 +23,10 @@ def _run(argv: Sequence[str]) -> int:
     from dlio_ext.run.lifecycle import take_signals
 
     take_signals()  # first: every thread started from here on (OpenBLAS's, MPI's) leaves them alone
+    from dlio_ext.report import figures
     from dlio_ext.run.harness import run
 
-    return run(list(argv))
+    return run(list(argv), figures=figures)
 
 
 def _dlio(argv: Sequence[str]) -> int:

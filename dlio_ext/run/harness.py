@@ -185,7 +185,12 @@ The last line printed is `results: <dir>`; exit 0 for a valid run, 1 for an inva
 3 when a rank failed, 128 + the signal (130, 143) when interrupted."""
 
 
-def run(argv: list[str]) -> int:
+#: draws a run's figures from its directory and summary: {figure: file}, handed in by the cli (the
+#: harness does not know the report package)
+Figures = Callable[[Path, dict[str, Any]], dict[str, str]]
+
+
+def run(argv: list[str], figures: Figures | None = None) -> int:
     if any(a in ("-h", "--help") for a in argv):
         from dlio_ext.config import choices
 
@@ -202,7 +207,7 @@ def run(argv: list[str]) -> int:
         run_dir, run_id = on_rank0(world, lambda: _make_run_dir(cfg, lock))
         ending.run_dir = run_dir
         try:
-            return _run(cfg, world, run_dir, run_id, ending)
+            return _run(cfg, world, run_dir, run_id, ending, figures)
         except UsageError as exc:
             # a verdict every rank reached alike (a broadcast check, a workload's check of its config)
             if world.rank == 0:
@@ -217,7 +222,9 @@ def run(argv: list[str]) -> int:
         release_signals()
 
 
-def _run(cfg: RunConfig, world: SoloWorld, run_dir: Path, run_id: str, ending: Ending) -> int:
+def _run(
+    cfg: RunConfig, world: SoloWorld, run_dir: Path, run_id: str, ending: Ending, figures: Figures | None
+) -> int:
     log = ending.log = _logger(run_dir, world.rank)
     started = datetime.now(timezone.utc)
     backend = _backend(cfg, run_dir, world)
@@ -288,6 +295,10 @@ def _run(cfg: RunConfig, world: SoloWorld, run_dir: Path, run_id: str, ending: E
         res.write_json(run_dir / f"rank-{r['rank']:05d}.json", _rank_record(r))
     res.write_phases_csv(run_dir / "phases.csv", summary["phases"])
     res.write_json(run_dir / "host.json", res.host_info() | {"hosts": sorted({r["host"] for r in gathered})})
+    if figures is not None:
+        drawn = figures(run_dir, summary)
+        if drawn:
+            summary["figures"] = drawn
     res.write_json(run_dir / "summary.json", summary)
     (run_dir / INCOMPLETE).unlink(missing_ok=True)
     ending.finished = True

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, Literal, NamedTuple, cast
 
+from dlio_ext.storage.buffers import aligned_buffer
+
 Support = Literal["native", "emulated", "unsupported"]
 
 
@@ -463,6 +465,14 @@ class Backend(abc.ABC):
         else:
             raise ValueError(f"no bare form of {verb!r}; one of {BARE_VERBS}")
         return Bare(call, StorageError, _as_is)
+
+    # memory
+    def alloc(self, nbytes: int) -> memoryview:
+        """A writable buffer of `nbytes` this backend can do I/O from at full speed: page aligned
+        (O_DIRECT needs it), its pages faulted in before any clock starts; a backend that needs
+        registered memory (RDMA, GPUDirect) registers it here. Workloads allocate every I/O
+        buffer through this, before their phases start, and keep it for the run."""
+        return aligned_buffer(nbytes)
 
     # caches and durability: what the medium can do, never which workload asks
     def local_root(self) -> str | None:
