@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +159,29 @@ def test_s3_run_validates_and_reanalyses(tmp_path, s3_server: ServerInfo):
     )
     s = _check_run(run_dir, "storage_sweep", 1)
     assert s["storage"]["backend"] == "s3"
+
+
+def test_an_invalid_run_validates_too(tmp_path):
+    """A cold claim on a tmpfs (memory by definition) makes the run invalid: the schema's other
+    branch (valid false, its reasons) and read phases with a cache_fraction of 1."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mem = tmp_path / "mem"
+    mem.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mem)], check=True)
+    try:
+        d = run_cli(
+            "run", "storage=posix", f"storage.root={mem}", *SWEEP_SMALL, "workload.cold=true",
+            f"run.results_dir={tmp_path / 'r'}",
+        )  # fmt: skip
+    finally:
+        subprocess.run(["umount", "-l", str(mem)], check=False)
+    assert d.code == 1, d.out + d.err
+    s = d.summary()
+    assert s["valid"] is False and "tmpfs" in s["invalid_reasons"][0]
+    assert s["phases"]["read_random"]["cache_fraction"] == 1.0
+    assert res.validate(s) == []
+    assert json.loads(json.dumps(res.reanalyse(d.results))) == s["phases"]
 
 
 def test_metadata_summary_stays_small(run_dirs):
