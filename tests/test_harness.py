@@ -8,13 +8,14 @@ import json
 import pytest
 from helpers import run_cli
 
-from dlio_ext.metrics.results import SCHEMA
+from dlio_ext.metrics.results import SCHEMA, validate
 
 PHASE_KEYS = {"ops", "bytes", "seconds", "ops_per_s", "GBps", "latency_us", "rank_seconds", "errors"}
 
 
 def check_summary(s: dict, ranks: int, n: int, size: int, phases: list[str]) -> None:
     assert s["schema"] == SCHEMA
+    assert validate(s) == []
     assert s["workload"] == "storage_sweep"
     assert s["ranks"] == ranks
     assert s["valid"] is True and s["errors"] == 0

@@ -33,8 +33,6 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, Literal, NamedTuple, cast
 
-from dlio_ext.storage.buffers import aligned_buffer
-
 Support = Literal["native", "emulated", "unsupported"]
 
 
