@@ -470,6 +470,8 @@ class Backend(abc.ABC):
         (O_DIRECT needs it), its pages faulted in before any clock starts; a backend that needs
         registered memory (RDMA, GPUDirect) registers it here. Workloads allocate every I/O
         buffer through this, before their phases start, and keep it for the run."""
+        from dlio_ext.storage.buffers import aligned_buffer  # numpy: not before the cli takes the signals
+
         return aligned_buffer(nbytes)
 
     # caches and durability: what the medium can do, never which workload asks
