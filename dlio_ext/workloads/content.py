@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 import xxhash
@@ -34,6 +34,13 @@ from dlio_ext.storage.buffers import ALIGN, fill_random
 
 #: gives a writable buffer of n bytes (a workload's `ctx.backend.alloc`)
 Alloc = Callable[[int], memoryview]
+
+
+class HasBuf(Protocol):
+    """A loop thread's state: whatever it holds, its I/O buffer is `buf`."""
+
+    buf: memoryview
+
 
 #: the head stamp of a `HeadStamped` object: two little-endian 64-bit words
 STAMP = struct.Struct("<QQ")
@@ -129,41 +136,38 @@ class HeadStamped:
         at = _first_difference(memoryview(buf)[head:n], self.template[head:n])
         raise VerifyError(f"{where}: content differs at offset {head + max(at, 0)}", str(where))
 
-    # the forms a tight loop (phases.bare_loop) calls: one closure, no method lookups per op
+    # the forms a tight loop (phases.bare_loop) calls: one closure, no lookups per op beyond the
+    # thread state's `buf` (its I/O buffer, from `buffer()`)
 
-    def stamper(self, a: int, buf_of: Callable[[Any], memoryview]) -> Callable[[int, Any], None] | None:
-        """`before(i, state)`: stamp object (a, i) into the state's buffer (`buf_of(state)`);
-        None when objects are empty (no stamp)."""
+    def stamper(self, a: int) -> Callable[[int, HasBuf], None] | None:
+        """`before(i, state)`: stamp object (a, i) into `state.buf`; None when objects are empty
+        (nothing to stamp)."""
         sl, pack, pack_into = self.stamp_len, STAMP.pack, STAMP.pack_into
         if sl == STAMP.size:
 
-            def before(i: int, st: Any) -> None:
-                pack_into(buf_of(st), 0, a, i)
+            def before(i: int, st: HasBuf) -> None:
+                pack_into(st.buf, 0, a, i)
 
             return before
         if sl:
 
-            def before_short(i: int, st: Any) -> None:
-                buf_of(st)[:sl] = pack(a, i)[:sl]
+            def before_short(i: int, st: HasBuf) -> None:
+                st.buf[:sl] = pack(a, i)[:sl]
 
             return before_short
         return None
 
     def checker(
-        self,
-        a: int,
-        order: Sequence[int] | None,
-        names: Sequence[object],
-        buf_of: Callable[[Any], memoryview],
-    ) -> Callable[[int, Any, int], None]:
+        self, a: int, order: Sequence[int] | None, names: Sequence[object]
+    ) -> Callable[[int, HasBuf, int], None]:
         """`check(i, state, got)`: op i read object (a, order[i]) (or (a, i) without an order)
-        into the state's buffer; raises VerifyError naming `names[i]` unless it did exactly."""
+        into `state.buf`; raises VerifyError naming `names[i]` unless it did exactly."""
         n, head, body = self.read, self.head, self.body_hash
         full = head == STAMP.size
         pack, unpack_from, fail = STAMP.pack, STAMP.unpack_from, self._fail
 
-        def check(i: int, st: Any, got: int) -> None:
-            buf = buf_of(st)
+        def check(i: int, st: HasBuf, got: int) -> None:
+            buf = st.buf
             b = order[i] if order is not None else i
             # the same test as _holds, inlined: this runs once per op of a metadata read storm
             if (
