@@ -335,29 +335,32 @@ def test_s3_shared_prefix_4_ranks_lists_over_1000_keys(
 # --- errors are counted and invalidate the run (fault injection, in process) ---------------
 
 
-def _vanishing(backend: Any) -> Any:
-    """VanishingX: a real backend that loses item 3 of rank 0 right after creating it.
-
-    The workload writes through the backend's bare "put" (a tight loop on resolved keys), so that
-    is the verb wrapped; the loss goes through the bare "delete" on the same target."""
+def _after_create(backend: Any, hook: Any) -> Any:
+    """A real backend whose bare "put" (the tight loop's create, on resolved keys: the verb the
+    workload writes through) calls `hook(target)` right after each create."""
     real_bare = backend.bare
 
     def bare(verb: str, buf: Any = None) -> Any:
         b = real_bare(verb, buf)
         if verb != "put":
             return b
-        lose = real_bare("delete").call
 
         def put(target: Any) -> int:
             n = b.call(target)
-            if str(target).endswith("/f.0.3"):
-                lose(target)
+            hook(str(target))
             return n
 
         return b._replace(call=put)
 
     backend.bare = bare
     return backend
+
+
+def _vanishing(backend: Any) -> Any:
+    """VanishingX: a real backend that loses item 3 of rank 0 right after creating it (through
+    the bare "delete" on the same target)."""
+    lose = backend.bare("delete").call
+    return _after_create(backend, lambda target: lose(target) if target.endswith("/f.0.3") else None)
 
 
 def _short_listing(backend: Any) -> Any:
@@ -435,30 +438,19 @@ def test_short_listing_is_an_error_not_a_smaller_answer(
 def _corrupting(backend: Any) -> Any:
     """CorruptingPosix: a real posix backend that, right after creating them, flips byte 2000 of
     rank 0's item 3 and gives item 5 the head of item 6 (a file holding another item's bytes)."""
-    real_bare = backend.bare
 
-    def bare(verb: str, buf: Any = None) -> Any:
-        b = real_bare(verb, buf)
-        if verb != "put":
-            return b
+    def spoil(path: str) -> None:
+        if path.endswith("/f.0.3"):
+            with open(path, "r+b") as f:
+                f.seek(2000)
+                byte = f.read(1)
+                f.seek(2000)
+                f.write(bytes([byte[0] ^ 0x20]))
+        elif path.endswith("/f.0.5"):
+            with open(path, "r+b") as f:
+                f.write(struct.pack("<QQ", 0, 6))
 
-        def put(target: Any) -> int:
-            n = b.call(target)
-            if str(target).endswith(("/f.0.3", "/f.0.5")):
-                with open(str(target), "r+b") as f:
-                    if str(target).endswith("3"):
-                        f.seek(2000)
-                        byte = f.read(1)
-                        f.seek(2000)
-                        f.write(bytes([byte[0] ^ 0x20]))
-                    else:
-                        f.write(struct.pack("<QQ", 0, 6))
-            return n
-
-        return b._replace(call=put)
-
-    backend.bare = bare
-    return backend
+    return _after_create(backend, spoil)
 
 
 def test_a_read_of_other_bytes_is_caught_where_they_differ(
