@@ -65,8 +65,7 @@ def mix64(*values: int) -> int:
 
 
 def _first_difference(a: memoryview, b: memoryview) -> int:
-    """Offset of the first byte where a and b differ (-1 if none: a hash said they do, so a
-    concurrent writer changed one; the caller says offset 0 rather than nothing)."""
+    """Offset of the first byte where a and b (of one length) differ; -1 if they are equal."""
     diff = np.flatnonzero(np.frombuffer(a, np.uint8) != np.frombuffer(b, np.uint8))
     return int(diff[0]) if len(diff) else -1
 
