@@ -20,7 +20,7 @@ from dlio_ext.metrics.histogram import Histogram
 from dlio_ext.report import figures
 from dlio_ext.run.harness import load_config as load
 from dlio_ext.s3server import ServerInfo, server_env
-from dlio_ext.storage.base import NotFound, StoreGone, Unreachable
+from dlio_ext.storage.base import NotFound, StoreGone, Unreachable, VerifyError
 from dlio_ext.storage.buffers import ALIGN
 from dlio_ext.storage.posix import PosixBackend
 from dlio_ext.workloads import kv_cache as kv
@@ -284,11 +284,24 @@ def test_chunk_content_differs_in_every_block(tmp_path):
     c.fill(kb, b)
     blocks = lambda buf: [bytes(buf[i : i + ALIGN]) for i in range(0, len(buf), ALIGN)]  # noqa: E731
     assert not set(blocks(a)) & set(blocks(b)) and len(set(blocks(a))) == 16
-    assert bytes(a[:16]) == ka
-    assert c.check(ka, a, len(a)) is None and c.check(kb, b, len(b)) is None
+    assert bytes(a[:8]) == ka[:8]  # block 0 opens with the key's first word (block b: b x GOLDEN xor it)
+    c.check(ka, a, len(a), "a")
+    c.check(kb, b, len(b), "b")
+    assert bytes(a) == bytes(b) == bytes(c.template)  # a check leaves the template behind
     c.fill(ka, a)
-    assert c.check(kb, a, len(a)) == "its stamps name another chunk"
-    assert c.check(ka, a, 100) is not None
+    with pytest.raises(
+        VerifyError, match=r"^a: block at offset 0 belongs to another chunk \(its stamp differs\)"
+    ):
+        c.check(kb, a, len(a), "a")
+    c.fill(ka, a)
+    with pytest.raises(VerifyError, match="read 100 bytes"):
+        c.check(ka, a, 100, "a")
+    assert bytes(a) == bytes(c.template)
+    c.fill(ka, a)
+    a[5000] ^= 1  # one bit of block 1's body
+    with pytest.raises(VerifyError, match="^a: content differs at offset 5000$"):
+        c.check(ka, a, len(a), "a")
+    assert bytes(a) == bytes(c.template)
 
 
 def test_sample_log_folds_exactly_like_histogram_record():

@@ -89,9 +89,10 @@ class Server:
                 t1 = perf()
                 self.live.ok(t1)
             if self.cfg.verify:
-                problem = self.content.check(key, buf, got)
-                if problem is not None:
-                    st.error("read", VerifyError(f"chunk {k}: {problem}", k))
+                try:
+                    self.content.check(key, buf, got, k)
+                except VerifyError as exc:
+                    st.error("read", VerifyError(f"chunk {exc}", k))
                     return False
                 st.c["verified"] += 1
             st.logs["read"].add(t1, t1 - t0)

@@ -179,8 +179,8 @@ def summarize(
             "verified": cfg.verify,
             "chunks_verified": c["verified"],
             "corrupt": phases.get("read", {}).get("error_kinds", {}).get("corrupt", 0),
-            "scheme": "a random template shared by all ranks; bytes 0-15 = the chunk key; a 64-bit "
-            "stamp of (key, block) opening every further 4 KiB block; xxh3-64 over the whole chunk",
+            "scheme": "a random body shared by all ranks; every 4 KiB block opens with a 64-bit word of "
+            "(the chunk key's first 64 bits, block); xxh3-64 over the whole chunk (content.BlockStamped)",
         },
         "per_rank": [
             {
