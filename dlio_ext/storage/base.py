@@ -470,7 +470,9 @@ class Backend(abc.ABC):
         (O_DIRECT needs it), its pages faulted in before any clock starts; a backend that needs
         registered memory (RDMA, GPUDirect) registers it here. Workloads allocate every I/O
         buffer through this, before their phases start, and keep it for the run."""
-        from dlio_ext.storage.buffers import aligned_buffer  # numpy: not before the cli takes the signals
+        # imported here: numpy starts its threads on import, and the cli imports this module
+        # before it takes the signals (see run.lifecycle.take_signals)
+        from dlio_ext.storage.buffers import aligned_buffer
 
         return aligned_buffer(nbytes)
 
