@@ -8,6 +8,7 @@ import csv
 import logging
 import math
 import random
+import threading
 import time
 from pathlib import Path
 
@@ -378,19 +379,23 @@ class FakeDeadStore(PosixBackend):
 
     answers = 6
     wait_s = 0.02
+    lock = threading.Lock()  # write-back writers put at once: exactly `answers` get through
 
     def _dead(self, key: str) -> None:
-        if self.answers <= 0:
-            time.sleep(self.wait_s)
-            raise Unreachable(f"{key}: injected, the store stopped answering", key)
+        time.sleep(self.wait_s)
+        raise Unreachable(f"{key}: injected, the store stopped answering", key)
 
     def put(self, key: str, data: memoryview | bytes) -> None:
-        self._dead(key)
-        self.answers -= 1
+        with self.lock:
+            left = self.answers
+            self.answers = left - 1
+        if left <= 0:
+            self._dead(key)
         super().put(key, data)
 
     def get(self, key: str, into: memoryview) -> int:
-        self._dead(key)
+        if self.answers <= 0:
+            self._dead(key)
         return super().get(key, into)
 
 
