@@ -10,6 +10,7 @@ import math
 import random
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from dlio_ext.workloads.context import Context
 from dlio_ext.workloads.kv_cache import KVCache
 from dlio_ext.workloads.kv_cache.tiers import MemoryTier, StorageTier
 from dlio_ext.workloads.kv_cache.trace import Request, Segment, Trace, TraceSpec, chunk_keys, key_root
-from dlio_ext.workloads.phases import PhaseRunner, _still_due
+from dlio_ext.workloads.phases import OpKind, OpRecord, PhaseRunner, _still_due, run_open_loop
 from dlio_ext.world import SoloWorld
 
 MiB = 1 << 20
@@ -426,6 +427,84 @@ def test_store_gone_mid_phase_leaves_the_phase_unfinished(tmp_path, write_policy
     # the request under way when the store went had hundreds of 4-token chunks to store: those
     # not yet tried were dropped, planned but not done (the write phase is unfinished too)
     assert write.planned_ops > write.ops + write.errors
+
+
+class FakeBuggyStore(PosixBackend):
+    """Its put raises what no backend may (a bug, not a StorageError) from the second put on."""
+
+    answers = 1
+    lock = threading.Lock()
+
+    def put(self, key: str, data: memoryview | bytes) -> None:
+        with self.lock:
+            left = self.answers
+            self.answers = left - 1
+        if left <= 0:
+            raise RuntimeError("injected: a bug in the backend")
+        super().put(key, data)
+
+
+def test_a_crashed_write_back_writer_ends_the_run_instead_of_hanging_it(tmp_path):
+    """The one writer dies on its second chunk while the queue (one slot) is full: the users that
+    wait to queue their chunks, and the end of the phase that queues the writers' end, must not
+    wait forever, and the users stop (not at the end of their ten minutes): the bug is raised."""
+    backend = FakeBuggyStore(str(tmp_path / "data"))
+    ctx = _context(
+        tmp_path, backend, users=2, requests_per_user=0, duration_s=600, write_policy="write_back",
+        writer_threads=1, write_queue_chunks=1,
+    )  # fmt: skip
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            KVCache(ctx).run()
+        except BaseException as exc:
+            raised.append(exc)
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    th.join(60)
+    assert not th.is_alive(), "the serving phase hangs on a full write-back queue with no writer"
+    assert len(raised) == 1 and isinstance(raised[0], RuntimeError), raised
+    assert "injected: a bug in the backend" in str(raised[0])
+
+
+def test_a_source_that_raises_stops_the_other_sources(tmp_path):
+    """A bug in one source's request ends the open-loop phase: the other sources, whose schedules
+    have no end and no deadline, stop too, and the bug is raised."""
+    runner = PhaseRunner(SoloWorld(), 0, PosixBackend(str(tmp_path)))
+    records = [OpRecord(1.0, ("request", "queue"), ("requests",), ()) for _ in range(2)]
+
+    def serve(s: int, _request: object) -> None:
+        time.sleep(0.001)
+        if s == 0 and records[0].c["requests"] == 3:
+            raise RuntimeError("injected: a bug in a request")
+        records[s].c["requests"] += 1
+
+    def forever() -> Iterator[tuple[None, None]]:
+        while True:
+            yield None, None
+
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            run_open_loop(
+                runner,
+                "request",
+                [forever(), forever()],
+                serve,
+                records,
+                [OpKind("request", "request", "requests")],
+            )
+        except BaseException as exc:
+            raised.append(exc)
+
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    th.join(60)
+    assert not th.is_alive(), "a source went on after another one raised"
+    assert len(raised) == 1 and "injected: a bug in a request" in str(raised[0])
 
 
 def test_a_finished_duration_run_is_not_flagged(tmp_path):

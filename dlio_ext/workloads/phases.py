@@ -684,9 +684,10 @@ def run_open_loop(
     logs the wait in `records[s].logs[queue_log]` (the request's queueing delay, untimed in its
     latency) and calls `serve(s, request)`, which records its ops in `records[s]`. A source stops
     at the end of its schedule, at `deadline_s` (a request due at or after it is not this phase's),
-    or once the store is gone. `background` functions run on threads of their own for the whole
-    phase (write-back writers, recording in `records[len(schedules):]`); `end_background` is
-    called when the last source is done and must make them return.
+    once the store is gone, or once a thread of the phase has raised (a bug). `background`
+    functions run on threads of their own for the whole phase (write-back writers, recording in
+    `records[len(schedules):]`); `end_background` is called when the last source is done and must
+    make them return, even after one of them raised (a source may wait on a background thread).
 
     Each of `kinds` becomes a PhaseResult, in order. The one named `name` is the request phase:
     its planned ops are the requests due before the phase ended, so a phase the store stopped
@@ -715,6 +716,8 @@ def run_open_loop(
             for at, request in schedule:
                 if live.gone is not None:  # the ranks agree after the closing barrier
                     unrun[s] = _still_due(at, schedule, begin, deadline)
+                    break
+                if fatal:  # another thread hit a bug: it is raised as soon as the threads are done
                     break
                 now = perf()
                 arrive = begin + at if at is not None else max(now, begin)

@@ -61,6 +61,8 @@ class Server:
         self.write_queue: queue.Queue[tuple[str, bytes] | None] | None = (
             queue.Queue(cfg.write_queue_chunks) if cfg.write_policy == "write_back" else None
         )
+        #: what a write-back writer raised (a bug): the users raise it too, so the phase ends
+        self.writer_failed: BaseException | None = None
         # cold reads as MLPerf's harness makes them: the chunk's file evicted before each read
         self.cold = cfg.cold
 
@@ -179,6 +181,8 @@ class Server:
                     self.evicted.add(v)
 
     def _store(self, k: str, key: bytes, st: Stats) -> None:
+        if self.writer_failed is not None:
+            raise self.writer_failed
         with self.lock:
             if k in self.present:
                 st.c["skipped_known"] += 1
@@ -199,12 +203,25 @@ class Server:
         st.backpressure_s += time.perf_counter() - t
 
     def writer(self, st: Stats) -> None:
-        assert self.write_queue is not None
-        while True:
-            item = self.write_queue.get()
-            if item is None:
-                return
-            self.write_chunk(item[0], item[1], st)
+        q = self.write_queue
+        assert q is not None
+        try:
+            while True:
+                item = q.get()
+                if item is None:
+                    return
+                self.write_chunk(item[0], item[1], st)
+        except BaseException as exc:
+            # a bug, not a storage error (those are counted): the next user that stores a chunk
+            # raises it too, which ends the phase. Until then this writer keeps taking chunks,
+            # unwritten, up to its end: the users waiting on a full queue (and the phase's end,
+            # queueing that end) would otherwise wait forever
+            self.writer_failed = exc
+            while (item := q.get()) is not None:
+                with self.lock:
+                    self.in_flight.discard(item[0])
+                    self.pending.pop(item[0], None)
+            raise
 
     def end_writers(self, writers: int) -> None:
         """Make `writers` threads running `writer` return once the queue is drained."""
