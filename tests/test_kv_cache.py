@@ -278,6 +278,26 @@ def test_verification_catches_corrupt_and_misplaced_chunks(tmp_path):
         assert bytes(buf) == bytes(r.content.template)
 
 
+def test_a_shared_namespace_at_another_scale_is_other_chunks_not_corrupt_ones(tmp_path):
+    """A namespace kept from a run at another scale holds chunks of another size under the same
+    tokens: a reader sees other data (misses), not corrupt chunks of its own."""
+    w = _server(tmp_path, rank=0, model="llama3_8b", scale=1 / 32)
+    r = _server(tmp_path, rank=1, model="llama3_8b", scale=1 / 16)
+    assert (w.nbytes, r.nbytes) == (16 << 10, 32 << 10)
+    req = _req(0, Segment(1, 12, "system"))
+    w.serve(req, w.keys_for(req), kv.Stats(1.0))
+    st = kv.Stats(1.0)
+    assert r.serve(req, r.keys_for(req), st)["hits"] == 0
+    assert st.errors == {"read": {}, "write": {}} and st.c["writes"] == 3
+    # at the writer's scale the same tokens are the same chunks
+    again = kv.Stats(1.0)
+    assert (
+        _server(tmp_path, rank=2, model="llama3_8b", scale=1 / 32).serve(req, w.keys_for(req), again)["hits"]
+        == 3
+    )
+    assert again.c["verified"] == 3
+
+
 def test_chunk_content_differs_in_every_block(tmp_path):
     c = kv.ChunkContent(3, 64 << 10, PosixBackend(str(tmp_path)).alloc)
     a, b = c.new_buffer(), c.new_buffer()

@@ -16,6 +16,10 @@ class ChunkContent:
 
     `alloc` (the backend's `alloc`) makes the buffers chunks are written from and read into."""
 
+    #: names how a chunk's bytes follow from its key; part of every key (see `Server.root`), so
+    #: a namespace kept from a version that made other bytes holds other chunks, not corrupt ones
+    FORMAT = "block-stamped-1"
+
     def __init__(self, seed: int, nbytes: int, alloc: Alloc):
         self.nbytes = nbytes
         self.blocks = BlockStamped(seed, nbytes, alloc, stale="another chunk")

@@ -40,7 +40,10 @@ class Server:
         self.chunk_tokens = cfg.chunk_tokens
         self.nbytes = self.sizes.chunk_stored
         self.rank = rank
-        self.root = key_root(self.model.identity, cfg.chunk_tokens)
+        # the same tokens are other data under another model or chunking, and other bytes at
+        # another stored size (scale) or chunk format: a kept namespace (workload.namespace) from
+        # such a run holds other keys, so its chunks are misses here, never corrupt chunks
+        self.root = key_root(f"{self.model.identity}/{self.nbytes}/{ChunkContent.FORMAT}", cfg.chunk_tokens)
         self.content = ChunkContent(seed, self.nbytes, storage.backend.alloc)
         self.buffers: queue.LifoQueue[memoryview] = queue.LifoQueue()
         for _ in range(cfg.max_inflight):

@@ -149,7 +149,8 @@ class Trace:
 
 
 def key_root(model_identity: str, chunk_tokens: int) -> bytes:
-    """The hash chain's seed: KV of the same tokens under another model or chunking is other data."""
+    """The hash chain's seed: KV of the same tokens under another model or chunking is other data
+    (`model_identity` names everything else that makes the stored bytes differ)."""
     return xxhash.xxh3_128_digest(f"kv/{model_identity}/{chunk_tokens}".encode())
 
 
