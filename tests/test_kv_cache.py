@@ -527,6 +527,17 @@ def test_a_source_that_raises_stops_the_other_sources(tmp_path):
     assert len(raised) == 1 and "injected: a bug in a request" in str(raised[0])
 
 
+def test_publish_put_where_a_put_is_seen_half_written_is_refused_with_verify(tmp_path):
+    """On a file system a put is visible while it is written: a reader on another rank (or
+    thread) reads a chunk half written and would report a healthy store corrupt."""
+    backend = PosixBackend(str(tmp_path / "data"))
+    with pytest.raises(UsageError, match=r"workload\.publish=put .*corrupt.*publish=auto.*verify=false"):
+        KVCache(_context(tmp_path, backend, publish="put")).run()
+    # without verification a torn read is only a read: allowed (MLPerf's harness writes in place)
+    phases = {p.name: p for p in KVCache(_context(tmp_path, backend, publish="put", verify=False)).run()}
+    assert phases["write"].ops > 0 and phases["write"].errors == 0
+
+
 def test_a_finished_duration_run_is_not_flagged(tmp_path):
     """With a duration, a request due after it is not the phase's: a run the deadline ended has
     done all it planned, closed loop or Poisson."""

@@ -76,6 +76,14 @@ class KVCache(Workload):
                     else "lower workload.scale or max_inflight, or choose a storage with more free space"
                 )
             )
+        if cfg.publish == "put" and cfg.verify and ctx.backend.capabilities.get("rename") == "native":
+            # a file: a put is visible while it is written, so a reader would see part of a chunk
+            # another rank (or thread) is writing, and call a healthy store corrupt
+            raise UsageError(
+                f"workload.publish=put on {ctx.backend.name}: a chunk is visible while it is written, so "
+                "verified reads of chunks other ranks are writing would be reported corrupt; use "
+                "workload.publish=auto (write, then rename) or workload.verify=false"
+            )
         if cfg.durability == "fsync":
             durable = ctx.backend.ask_durable("preset" if cfg.preset != "custom" else "workload")
         else:
