@@ -7,9 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dlio_ext.report import timeline
+
 #: workload name -> draws that workload's figures from its run directory and summary, returning
 #: {figure name: file name written}
-DRAWERS: dict[str, Callable[[Path, dict[str, Any]], dict[str, str]]] = {}
+DRAWERS: dict[str, Callable[[Path, dict[str, Any]], dict[str, str]]] = {
+    "checkpoint_burst": timeline.draw,
+}
 
 
 def figures(run_dir: Path, summary: dict[str, Any]) -> dict[str, str]:
