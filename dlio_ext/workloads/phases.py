@@ -582,7 +582,7 @@ def _tell(live: Liveness, ev: FileEvent, where: str) -> None:
 
 class FilePhase:
     """One rank's part of a phase whose ops are whole files (a checkpoint burst, an async
-    persist, a restore), begun by `PhaseRunner.files`: its ops are FileEvents, counted and timed
+    persist, a restore), begun by `begin`: its ops are FileEvents, counted and timed
     from this rank's clock `t0` (absolute perf_counter, taken as the phase began).
 
     A file's latency is its end - start; the phase runs from this rank's first file start to its
@@ -615,7 +615,7 @@ class FilePhase:
 
     def measure(self) -> None:
         """Start the kernel's and the fsync counters, on the thread doing the phase's I/O when
-        it starts (`PhaseRunner.files` does it for a phase that starts at its barrier)."""
+        it starts (`begin` does it for a phase that starts at its barrier)."""
         self._mark = self.runner.kernel_start()
         self._c0 = self._fsync() if self._fsync is not None else None
 
@@ -693,6 +693,8 @@ class FilePhase:
             "fsync_s": round(self.fsync_s, 6),
         }
         self.runner.results.append(res)
+        if self.runner.current == self.name:
+            self.runner.current = None
         return res
 
     @classmethod
@@ -730,6 +732,5 @@ class FilePhase:
         on every rank if any rank found the store gone."""
         self.stop()
         res = self.result()
-        self.runner.current = None
         self.runner.stop_if_gone()
         return res

@@ -166,6 +166,8 @@ class Bursts:
         self.written: list[int] = []
         self.deleted: list[int] = []
         self._metadata: dict[int, bytes] = {}
+        #: rank 0's log for the burst lines; None on the other ranks
+        self.log: Any = ctx.log if ctx.rank == 0 else None
 
     # set-up ---------------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -305,7 +307,6 @@ class Bursts:
             )
         ctx.world.barrier()
         self.T0 = time.perf_counter()
-        self.log = ctx.log if ctx.rank == 0 else None
         results = self._sync() if cfg.mode == "sync" else self._async()
         retained = [k for k in self.written if k not in self.deleted]
         results += self._restores(retained)
@@ -492,7 +493,6 @@ class Bursts:
             stall.result = stall.phase.result()
             persist.result = persist.phase.result()
             results += [stall.result, persist.result]
-        ctx.runner.current = None
         self.written.extend(range(n_ck))
         with self.leftovers_if_gone(n_ck - 1):
             ctx.runner.stop_if_gone()
