@@ -8,13 +8,14 @@ import json
 import pytest
 from helpers import run_cli
 
-from dlio_ext.metrics.results import SCHEMA
+from dlio_ext.metrics.results import SCHEMA, validate
 
 PHASE_KEYS = {"ops", "bytes", "seconds", "ops_per_s", "GBps", "latency_us", "rank_seconds", "errors"}
 
 
 def check_summary(s: dict, ranks: int, n: int, size: int, phases: list[str]) -> None:
     assert s["schema"] == SCHEMA
+    assert validate(s) == []
     assert s["workload"] == "storage_sweep"
     assert s["ranks"] == ranks
     assert s["valid"] is True and s["errors"] == 0
@@ -126,5 +127,5 @@ def test_corrupted_object_fails_the_run(tmp_path):
     write, read = storage_sweep.StorageSweep(ctx).run()
     assert write.errors == 0 and write.ops == 6
     assert read.errors == 1 and read.error_kinds == {"corrupt": 1} and read.ops == 5
-    assert "obj000003" in read.first_error
+    assert read.first_error.endswith("obj000003: content differs at offset 100"), read.first_error
     assert os.path.exists(tmp_path / "t/sweep/r00000/obj000003")

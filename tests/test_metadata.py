@@ -335,29 +335,32 @@ def test_s3_shared_prefix_4_ranks_lists_over_1000_keys(
 # --- errors are counted and invalidate the run (fault injection, in process) ---------------
 
 
-def _vanishing(backend: Any) -> Any:
-    """VanishingX: a real backend that loses item 3 of rank 0 right after creating it.
-
-    The workload writes through the backend's bare "put" (a tight loop on resolved keys), so that
-    is the verb wrapped; the loss goes through the bare "delete" on the same target."""
+def _after_create(backend: Any, hook: Any) -> Any:
+    """A real backend whose bare "put" (the tight loop's create, on resolved keys: the verb the
+    workload writes through) calls `hook(target)` right after each create."""
     real_bare = backend.bare
 
     def bare(verb: str, buf: Any = None) -> Any:
         b = real_bare(verb, buf)
         if verb != "put":
             return b
-        lose = real_bare("delete").call
 
         def put(target: Any) -> int:
             n = b.call(target)
-            if str(target).endswith("/f.0.3"):
-                lose(target)
+            hook(str(target))
             return n
 
         return b._replace(call=put)
 
     backend.bare = bare
     return backend
+
+
+def _vanishing(backend: Any) -> Any:
+    """VanishingX: a real backend that loses item 3 of rank 0 right after creating it (through
+    the bare "delete" on the same target)."""
+    lose = backend.bare("delete").call
+    return _after_create(backend, lambda target: lose(target) if target.endswith("/f.0.3") else None)
 
 
 def _short_listing(backend: Any) -> Any:
@@ -430,6 +433,59 @@ def test_short_listing_is_an_error_not_a_smaller_answer(
         p = s["phases"][phase]
         assert p["errors"] == n and p["ops"] == 0 and p["error_kinds"] == {"corrupt": n}, phase
         assert "19 names, expected 20 (1 missing" in p["first_error"]
+
+
+def _corrupting(backend: Any) -> Any:
+    """CorruptingPosix: a real posix backend that, right after creating them, flips byte 2000 of
+    rank 0's item 3 and gives item 5 the head of item 6 (a file holding another item's bytes)."""
+
+    def spoil(path: str) -> None:
+        if path.endswith("/f.0.3"):
+            with open(path, "r+b") as f:
+                f.seek(2000)
+                byte = f.read(1)
+                f.seek(2000)
+                f.write(bytes([byte[0] ^ 0x20]))
+        elif path.endswith("/f.0.5"):
+            with open(path, "r+b") as f:
+                f.write(struct.pack("<QQ", 0, 6))
+
+    return _after_create(backend, spoil)
+
+
+def test_a_read_of_other_bytes_is_caught_where_they_differ(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = [
+        "workload=metadata/easy",
+        "storage=posix",
+        "workload.items_per_rank=10",
+        "workload.write_bytes=3901",
+    ]
+    args += ["workload.phases=[file_create,file_read,file_remove]"]
+    s = _run_in_process(tmp_path, monkeypatch, _corrupting, args)
+    assert s["valid"] is False and s["errors"] == 2
+    p = s["phases"]["file_read"]
+    assert p["errors"] == 2 and p["error_kinds"] == {"corrupt": 2} and p["ops"] == 8
+    # items are read in order: item 3 (the flipped byte, at its offset) fails first
+    assert p["first_error"].endswith("/f.0.3: content differs at offset 2000"), p["first_error"]
+    assert s["phases"]["file_create"]["errors"] == 0 and s["phases"]["file_remove"]["ops"] == 10
+
+
+def test_a_file_with_another_items_stamp_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    args = [
+        "workload=metadata/easy",
+        "storage=posix",
+        "workload.items_per_rank=10",
+        "workload.write_bytes=3901",
+    ]
+    args += ["workload.phases=[file_create,file_read]", "workload.read_bytes=16"]  # the stamp only
+    s = _run_in_process(tmp_path, monkeypatch, _corrupting, args)
+    p = s["phases"]["file_read"]
+    assert s["valid"] is False and p["errors"] == 1 and p["error_kinds"] == {"corrupt": 1}
+    assert p["first_error"].endswith(
+        "/f.0.5: holds another object's stamp (0, 6), not (0, 5) (its stamp differs)"
+    )
 
 
 def test_keys_past_the_precompute_limit_are_formatted_per_op(

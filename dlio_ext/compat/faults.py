@@ -38,7 +38,6 @@ import http.client
 import json
 import os
 import random
-import re
 import secrets
 import socket
 import struct
@@ -310,32 +309,25 @@ def _remove(client: Any, bucket: str, prefix: str) -> None:
         client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
 
 
-_SWEEP_KEY = re.compile(r"/sweep/r(\d+)/obj(\d+)$")
-
-
 def _read_back_keys(client: Any, bucket: str, prefix: str, seed: int, size: int) -> dict[str, bool]:
     """Every object under prefix, read directly: whether it is intact (as storage_sweep checks)."""
-    import xxhash
+    from dlio_ext.storage.buffers import aligned_buffer
+    from dlio_ext.workloads.content import HeadStamped
+    from dlio_ext.workloads.storage_sweep import object_content, object_of
 
-    from dlio_ext.workloads.storage_sweep import STAMP, _Content, _stamp
-
-    hashes: dict[int, int] = {}
+    contents: dict[int, HeadStamped] = {}
     verdicts: dict[str, bool] = {}
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     for key in [o["Key"] for page in pages for o in page.get("Contents", [])]:
-        found = _SWEEP_KEY.search(key)
+        found = object_of(key)
         data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
         if found is None:
             verdicts[key] = False
             continue
-        rank, index = int(found.group(1)), int(found.group(2))
-        if rank not in hashes:
-            hashes[rank] = _Content(seed, rank, size).body_hash
-        verdicts[key] = (
-            len(data) == size
-            and data[: min(STAMP, size)] == _stamp(rank, index)[: min(STAMP, size)]
-            and (size <= STAMP or xxhash.xxh3_64_intdigest(data[STAMP:]) == hashes[rank])
-        )
+        rank, index = found
+        if rank not in contents:
+            contents[rank] = object_content(seed, rank, size, aligned_buffer)
+        verdicts[key] = contents[rank].intact(data, rank, index)
     return verdicts
 
 

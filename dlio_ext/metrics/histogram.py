@@ -5,10 +5,17 @@ buckets, so a reported percentile is within 1/SUB (0.8 %) of the truth from 1 us
 Counts from every rank add up bucket by bucket, so percentiles over the whole run come from
 all ranks' samples, never from rank 0's alone. Recording is a few arithmetic operations on a
 Python list: no allocation, no lock (one histogram per thread).
+
+`encode()` is the form kept in result files (rank files and summary.json): the non-empty buckets
+only, as (gap since the previous bucket, count) varint pairs, zlib-compressed, base64. A phase's
+histogram then costs a few hundred bytes, and `decode` gives back the exact bucket counts, so a
+run can be re-analysed or merged with another run's after it ended.
 """
 
 from __future__ import annotations
 
+import base64
+import zlib
 from array import array
 from collections.abc import Iterable
 from math import frexp
@@ -100,6 +107,53 @@ class Histogram:
         h.max_us = state["max_us"]
         return h
 
+    def encode(self) -> dict[str, object]:
+        """The exact state for a result file: see the module docstring (`decode` reads it)."""
+        raw = bytearray()
+        prev = -1
+        for i, c in enumerate(self.counts):
+            if c:
+                _varint(raw, i - prev - 1)
+                _varint(raw, c)
+                prev = i
+        return {
+            "sub": SUB,
+            "n": self.n,
+            "total_us": self.total_us,
+            "min_us": self.min_us if self.n else None,
+            "max_us": self.max_us,
+            "bins": base64.b64encode(zlib.compress(bytes(raw), 9)).decode("ascii"),
+        }
+
+    @classmethod
+    def decode(cls, enc: dict) -> Histogram:
+        """A histogram from `encode()`'s form; ValueError when it is not one (another bucket
+        layout, a damaged file: counts that do not add up to n)."""
+        if enc.get("sub") != SUB:
+            raise ValueError(
+                f"histogram with {enc.get('sub')} buckets per power of two; this version reads {SUB}"
+            )
+        try:
+            raw = zlib.decompress(base64.b64decode(enc["bins"], validate=True))
+        except (ValueError, zlib.error) as exc:
+            raise ValueError(f"damaged histogram bins: {exc}") from None
+        h = cls()
+        pos, idx = 0, -1
+        while pos < len(raw):
+            gap, pos = _unvarint(raw, pos)
+            cnt, pos = _unvarint(raw, pos)
+            idx += gap + 1
+            if idx >= NBUCKETS:
+                raise ValueError(f"damaged histogram bins: bucket {idx} >= {NBUCKETS}")
+            h.counts[idx] = cnt
+        if sum(h.counts) != enc["n"]:
+            raise ValueError(f"damaged histogram: bucket counts add up to {sum(h.counts)}, not n={enc['n']}")
+        h.n = enc["n"]
+        h.total_us = enc["total_us"]
+        h.min_us = enc["min_us"] if enc["min_us"] is not None else float("inf")
+        h.max_us = enc["max_us"]
+        return h
+
     def merge(self, other: Histogram) -> Histogram:
         for i, c in enumerate(other.counts):
             if c:
@@ -152,3 +206,24 @@ class Histogram:
         out["max"] = round(self.max_us, 3)
         out["count"] = self.n
         return out
+
+
+def _varint(out: bytearray, x: int) -> None:
+    """LEB128: seven bits a byte, low first, the high bit set on all but the last."""
+    while x > 0x7F:
+        out.append((x & 0x7F) | 0x80)
+        x >>= 7
+    out.append(x)
+
+
+def _unvarint(raw: bytes, pos: int) -> tuple[int, int]:
+    x = shift = 0
+    while True:
+        if pos >= len(raw):
+            raise ValueError("damaged histogram bins: a varint runs past the end")
+        b = raw[pos]
+        pos += 1
+        x |= (b & 0x7F) << shift
+        if b < 0x80:
+            return x, pos
+        shift += 7

@@ -1,7 +1,10 @@
 """Merging per-rank phase results and writing a run's results directory.
 
-summary.json is the stable, versioned contract (`schema`); per-rank JSON, phases.csv,
-config.yaml (secrets redacted) and host.json sit beside it.
+summary.json is the stable, versioned contract (`schema`, described by the JSON Schema
+SCHEMA_FILE shipped beside this module); per-rank JSON, phases.csv, config.yaml (secrets
+redacted) and host.json sit beside it. Every phase, in the summary and in each rank file, keeps
+its latency histogram's exact state (`Histogram.encode`), so `reanalyse` rebuilds a finished
+run's phases from its rank files and `compare` sets two runs' latencies side by side.
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ from typing import Any
 
 import yaml
 
-from dlio_ext.metrics.histogram import Histogram
+from dlio_ext.metrics.histogram import PERCENTILES, Histogram
 
-SCHEMA = "dlio-ext/summary/1"
+#: the summary's version: bumped whenever a key is removed or changes meaning (2: every phase keeps
+#: its histogram state, `hist`; the schema document ships in the package)
+SCHEMA = "dlio-ext/summary/2"
+SCHEMA_FILE = Path(__file__).with_name("summary.schema.json")
 LATENCY_KEYS = ("p50", "p90", "p99", "p999", "max")
 
 
@@ -60,6 +66,8 @@ def merge_phase(per_rank: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "first_done_s": round(min((r["end"] for r in active), default=0.0) - first_start, 6),
         "last_done_s": round(seconds, 9),
         "straggler_ratio": round(rank_secs[-1] / median, 4) if median else 0.0,
+        # the merged histogram itself, so the run can be re-analysed or compared after it ended
+        "hist": hist.encode(),
     }
     firsts = [r["first_error"] for r in per_rank if r.get("first_error")]
     if firsts:
@@ -77,6 +85,71 @@ def merge_phase(per_rank: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if states:
         out.update(merge_kernel(states, io, nbytes))
     return out
+
+
+def rank_phase(state: dict[str, Any]) -> dict[str, Any]:
+    """One rank's phase as its rank file keeps it: the rank's own figures, its latency
+    percentiles and its histogram state (`merge_phase` reads it back, see `reanalyse`)."""
+    hist = Histogram.from_state(state["hist"])
+    q = {k: v for k, v in state.items() if k not in ("hist", "name")}
+    q["seconds"] = max(state["end"] - state["start"], 0.0)
+    q["latency_us"] = hist.summary()
+    q["hist"] = hist.encode()
+    return q
+
+
+def reanalyse(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """A finished run's phases merged again from its rank files, as `merge_phase` gave them to
+    summary.json; ValueError when a rank file is missing or holds no histogram state."""
+    files = list(Path(run_dir).glob("rank-[0-9]*.json"))
+    if not files:
+        raise ValueError(f"{run_dir}: no rank-NNNNN.json files")
+    ranks = sorted((json.loads(f.read_text()) for f in files), key=lambda r: r["rank"])
+    if [r["rank"] for r in ranks] != list(range(len(ranks))):
+        raise ValueError(
+            f"{run_dir}: rank files {[r['rank'] for r in ranks]} are not ranks 0..{len(ranks) - 1}"
+        )
+    out: dict[str, dict[str, Any]] = {}
+    for name in ranks[0]["phases"]:
+        states = []
+        for r in ranks:
+            q = r["phases"].get(name)
+            if q is None or "hist" not in q:
+                raise ValueError(
+                    f"{run_dir}: rank {r['rank']}'s phase {name} has no histogram state (written "
+                    f"before {SCHEMA})"
+                )
+            states.append(q | {"hist": Histogram.decode(q["hist"]).to_state()})
+        out[name] = merge_phase(states)
+    return out
+
+
+def histograms(summary: dict[str, Any]) -> dict[str, Histogram]:
+    """Each phase's merged latency histogram, from a summary.json."""
+    return {name: Histogram.decode(p["hist"]) for name, p in summary["phases"].items()}
+
+
+def compare(a: dict[str, Histogram], b: dict[str, Histogram]) -> dict[str, dict[str, Any]]:
+    """Two runs' latencies, phase by phase (the phases both have): each run's percentiles (us)
+    and b / a for each (None where a's is 0)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in a.keys() & b.keys():
+        sa, sb = a[name].summary(), b[name].summary()
+        keys = (*PERCENTILES, "mean", "max")
+        ratio = {k: round(sb[k] / sa[k], 4) if sa[k] else None for k in keys}
+        out[name] = {"a": sa, "b": sb, "b_over_a": ratio}
+    return {name: out[name] for name in a if name in out}
+
+
+def validate(summary: dict[str, Any]) -> list[str]:
+    """Where `summary` breaks the shipped schema (SCHEMA_FILE), one line each; [] when it holds."""
+    import jsonschema  # only readers of results need it, not every rank's start-up
+
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
+    return [
+        f"{e.json_path}: {e.message}"
+        for e in sorted(validator.iter_errors(summary), key=lambda e: list(map(str, e.absolute_path)))
+    ]
 
 
 #: the two kernel sources disagree when they differ by more than this fraction of the larger of

@@ -328,19 +328,11 @@ def error_lines(phases: dict[str, dict[str, Any]], where: str) -> list[str]:
 
 
 def _rank_record(r: dict[str, Any]) -> dict[str, Any]:
-    from dlio_ext.metrics.histogram import Histogram
-
-    phases = {}
-    for p in r["phases"]:
-        q = {k: v for k, v in p.items() if k not in ("hist", "name")}
-        q["seconds"] = max(p["end"] - p["start"], 0.0)
-        q["latency_us"] = Histogram.from_state(p["hist"]).summary()
-        phases[p["name"]] = q
     return {
         "rank": r["rank"],
         "host": r["host"],
         "wall_seconds": r["wall_seconds"],
-        "phases": phases,
+        "phases": {p["name"]: res.rank_phase(p) for p in r["phases"]},
         "counters": r["counters"],
         "metrics": r["metrics"],
     }

@@ -33,8 +33,6 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, Literal, NamedTuple, cast
 
-from dlio_ext.storage.buffers import aligned_buffer
-
 Support = Literal["native", "emulated", "unsupported"]
 
 
@@ -472,6 +470,10 @@ class Backend(abc.ABC):
         (O_DIRECT needs it), its pages faulted in before any clock starts; a backend that needs
         registered memory (RDMA, GPUDirect) registers it here. Workloads allocate every I/O
         buffer through this, before their phases start, and keep it for the run."""
+        # imported here: numpy starts its threads on import, and the cli imports this module
+        # before it takes the signals (see run.lifecycle.take_signals)
+        from dlio_ext.storage.buffers import aligned_buffer
+
         return aligned_buffer(nbytes)
 
     # caches and durability: what the medium can do, never which workload asks

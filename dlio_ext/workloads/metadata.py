@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import math
 import random
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import xxhash
-
 from dlio_ext.config.schema import first_problem, io_depth, one_of, positive
 from dlio_ext.storage.base import Backend, Bare, StoreGone, VerifyError
-from dlio_ext.storage.buffers import aligned_buffer, fill_random
 from dlio_ext.workloads.base import Workload, register
+from dlio_ext.workloads.content import HeadStamped
 from dlio_ext.workloads.context import Context
 from dlio_ext.workloads.phases import Chunk, PhaseResult, bare_loop, per_op
 
@@ -90,7 +87,6 @@ NOT_IN_GEOMEAN = ("tree_create", "tree_remove", "list_storm")
 MAX_BATCH = 1000  # S3 DeleteObjects takes at most 1,000 keys
 MAX_TREE_DIRS = 1_000_000
 PRECOMPUTE_MAX = 1 << 20  # keys per phase built before the clock; more are formatted per op
-STAMP = struct.Struct("<QQ")  # (writer rank, item index) at the head of every file >= 16 bytes
 
 
 @dataclass
@@ -168,26 +164,6 @@ class Config:
     @property
     def read_size(self) -> int:
         return self.write_bytes if self.read_bytes is None else self.read_bytes
-
-
-def footprint(cfg: Config, ranks: int) -> tuple[int, str]:
-    """File bytes stored at once (the preflight check): an iteration's files, or every
-    iteration's when no file_remove phase deletes them."""
-    if "file_create" not in cfg.phases or not cfg.write_bytes:
-        return 0, "no file bytes"
-    kept = 1 if "file_remove" in cfg.phases else cfg.iterations
-    return (
-        cfg.items_per_rank * cfg.write_bytes * ranks * kept,
-        f"workload.items_per_rank={cfg.items_per_rank} x workload.write_bytes={cfg.write_bytes} x {ranks} rank(s)"
-        + (f" x workload.iterations={kept}" if kept > 1 else ""),
-    )
-
-
-def memory(cfg: Config, ranks: int) -> tuple[int, str]:
-    """Bytes a rank allocates before the clock: a file body per thread and the template."""
-    return (
-        cfg.io_depth + 1
-    ) * cfg.write_bytes, f"workload.io_depth={cfg.io_depth} x workload.write_bytes={cfg.write_bytes}"
 
 
 def _tree_size(depth: int, branching: int) -> int:
@@ -333,23 +309,6 @@ def _bare_of(st: _Thread) -> Bare:
     return cast(Bare, st.bare)  # set whenever a phase runs a bare loop
 
 
-class _Content:
-    """One body for every file, filled once; files differ only in their 16-byte stamp."""
-
-    def __init__(self, seed: int, size: int, read: int):
-        self.size = size
-        self.template = aligned_buffer(size)
-        fill_random(self.template, seed * 1_000_003 + 17)
-        self.stamp_len = min(STAMP.size, size)
-        head = min(STAMP.size, read)
-        self.body_hash = xxhash.xxh3_64_intdigest(self.template[head:read]) if read > head else 0
-
-    def buffer(self) -> memoryview:
-        buf = aligned_buffer(self.size)
-        buf[:] = self.template  # writes (so faults in) every page before the clock starts
-        return buf
-
-
 # --------------------------------------------------------------------------------------------
 # running
 
@@ -365,17 +324,91 @@ class _RankPhase:
     stonewall_seconds: float | None = None
 
 
-class _Run:
-    def __init__(self, ctx: Context):
-        self.ctx, self.cfg = ctx, ctx.config
+def _check_listing(prefix: str, got: list[str], expect: set[str]) -> None:
+    """Exactly the expected names, each once: a short, long or repeating listing is an error."""
+    if len(got) == len(expect) and expect.issuperset(got):
+        return
+    seen = set(got)
+    missing = len(expect - seen)
+    extra = len(seen - expect)
+    dup = len(got) - len(seen)
+    raise VerifyError(
+        f"list {prefix!r}: {len(got)} names, expected {len(expect)} "
+        f"({missing} missing, {extra} unexpected, {dup} repeated)",
+        prefix,
+    )
+
+
+def _stats(xs: Sequence[float]) -> dict[str, float]:
+    if not xs:
+        return {"min": 0.0, "mean": 0.0, "max": 0.0}
+    return {"min": round(min(xs), 3), "mean": round(sum(xs) / len(xs), 3), "max": round(max(xs), 3)}
+
+
+@register
+class Metadata(Workload):
+    """mdtest-style metadata phases (see the module's docstring): one rank's run, and rank 0's
+    summary of all of them."""
+
+    name = "metadata"
+    Config = Config
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self.cfg: Config = ctx.config
         self.b: Backend = ctx.backend
         self.rank, self.size = ctx.rank, ctx.size
         self.target = (self.rank + self.cfg.stride) % self.size
-        self.content = _Content(ctx.seed, self.cfg.write_bytes, self.cfg.read_size)
         self.resolve = self.b.resolve
         self.chunk = self.b.bare("stat").chunk
         self.results: list[PhaseResult] = []
         self.per_rank: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    def footprint(cls, cfg: Config, ranks: int) -> tuple[int, str]:
+        """File bytes stored at once (the preflight check): an iteration's files, or every
+        iteration's when no file_remove phase deletes them."""
+        if "file_create" not in cfg.phases or not cfg.write_bytes:
+            return 0, "no file bytes"
+        kept = 1 if "file_remove" in cfg.phases else cfg.iterations
+        return (
+            cfg.items_per_rank * cfg.write_bytes * ranks * kept,
+            f"workload.items_per_rank={cfg.items_per_rank} x workload.write_bytes={cfg.write_bytes} "
+            f"x {ranks} rank(s)" + (f" x workload.iterations={kept}" if kept > 1 else ""),
+        )
+
+    @classmethod
+    def memory(cls, cfg: Config, ranks: int) -> tuple[int, str]:
+        """Bytes a rank allocates before the clock: a file body per thread and the template."""
+        return (
+            cfg.io_depth + 1
+        ) * cfg.write_bytes, f"workload.io_depth={cfg.io_depth} x workload.write_bytes={cfg.write_bytes}"
+
+    def run(self) -> list[PhaseResult]:
+        ctx, cfg = self.ctx, self.cfg
+        # one body for every file, made once (files differ in their stamp); untimed
+        self.content = HeadStamped(ctx.seed, cfg.write_bytes, self.b.alloc, salt=17, read=cfg.read_size)
+        skipped: dict[str, tuple[str, str]] = {}
+        try:
+            for it in range(cfg.iterations):
+                self.iteration(it, skipped)
+        except StoreGone:
+            # items are not tracked one by one: name the tree they are in (rank 0, once for the run)
+            if self.rank == 0:
+                self.b.leftovers.add([f"{ctx.run_id}/ (whatever this run's metadata phases left)"])
+            raise
+        if self.rank == 0:
+            by_reason: dict[str, list[str]] = {}
+            for phase, (_how, why) in skipped.items():
+                by_reason.setdefault(why, []).append(phase)
+            for why, names in by_reason.items():
+                ctx.log.warning(
+                    "metadata: not run, unsupported on %s: %s (%s)", self.b.name, ", ".join(names), why
+                )
+        return self.results
+
+    def rank_metrics(self) -> dict[str, Any]:
+        return {"target_rank": self.target, "phases": self.per_rank}
 
     # helpers -------------------------------------------------------------------------------
     def order(self, n: int, salt: int) -> list[int] | None:
@@ -486,18 +519,7 @@ class _Run:
             )
         else:
             # every file differs in its head (its stamp), so no dedup can make the writes cheap
-            sl, pack_into = self.content.stamp_len, STAMP.pack_into
-            before: Callable[[int, _Thread], None] | None = None
-            if sl == STAMP.size:
-
-                def before(i: int, st: _Thread) -> None:
-                    pack_into(st.buf, 0, rank, i)
-
-            elif sl:
-
-                def before(i: int, st: _Thread) -> None:
-                    st.buf[:sl] = STAMP.pack(rank, i)[:sl]
-
+            before = self.content.stamper(rank)
             res = self.timed(
                 label,
                 n,
@@ -530,26 +552,8 @@ class _Run:
         order = self.order(count, salt)
         targets = ns.keys(t, "f", count, order, self.resolve)
         w, e = cfg.write_bytes, cfg.read_size
-        head = min(STAMP.size, e)
-        body_hash = self.content.body_hash
-        h64 = xxhash.xxh3_64_intdigest
-        unpack_from = STAMP.unpack_from
-        check: Callable[[int, _Thread, Any], None] | None = None
-        if cfg.verify:
-
-            def check(i: int, st: _Thread, got: Any) -> None:
-                buf, where = st.buf, targets[i]
-                idx = order[i] if order is not None else i
-                if got != e:
-                    raise VerifyError(f"{where}: read {got} bytes, expected {e}")
-                if head == STAMP.size:
-                    if unpack_from(buf) != (t, idx):
-                        raise VerifyError(f"{where}: holds another item's stamp {unpack_from(buf)}")
-                elif head and buf[:head] != STAMP.pack(t, idx)[:head]:
-                    raise VerifyError(f"{where}: holds another item's stamp")
-                if e > head and h64(buf[head:e]) != body_hash:
-                    raise VerifyError(f"{where}: content differs from what was written")
-
+        # the writer's stamp (target rank, item index), then the body's hash
+        check = self.content.checker(t, order, targets) if cfg.verify else None
         verb = "get" if e == w else "get_head"  # a whole file, or its first read_bytes
         self.timed(
             label,
@@ -663,164 +667,84 @@ class _Run:
             elif phase.endswith("_remove"):
                 self.remove(label, ns, names[kind], counts[kind], kind == "d", salt, how)
 
-
-def _check_listing(prefix: str, got: list[str], expect: set[str]) -> None:
-    """Exactly the expected names, each once: a short, long or repeating listing is an error."""
-    if len(got) == len(expect) and expect.issuperset(got):
-        return
-    seen = set(got)
-    missing = len(expect - seen)
-    extra = len(seen - expect)
-    dup = len(got) - len(seen)
-    raise VerifyError(
-        f"list {prefix!r}: {len(got)} names, expected {len(expect)} "
-        f"({missing} missing, {extra} unexpected, {dup} repeated)",
-        prefix,
-    )
-
-
-def _run_phases(ctx: Context) -> tuple[list[PhaseResult], dict[str, Any]]:
-    cfg: Config = ctx.config
-    r = _Run(ctx)
-    skipped: dict[str, tuple[str, str]] = {}
-    try:
-        for it in range(cfg.iterations):
-            r.iteration(it, skipped)
-    except StoreGone:
-        # items are not tracked one by one: name the tree they are in (rank 0, once for the run)
-        if ctx.rank == 0:
-            ctx.backend.leftovers.add([f"{ctx.run_id}/ (whatever this run's metadata phases left)"])
-        raise
-    if ctx.rank == 0:
-        by_reason: dict[str, list[str]] = {}
-        for phase, (_how, why) in skipped.items():
-            by_reason.setdefault(why, []).append(phase)
-        for why, names in by_reason.items():
-            ctx.log.warning(
-                "metadata: not run, unsupported on %s: %s (%s)", ctx.backend.name, ", ".join(names), why
-            )
-    return r.results, {"target_rank": r.target, "phases": r.per_rank}
-
-
-# --------------------------------------------------------------------------------------------
-# summary (rank 0)
-
-
-def _stats(xs: Sequence[float]) -> dict[str, float]:
-    if not xs:
-        return {"min": 0.0, "mean": 0.0, "max": 0.0}
-    return {"min": round(min(xs), 3), "mean": round(sum(xs) / len(xs), 3), "max": round(max(xs), 3)}
-
-
-def _summarize(
-    ctx: Context, phases: dict[str, dict[str, Any]], per_rank: list[dict[str, Any]]
-) -> dict[str, Any]:
-    cfg: Config = ctx.config
-    out: dict[str, Any] = {}
-    for label, p in phases.items():
-        ranks = [m["phases"][label] for m in per_rank if label in m.get("phases", {})]
-        extra = p.get("extra", {})
-        items = int(extra.get("items", p["ops"]))
-        # mdtest's phase time: from the barrier all ranks leave together to the last rank's end
-        slowest = max((r["end"] for r in ranks), default=0.0)
-        rate = items / slowest if slowest else 0.0
-        rank_rates = [r["items"] / r["seconds"] for r in ranks if r["items"] and r["seconds"]]
-        q: dict[str, Any] = {
-            "support": extra.get("support", "native"),
-            "verb": VERBS[label.split("@")[0]],
-            "items": items,
-            "ops": p["ops"],
-            "errors": p["errors"],
-            "seconds": round(slowest, 9),
-            "rate": round(rate, 3),
-            "rank_rates": _stats(rank_rates),
-            "latency_us": {k: p["latency_us"][k] for k in ("p50", "p90", "p99", "p999", "max")},
-            "retries": int(extra.get("retries", 0)),
-            "throttles": int(extra.get("throttles", 0)),
-        }
-        if "listings" in extra:
-            q["listings"] = int(extra["listings"])
-            q["listings_per_s"] = round(q["listings"] / slowest, 3) if slowest else 0.0
-        if any(r.get("stonewall_items") is not None for r in ranks):
-            at = [int(r["stonewall_items"]) for r in ranks]
-            stop = max(float(r["stonewall_seconds"]) for r in ranks)
-            q["stonewall"] = {
-                "deadline_s": cfg.stonewall_s,
-                "hit": min(at) < cfg.items_per_rank,
-                "stonewalled": bool(extra.get("stonewalled", False)),
-                "items": sum(at),
-                "items_per_rank": _stats(at),
-                "seconds": round(stop, 9),
-                "rate": round(sum(at) / stop, 3) if stop else 0.0,
-                "wearout_items": int(extra.get("wearout_items", 0)),
-                "items_per_rank_after": int(extra.get("stonewall_target", cfg.items_per_rank)),
-            }
-        out[label] = q
-    for phase in PHASES:
-        if phase not in cfg.phases:
-            continue
-        how, why = support(phase, ctx.backend, cfg)
-        if how == "unsupported":
-            out[phase] = {"support": how, "reason": why, "verb": VERBS[phase]}
-    # iterations: mdtest's min/mean/max over them, per phase
-    by_phase: dict[str, list[float]] = {}
-    for label, q in out.items():
-        if q["support"] != "unsupported":
-            by_phase.setdefault(label.split("@")[0], []).append(q["rate"])
-    scored = {p: sum(v) / len(v) for p, v in by_phase.items() if p not in NOT_IN_GEOMEAN and all(v)}
-    geomean = math.exp(sum(math.log(v) for v in scored.values()) / len(scored)) if scored else 0.0
-    meta: dict[str, Any] = {
-        "rate_definition": "items / slowest rank's time (mdtest); list phases count names listed",
-        "placement": cfg.placement,
-        "ranks": ctx.size,
-        "items_per_rank": cfg.items_per_rank,
-        "stride": cfg.stride,
-        "target_ranks": [m.get("target_rank") for m in per_rank],
-        "tree": {
-            "depth": cfg.depth,
-            "branching": cfg.branching,
-            "dirs_per_tree": _tree_size(cfg.depth, cfg.branching),
-            "leaves": cfg.branching**cfg.depth,
-        },
-        "write_bytes": cfg.write_bytes,
-        "read_bytes": cfg.read_size,
-        "fsync": ctx.backend.describe().get("fsync", "n/a"),
-        "iterations": cfg.iterations,
-        "phases": out,
-        "unsupported": [p for p, q in out.items() if q["support"] == "unsupported"],
-        "emulated": sorted({p.split("@")[0] for p, q in out.items() if q["support"] == "emulated"}),
-        "geomean": {"rate": round(geomean, 3), "phases": sorted(scored)},
-    }
-    if cfg.iterations > 1:
-        meta["over_iterations"] = {p: _stats(v) for p, v in by_phase.items()}
-    return {"metadata": meta}
-
-
-@register
-class Metadata(Workload):
-    """mdtest-style metadata phases (see the module's docstring)."""
-
-    name = "metadata"
-    Config = Config
-
-    def __init__(self, ctx: Context) -> None:
-        super().__init__(ctx)
-        self.mine: dict[str, Any] = {}
-
-    @classmethod
-    def footprint(cls, cfg: Config, ranks: int) -> tuple[int, str]:
-        return footprint(cfg, ranks)
-
-    @classmethod
-    def memory(cls, cfg: Config, ranks: int) -> tuple[int, str]:
-        return memory(cfg, ranks)
-
-    def run(self) -> list[PhaseResult]:
-        results, self.mine = _run_phases(self.ctx)
-        return results
-
-    def rank_metrics(self) -> dict[str, Any]:
-        return self.mine
-
+    # summary (rank 0) -----------------------------------------------------------------------
     def summarize(self, phases: dict[str, dict[str, Any]], per_rank: list[dict[str, Any]]) -> dict[str, Any]:
-        return _summarize(self.ctx, phases, per_rank)
+        cfg, b = self.cfg, self.b
+        out: dict[str, Any] = {}
+        for label, p in phases.items():
+            ranks = [m["phases"][label] for m in per_rank if label in m.get("phases", {})]
+            extra = p.get("extra", {})
+            items = int(extra.get("items", p["ops"]))
+            # mdtest's phase time: from the barrier all ranks leave together to the last rank's end
+            slowest = max((r["end"] for r in ranks), default=0.0)
+            rate = items / slowest if slowest else 0.0
+            rank_rates = [r["items"] / r["seconds"] for r in ranks if r["items"] and r["seconds"]]
+            q: dict[str, Any] = {
+                "support": extra.get("support", "native"),
+                "verb": VERBS[label.split("@")[0]],
+                "items": items,
+                "ops": p["ops"],
+                "errors": p["errors"],
+                "seconds": round(slowest, 9),
+                "rate": round(rate, 3),
+                "rank_rates": _stats(rank_rates),
+                "latency_us": {k: p["latency_us"][k] for k in ("p50", "p90", "p99", "p999", "max")},
+                "retries": int(extra.get("retries", 0)),
+                "throttles": int(extra.get("throttles", 0)),
+            }
+            if "listings" in extra:
+                q["listings"] = int(extra["listings"])
+                q["listings_per_s"] = round(q["listings"] / slowest, 3) if slowest else 0.0
+            if any(r.get("stonewall_items") is not None for r in ranks):
+                at = [int(r["stonewall_items"]) for r in ranks]
+                stop = max(float(r["stonewall_seconds"]) for r in ranks)
+                q["stonewall"] = {
+                    "deadline_s": cfg.stonewall_s,
+                    "hit": min(at) < cfg.items_per_rank,
+                    "stonewalled": bool(extra.get("stonewalled", False)),
+                    "items": sum(at),
+                    "items_per_rank": _stats(at),
+                    "seconds": round(stop, 9),
+                    "rate": round(sum(at) / stop, 3) if stop else 0.0,
+                    "wearout_items": int(extra.get("wearout_items", 0)),
+                    "items_per_rank_after": int(extra.get("stonewall_target", cfg.items_per_rank)),
+                }
+            out[label] = q
+        for phase in PHASES:
+            if phase not in cfg.phases:
+                continue
+            how, why = support(phase, b, cfg)
+            if how == "unsupported":
+                out[phase] = {"support": how, "reason": why, "verb": VERBS[phase]}
+        # iterations: mdtest's min/mean/max over them, per phase
+        by_phase: dict[str, list[float]] = {}
+        for label, q in out.items():
+            if q["support"] != "unsupported":
+                by_phase.setdefault(label.split("@")[0], []).append(q["rate"])
+        scored = {p: sum(v) / len(v) for p, v in by_phase.items() if p not in NOT_IN_GEOMEAN and all(v)}
+        geomean = math.exp(sum(math.log(v) for v in scored.values()) / len(scored)) if scored else 0.0
+        meta: dict[str, Any] = {
+            "rate_definition": "items / slowest rank's time (mdtest); list phases count names listed",
+            "placement": cfg.placement,
+            "ranks": self.size,
+            "items_per_rank": cfg.items_per_rank,
+            "stride": cfg.stride,
+            "target_ranks": [m.get("target_rank") for m in per_rank],
+            "tree": {
+                "depth": cfg.depth,
+                "branching": cfg.branching,
+                "dirs_per_tree": _tree_size(cfg.depth, cfg.branching),
+                "leaves": cfg.branching**cfg.depth,
+            },
+            "write_bytes": cfg.write_bytes,
+            "read_bytes": cfg.read_size,
+            "fsync": b.describe().get("fsync", "n/a"),
+            "iterations": cfg.iterations,
+            "phases": out,
+            "unsupported": [p for p, q in out.items() if q["support"] == "unsupported"],
+            "emulated": sorted({p.split("@")[0] for p, q in out.items() if q["support"] == "emulated"}),
+            "geomean": {"rate": round(geomean, 3), "phases": sorted(scored)},
+        }
+        if cfg.iterations > 1:
+            meta["over_iterations"] = {p: _stats(v) for p, v in by_phase.items()}
+        return {"metadata": meta}
