@@ -21,7 +21,7 @@ Sizes and names come from checkpoint_layout (DLIO main's arithmetic, MLPerf's mo
 shrinks every file for small machines; `subset` runs a few ranks of a large layout.
 
 The package, along its seams: `config` (keys), `plan` (who writes which files), `content` (the
-stamped pool and its hashes), `engine` (a file written or read and verified), `cold` (how a
+stamped pool: workloads/content.py's block-stamped streams), `engine` (a file written or read and verified), `cold` (how a
 restore is made cold), `bursts` (the timed phases, through the phase runner's FilePhase),
 `summary` (rank metrics, summary.json's section, timeline.csv), `workload` (the registered
 class). The names below are what other modules (dlio_ext.dlio.checkpointing) and tests use.
@@ -30,7 +30,7 @@ class). The names below are what other modules (dlio_ext.dlio.checkpointing) and
 from __future__ import annotations
 
 from dlio_ext.workloads.checkpoint_burst.config import PRESETS, Config
-from dlio_ext.workloads.checkpoint_burst.content import Content, FileHash, block_words, word_slots
+from dlio_ext.workloads.checkpoint_burst.content import Content
 from dlio_ext.workloads.checkpoint_burst.engine import Engine
 from dlio_ext.workloads.checkpoint_burst.plan import Plan, PlannedFile, build_layout, footprint, memory
 from dlio_ext.workloads.checkpoint_burst.summary import goodput
@@ -44,13 +44,10 @@ __all__ = [
     "Content",
     "Engine",
     "FileEvent",
-    "FileHash",
     "Plan",
     "PlannedFile",
-    "block_words",
     "build_layout",
     "footprint",
     "goodput",
     "memory",
-    "word_slots",
 ]

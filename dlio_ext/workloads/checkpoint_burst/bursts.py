@@ -27,14 +27,14 @@ from dlio_ext.storage.base import (
     VerifyError,
     kind_text,
 )
-from dlio_ext.storage.buffers import ALIGN
 from dlio_ext.workloads import checkpoint_layout as cl
 from dlio_ext.workloads.checkpoint_burst.cold import ColdRestore
 from dlio_ext.workloads.checkpoint_burst.config import Config
-from dlio_ext.workloads.checkpoint_burst.content import Content, FileHash, block_words, word_slots
+from dlio_ext.workloads.checkpoint_burst.content import Content
 from dlio_ext.workloads.checkpoint_burst.engine import Engine, abort
 from dlio_ext.workloads.checkpoint_burst.plan import Plan, PlannedFile
 from dlio_ext.workloads.checkpoint_burst.summary import Burst
+from dlio_ext.workloads.content import StreamHash
 from dlio_ext.workloads.context import Context
 from dlio_ext.workloads.phases import FileEvent, FilePhase, PhaseResult
 
@@ -113,7 +113,7 @@ class _Persister(threading.Thread):
             try:
                 if i == 0:
                     ev = FileEvent("persist", ckpt, f.name, f.nbytes, time.perf_counter())
-                    cur["ev"], cur["fh"] = ev, FileHash()
+                    cur["ev"], cur["fh"] = ev, StreamHash()
                     try:
                         if phase.runner.liveness.gone is not None:  # no file is started on a gone store
                             raise Unreachable(f"{f.key}: not persisted, the store is gone", f.key)
@@ -432,7 +432,6 @@ class Bursts:
         free: queue.Queue = queue.Queue()
         for s in slots:
             free.put(s)
-        per_block = chunk // ALIGN
         pers = _Persister(free, b)
         pers.start()
         pairs: list[tuple[Burst, Burst]] = []
@@ -460,14 +459,11 @@ class Bursts:
                 nchunks = max(1, math.ceil(f.nbytes / chunk))
                 for i in range(nchunks):
                     n = min(chunk, f.nbytes - i * chunk)
-                    p = content.pick(f.writer, f.index, i)
+                    p = content.body(f.writer, f.index, i)
                     slot = free.get()  # backpressure: wait for the persist to free a slot
                     slot[:n] = content.bufs[p][:n]
-                    sl = word_slots(slot, n)
-                    words = block_words(fkey, i * per_block, len(sl))
-                    sl[:] = words
-                    content.settle_tail(slot, p, n)
-                    pers.q.put(("chunk", f, k, i, nchunks, slot, n, words, content.body_digest(p, n)))
+                    words = content.stamp(slot, fkey, i, n, p)
+                    pers.q.put(("chunk", f, k, i, nchunks, slot, n, words, content.digest(p, n)))
                     copied += n
             end = time.perf_counter()
             stall_phase.span(t0, end, copied)

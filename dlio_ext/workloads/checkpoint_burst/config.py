@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dlio_ext.config.schema import first_problem, key_prefix, one_of, positive
 from dlio_ext.storage.buffers import ALIGN
+from dlio_ext.validate import first_problem, key_prefix, one_of, positive
 from dlio_ext.workloads import checkpoint_layout as cl
 
 PRESETS = (*cl.PRESETS, "custom")

@@ -9,19 +9,10 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
-import xxhash
-
 from dlio_ext.storage.base import Backend, StorageError, VerifyError
-from dlio_ext.storage.buffers import ALIGN
-from dlio_ext.workloads.checkpoint_burst.content import (
-    WORDS_PER_BLOCK,
-    Content,
-    FileHash,
-    block_words,
-    word_slots,
-)
+from dlio_ext.workloads.checkpoint_burst.content import Content
 from dlio_ext.workloads.checkpoint_burst.plan import PlannedFile
+from dlio_ext.workloads.content import StreamHash
 from dlio_ext.workloads.phases import FileEvent
 
 
@@ -37,8 +28,7 @@ class Engine:
         ev = FileEvent(kind, ckpt, f.name, f.nbytes, time.perf_counter())
         c = self.content
         fkey = c.file_key(ckpt, f.writer, f.index)
-        fh = FileHash()
-        per_block = self.chunk // ALIGN
+        fh = StreamHash()
         try:
             w = self.b.writer(f.key)
             ev.opened = time.perf_counter()
@@ -47,17 +37,14 @@ class Engine:
                 off, i = 0, 0
                 while off < f.nbytes:
                     n = min(self.chunk, f.nbytes - off)
-                    p = c.pick(f.writer, f.index, i)
+                    p = c.body(f.writer, f.index, i)
                     buf = c.bufs[p]
-                    slots = word_slots(buf, n)
-                    words = block_words(fkey, i * per_block, len(slots))
-                    slots[:] = words
-                    c.settle_tail(buf, p, n)
+                    words = c.stamp(buf, fkey, i, n, p)
                     # borrowed for the call only: once write returns, buf is ours to restamp
                     w.write(buf[:n])
                     if i == 0:
                         ev.first_byte = time.perf_counter()
-                    fh.update(words, c.body_digest(p, n))
+                    fh.update(words, c.digest(p, n))
                     off += n
                     i += 1
                 t = time.perf_counter()
@@ -96,7 +83,8 @@ class Engine:
             ev.opened = time.perf_counter()
             if size != f.nbytes:
                 raise VerifyError(f"{f.key}: {size} bytes on storage, {f.nbytes} written", f.key)
-            fh = FileHash()
+            fh = StreamHash()
+            c, fkey = self.content, self.content.file_key(ckpt, f.writer, f.index)
             if pool is not None and chunks:
                 fut = pool.submit(fetch, 0)
             for i, (off, n) in enumerate(chunks):
@@ -110,7 +98,8 @@ class Engine:
                 if got != n:
                     raise VerifyError(f"{f.key}: short read at offset {off} ({got} of {n} bytes)", f.key)
                 if self.verify:
-                    fh.update(*self._verify(f, ckpt, i, off, n, bufs[i % len(bufs)]))
+                    # the block stamps, then the body against the pool's digest
+                    fh.update(*c.verify(bufs[i % len(bufs)], fkey, i, n, c.body(f.writer, f.index, i), f.key))
             ev.ok = True
             ev.digest = fh.hexdigest() if self.verify else ""
         except StorageError as exc:
@@ -121,48 +110,12 @@ class Engine:
         ev.end = time.perf_counter()
         return ev
 
-    def _verify(
-        self, f: PlannedFile, ckpt: int, i: int, off: int, n: int, buf: memoryview
-    ) -> tuple[np.ndarray, int]:
-        """Check chunk i of a file: its block stamps, then its body against the pool's digest."""
-        c = self.content
-        p = c.pick(f.writer, f.index, i)
-        slots = word_slots(buf, n)
-        words = block_words(c.file_key(ckpt, f.writer, f.index), i * (self.chunk // ALIGN), len(slots))
-        if not np.array_equal(slots, words):
-            bad = int(np.flatnonzero(slots != words)[0])
-            raise VerifyError(
-                f"{f.key}: block at offset {off + bad * ALIGN} belongs to another file, checkpoint or rank "
-                "(its stamp differs)",
-                f.key,
-            )
-        seen = slots.copy()
-        slots[:] = c.orig[p][: len(slots)]
-        body = xxhash.xxh3_64_intdigest(buf[:n])
-        if body != c.body_digest(p, n):
-            a = np.frombuffer(buf, dtype=np.uint8, count=n)
-            b = np.frombuffer(c.bufs[p], dtype=np.uint8, count=n)
-            diff = np.flatnonzero(a != b)
-            # the pool buffer may carry another chunk's stamps; the bytes between them are the truth
-            where = next((int(d) for d in diff if int(d) % ALIGN >= 8), int(diff[0]) if len(diff) else 0)
-            raise VerifyError(f"{f.key}: content differs at offset {off + where}", f.key)
-        return seen, body
-
     def expected_digest(self, f: PlannedFile, ckpt: int) -> str:
         """The content hash a file of this plan must have (what the writer wrote), without I/O."""
-        c, fh = self.content, FileHash()
-        fkey = c.file_key(ckpt, f.writer, f.index)
-        per_block = self.chunk // ALIGN
-        off, i = 0, 0
-        while off < f.nbytes:
-            n = min(self.chunk, f.nbytes - off)
-            nslots = len(range(0, n // 8, WORDS_PER_BLOCK))
-            fh.update(
-                block_words(fkey, i * per_block, nslots), c.body_digest(c.pick(f.writer, f.index, i), n)
-            )
-            off += n
-            i += 1
-        return fh.hexdigest()
+        c = self.content
+        return c.expected(
+            c.file_key(ckpt, f.writer, f.index), f.nbytes, lambda i: c.body(f.writer, f.index, i)
+        )
 
 
 def abort(w: Any) -> None:
