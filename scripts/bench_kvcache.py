@@ -54,7 +54,7 @@ from dlio_ext.metrics.histogram import Histogram
 from dlio_ext.storage import open_backend
 from dlio_ext.storage.base import Backend
 from dlio_ext.workloads import kv_cache as kv
-from dlio_ext.workloads.kv_tiers import StorageTier
+from dlio_ext.workloads.kv_cache.tiers import StorageTier
 
 MiB = 1 << 20
 NO_VERIFY = "the same path without the stamp + xxh3 check of every byte (the baselines check nothing)"

@@ -18,7 +18,7 @@ from dlio_ext.s3server import ServerInfo, server_env
 from dlio_ext.storage.base import NotFound, StorageError
 from dlio_ext.storage.posix import PosixBackend
 from dlio_ext.workloads import kv_cache as kv
-from dlio_ext.workloads.kv_tiers import StorageTier
+from dlio_ext.workloads.kv_cache.tiers import StorageTier
 
 # kv_cache/custom: 12 MiB real chunks; at scale 0.02 one is stored as 248 KiB
 CHUNK_REAL = 256 * 2 * 24 * 4 * 128 * 2

@@ -5,8 +5,11 @@ SeaweedFS)."""
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import random
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +18,19 @@ from helpers import KV_SMALL, run_cli
 
 from dlio_ext.errors import UsageError
 from dlio_ext.metrics.histogram import Histogram
+from dlio_ext.report import figures
 from dlio_ext.run.harness import load_config as load
 from dlio_ext.s3server import ServerInfo, server_env
-from dlio_ext.storage.base import NotFound
+from dlio_ext.storage.base import NotFound, StoreGone, Unreachable, VerifyError
 from dlio_ext.storage.buffers import ALIGN
 from dlio_ext.storage.posix import PosixBackend
 from dlio_ext.workloads import kv_cache as kv
-from dlio_ext.workloads.kv_tiers import MemoryTier, StorageTier
-from dlio_ext.workloads.kv_trace import Request, Segment, Trace, TraceSpec, chunk_keys, key_root
+from dlio_ext.workloads.context import Context
+from dlio_ext.workloads.kv_cache import KVCache
+from dlio_ext.workloads.kv_cache.tiers import MemoryTier, StorageTier
+from dlio_ext.workloads.kv_cache.trace import Request, Segment, Trace, TraceSpec, chunk_keys, key_root
+from dlio_ext.workloads.phases import PhaseRunner, _still_due
+from dlio_ext.world import SoloWorld
 
 MiB = 1 << 20
 
@@ -269,19 +277,32 @@ def test_verification_catches_corrupt_and_misplaced_chunks(tmp_path):
         assert bytes(buf) == bytes(r.content.template)
 
 
-def test_chunk_content_differs_in_every_block():
-    c = kv.ChunkContent(3, 64 << 10)
+def test_chunk_content_differs_in_every_block(tmp_path):
+    c = kv.ChunkContent(3, 64 << 10, PosixBackend(str(tmp_path)).alloc)
     a, b = c.new_buffer(), c.new_buffer()
     ka, kb = b"A" * 16, b"B" * 16
     c.fill(ka, a)
     c.fill(kb, b)
     blocks = lambda buf: [bytes(buf[i : i + ALIGN]) for i in range(0, len(buf), ALIGN)]  # noqa: E731
     assert not set(blocks(a)) & set(blocks(b)) and len(set(blocks(a))) == 16
-    assert bytes(a[:16]) == ka
-    assert c.check(ka, a, len(a)) is None and c.check(kb, b, len(b)) is None
+    assert bytes(a[:8]) == ka[:8]  # block 0 opens with the key's first word (block b: b x GOLDEN xor it)
+    c.check(ka, a, len(a), "a")
+    c.check(kb, b, len(b), "b")
+    assert bytes(a) == bytes(b) == bytes(c.template)  # a check leaves the template behind
     c.fill(ka, a)
-    assert c.check(kb, a, len(a)) == "its stamps name another chunk"
-    assert c.check(ka, a, 100) is not None
+    with pytest.raises(
+        VerifyError, match=r"^a: block at offset 0 belongs to another chunk \(its stamp differs\)"
+    ):
+        c.check(kb, a, len(a), "a")
+    c.fill(ka, a)
+    with pytest.raises(VerifyError, match="read 100 bytes"):
+        c.check(ka, a, 100, "a")
+    assert bytes(a) == bytes(c.template)
+    c.fill(ka, a)
+    a[5000] ^= 1  # one bit of block 1's body
+    with pytest.raises(VerifyError, match="^a: content differs at offset 5000$"):
+        c.check(ka, a, len(a), "a")
+    assert bytes(a) == bytes(c.template)
 
 
 def test_sample_log_folds_exactly_like_histogram_record():
@@ -304,22 +325,122 @@ def test_sample_log_folds_exactly_like_histogram_record():
 
 
 def test_timeseries_auto_interval_merges_bins(tmp_path):
-    from types import SimpleNamespace
-
     # 1000 bins of 0.1 s (100 s) from two ranks: merged 5 to 1, 200 points of 0.5 s
     per_rank = [
         {"series": {"interval_s": 0.1, "read_chunks": [2] * 1000, "write_chunks": [1] * 990, "requests": [1]}}
         for _ in range(2)
     ]
-    ctx = SimpleNamespace(run_dir=tmp_path, config=kv.Config(), size=2)
-    out = kv._timeseries(ctx, per_rank, chunk_bytes=10**6, chunk_tokens=256)  # type: ignore[arg-type]
-    assert out == {"interval_s": 0.5, "csv": "timeseries.csv", "png": "timeseries.png"}
+    out = kv.timeseries(tmp_path, per_rank, chunk_bytes=10**6, chunk_tokens=256, auto=True)
+    assert out == {"interval_s": 0.5, "csv": "timeseries.csv"}
+    assert not (tmp_path / "timeseries.png").exists()  # the workload writes data; report/ draws
+    # the figure, drawn by report.figures from the CSV and the summary that names it
+    section = {
+        "preset": "custom",
+        "model": {"name": "llama3_8b"},
+        "servers": {"users_per_rank": 4},
+        "chunk": {"scale": 1.0},
+        "timeseries": out,
+    }
+    summary = {"workload": "kv_cache", "ranks": 2, "kv_cache": section}
+    assert figures(tmp_path, summary) == {"timeseries": "timeseries.png"}
     rows = _series(tmp_path)
     assert len(rows) == 200 and float(rows[1]["t_start_s"]) == 0.5
     # 2 ranks x 2 chunks x 5 bins of 1 MB in 0.5 s = 0.04 GB/s; requests: 2 in the first 0.5 s
     assert float(rows[0]["read_GBps"]) == pytest.approx(0.04) and float(rows[0]["requests_per_s"]) == 4.0
     assert float(rows[-1]["write_GBps"]) == 0.0 and float(rows[-3]["write_GBps"]) == pytest.approx(0.02)
     assert float(rows[0]["storage_read_tokens_per_s"]) == 2 * 2 * 5 * 256 / 0.5
+    # a series that was not written (a full results disk) draws nothing and says so in the summary
+    assert figures(tmp_path, summary | {"kv_cache": section | {"timeseries": {"interval_s": 0.5}}}) == {}
+
+
+# --- the serving phase through the phase runner: what was planned ------------------------------------
+
+
+def test_still_due_counts_what_a_stopped_source_had_planned():
+    def rest(*ats):
+        return iter([(a, None) for a in ats])
+
+    inf = math.inf
+    # timed arrivals: those before the deadline, the one in hand included
+    assert _still_due(0.5, rest(1.0, 2.0), begin=0.0, deadline=1.5) == 2
+    assert _still_due(2.0, rest(), begin=0.0, deadline=1.5) == 0
+    assert _still_due(0.5, rest(1.0, 2.0), begin=0.0, deadline=inf) == 3
+    # closed loop: the next request is due now; the ones after it only when the schedule ends
+    # without a deadline (then it was planned whole)
+    assert _still_due(None, rest(None, None), begin=0.0, deadline=inf) == 3
+    assert _still_due(None, rest(None, None), begin=0.0, deadline=time.perf_counter() + 60) == 1
+    assert _still_due(None, rest(None), begin=0.0, deadline=time.perf_counter() - 1) == 0
+
+
+class FakeDeadStore(PosixBackend):
+    """Stops answering after `answers` puts: every later op waits a little (a connection timeout)
+    and fails as unreachable. A real server killed mid-run is tests/test_dead_store.py's; this
+    one stops at a known moment, in-process, so the planned counts can be checked exactly."""
+
+    answers = 6
+    wait_s = 0.02
+    lock = threading.Lock()  # write-back writers put at once: exactly `answers` get through
+
+    def _dead(self, key: str) -> None:
+        time.sleep(self.wait_s)
+        raise Unreachable(f"{key}: injected, the store stopped answering", key)
+
+    def put(self, key: str, data: memoryview | bytes) -> None:
+        with self.lock:
+            left = self.answers
+            self.answers = left - 1
+        if left <= 0:
+            self._dead(key)
+        super().put(key, data)
+
+    def get(self, key: str, into: memoryview) -> int:
+        if self.answers <= 0:
+            self._dead(key)
+        return super().get(key, into)
+
+
+def _context(tmp_path: Path, backend: PosixBackend, **over) -> Context:
+    cfg = kv.Config(**(TINY | over))
+    assert cfg.validate() is None
+    world = SoloWorld()
+    log = logging.getLogger("test_kv_cache")
+    return Context(world, backend, PhaseRunner(world, 0, backend), cfg, tmp_path, "run", 42, log)
+
+
+@pytest.mark.parametrize("write_policy", ["sync", "write_back"])
+def test_store_gone_mid_phase_leaves_the_phase_unfinished(tmp_path, write_policy):
+    backend = FakeDeadStore(str(tmp_path / "data"))
+    backend.liveness.timeout_s = 0.3
+    ctx = _context(tmp_path, backend, users=2, requests_per_user=40, write_policy=write_policy)
+    with pytest.raises(StoreGone, match="no operation succeeded during kv_cache"):
+        KVCache(ctx).run()
+    phases = {p.name: p for p in ctx.runner.results}
+    assert list(phases) == ["request", "read", "write", "lookup_miss"]
+    req, write = phases["request"], phases["write"]
+    # the whole closed-loop trace was planned; what the store's end cut off is missing, and the
+    # harness's check (ops + errors < planned_ops) calls the phase unfinished
+    assert req.planned_ops == 2 * 40 and 0 < req.ops < req.planned_ops and req.errors == 0
+    assert write.errors > 0 and write.error_kinds.get("unreachable") == write.errors
+    assert write.ops == FakeDeadStore.answers
+    assert req.ops + req.errors < req.planned_ops
+    # the request under way when the store went had hundreds of 4-token chunks to store: those
+    # not yet tried were dropped, planned but not done (the write phase is unfinished too)
+    assert write.planned_ops > write.ops + write.errors
+
+
+def test_a_finished_duration_run_is_not_flagged(tmp_path):
+    """With a duration, a request due after it is not the phase's: a run the deadline ended has
+    done all it planned, closed loop or Poisson."""
+    backend = PosixBackend(str(tmp_path / "data"))
+    for arrival in (0.0, 200.0):
+        ctx = _context(tmp_path, backend, users=2, requests_per_user=0, duration_s=0.5, arrival_rate=arrival)
+        wl = KVCache(ctx)
+        phases = {p.name: p for p in wl.run()}
+        req = phases["request"]
+        assert req.ops > 0 and req.planned_ops == req.ops == wl.metrics["requests_started"]
+        for p in phases.values():
+            assert p.planned_ops == p.ops + p.errors, p.name
+        assert req.end <= 0.5 + 5.0  # stopped by the deadline, not by the trace (it has no end)
 
 
 # --- runs through the CLI --------------------------------------------------------------------------
@@ -346,7 +467,12 @@ def _check(s: dict, ranks: int, requests: int) -> dict:
     assert k["ttft_ms"]["count"] == requests and k["ttft_ms"]["p50"] <= k["ttft_ms"]["p99"]
     assert k["storage_tokens_per_s"]["total"] > 0 and k["requests"]["per_s"] > 0
     ts = k["timeseries"]
-    assert "error" not in ts, ts
+    assert ts["csv"] == "timeseries.csv" and "error" not in ts, ts
+    assert s["figures"] == {"timeseries": "timeseries.png"}
+    # every phase did what it planned: the harness's unfinished-phase check has nothing to flag
+    assert s["phases"]["request"]["planned_ops"] == s["phases"]["request"]["ops"] == requests
+    for p in s["phases"].values():
+        assert p["planned_ops"] == p["ops"] + p["errors"], p
     return k
 
 

@@ -1,9 +1,7 @@
-"""Throughput over time: a CSV with one row per interval and a PNG (matplotlib, Agg: no display).
-
-Interval i covers [i x interval, (i + 1) x interval) seconds from the moment all ranks left the
-workload's start barrier; an operation counts in the interval in which it ended. Columns are
-rates (per second), summed over ranks.
-"""
+"""Throughput over time, drawn from the timeseries.csv a run left (one row per interval, a
+`t_start_s` column then rates per second summed over ranks; interval i covers [i x interval,
+(i + 1) x interval) seconds from the moment all ranks left the start barrier) and its summary:
+a PNG (matplotlib, Agg: no display)."""
 
 from __future__ import annotations
 
@@ -11,23 +9,7 @@ import csv
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-
-def write_csv(path: Path, interval_s: float, columns: Mapping[str, Sequence[float]]) -> None:
-    """`t_start_s` then one column per series; shorter series are padded with zeros."""
-    n = max((len(v) for v in columns.values()), default=0)
-    tmp = path.with_suffix(path.suffix + ".partial")
-    with tmp.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["t_start_s", *columns])
-        for i in range(n):
-            w.writerow(
-                [
-                    round(i * interval_s, 6),
-                    *(round(float(v[i]), 6) if i < len(v) else 0.0 for v in columns.values()),
-                ]
-            )
-    os.replace(tmp, path)
+from typing import Any
 
 
 def plot(
@@ -64,3 +46,33 @@ def plot(
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def read_csv(path: Path) -> dict[str, list[float]]:
+    """A time-series CSV's columns by name, `t_start_s` included."""
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    head, body = rows[0], rows[1:]
+    return {name: [float(r[i]) for r in body] for i, name in enumerate(head)}
+
+
+def draw(run_dir: Path, summary: dict[str, Any]) -> dict[str, str]:
+    """kv_cache: GB/s read and written and requests/s over time, from the CSV and interval its
+    summary names; {"timeseries": png name}, or {} when the run wrote no series."""
+    k = summary.get("kv_cache", {})
+    entry = k.get("timeseries", {})
+    if "csv" not in entry:
+        return {}
+    cols = read_csv(run_dir / entry["csv"])
+    png = run_dir / (Path(entry["csv"]).stem + ".png")
+    plot(
+        png,
+        entry["interval_s"],
+        [
+            ("GB/s", {"read": cols["read_GBps"], "write": cols["write_GBps"]}),
+            ("requests/s", {"requests": cols["requests_per_s"]}),
+        ],
+        title=f"kv_cache {k['preset']} ({k['model']['name']}, {summary['ranks']} rank(s) x "
+        f"{k['servers']['users_per_rank']} users, scale {k['chunk']['scale']:g})",
+    )
+    return {"timeseries": png.name}

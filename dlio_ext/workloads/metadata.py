@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from dlio_ext.config.schema import first_problem, io_depth, one_of, positive
 from dlio_ext.storage.base import Backend, Bare, StoreGone, VerifyError
+from dlio_ext.validate import first_problem, io_depth, one_of, positive
 from dlio_ext.workloads.base import Workload, register
 from dlio_ext.workloads.content import HeadStamped
 from dlio_ext.workloads.context import Context

@@ -7,6 +7,7 @@ their wall clocks: a phase lasts from the first rank's first op to the last rank
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -15,6 +16,8 @@ from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from dlio_ext.metrics import kernel
 from dlio_ext.metrics.histogram import Histogram
@@ -533,6 +536,305 @@ def bare_loop(
         return moved
 
     return hooked
+
+
+# --- open-loop phases (KV server) ------------------------------------------------------------------
+#
+# A serving phase is open-loop: each source (one user of an inference server) sends requests on
+# its own schedule, whether or not its earlier ones were quick, and one request does several kinds
+# of op (reads, writes, look-ups that miss), each a phase of its own over the same window. A thread
+# records into its own `OpRecord` (a timed op costs two list appends, `SampleLog.add`; no lock);
+# `run_open_loop` starts the threads, holds the barriers and the clock, feeds the schedules, and
+# once every thread is done folds the records into PhaseResults (ops, bytes, error tallies,
+# planned ops, latency histograms) and per-interval op counts (the time series).
+
+
+class SampleLog:
+    """One thread's timed operations: `add(end, seconds)` appends both floats to a list (a few
+    hundred nanoseconds, no allocation: the floats exist already); every FOLD samples, and at the
+    end, they are folded in bulk (numpy) into a Histogram, bucket for bucket what
+    Histogram.record would give, and into per-interval counts for the time series."""
+
+    FOLD = 4096
+    __slots__ = ("buf", "hist", "counts", "first", "last", "t0", "interval")
+
+    def __init__(self, interval: float = 1.0):
+        self.buf: list[float] = []  # end, seconds, end, seconds, ...
+        self.hist = Histogram()
+        self.counts = np.zeros(0, np.int64)
+        self.first = math.inf  # earliest start, absolute
+        self.last = -math.inf  # latest end, absolute
+        self.t0 = 0.0
+        self.interval = interval
+
+    def add(self, end: float, seconds: float) -> None:
+        buf = self.buf
+        buf.append(end)
+        buf.append(seconds)
+        if len(buf) >= 2 * self.FOLD:
+            self.fold()
+
+    def fold(self) -> None:
+        if not self.buf:
+            return
+        pairs = np.array(self.buf, np.float64).reshape(-1, 2)
+        self.buf.clear()
+        ends, secs = pairs[:, 0], pairs[:, 1]
+        self.hist.record_many(secs)
+        self.first = min(self.first, float((ends - secs).min()))
+        self.last = max(self.last, float(ends.max()))
+        slot = np.maximum((ends - self.t0) // self.interval, 0).astype(np.int64)
+        per = np.bincount(slot)
+        if len(per) > len(self.counts):
+            self.counts = np.concatenate([self.counts, np.zeros(len(per) - len(self.counts), np.int64)])
+        self.counts[: len(per)] += per
+
+    @classmethod
+    def merged(cls, logs: Sequence[SampleLog], interval: float) -> SampleLog:
+        out = cls(interval)
+        for log in logs:
+            log.fold()
+            out.hist.merge(log.hist)
+            out.first = min(out.first, log.first)
+            out.last = max(out.last, log.last)
+            if len(log.counts) > len(out.counts):
+                out.counts = np.concatenate(
+                    [out.counts, np.zeros(len(log.counts) - len(out.counts), np.int64)]
+                )
+            out.counts[: len(log.counts)] += log.counts
+        return out
+
+
+class OpRecord:
+    """One thread's record of an open-loop phase: a SampleLog per timed kind of op (`logs`),
+    counters (`c`) and its failed ops (`errors`: op -> error kind -> count; `first_error`: op ->
+    message). Written by its own thread alone: no locks, merged after the phase."""
+
+    def __init__(
+        self, interval: float, logs: Sequence[str], counters: Sequence[str], failing: Sequence[str]
+    ) -> None:
+        self.interval = interval
+        self.c = dict.fromkeys(counters, 0)
+        self.logs = {name: SampleLog(interval) for name in logs}
+        self.errors: dict[str, dict[str, int]] = {op: {} for op in failing}
+        self.first_error: dict[str, str] = {}
+
+    def set_t0(self, t0: float) -> None:
+        for log in self.logs.values():
+            log.t0 = t0
+
+    def error(self, op: str, exc: StorageError) -> None:
+        kinds = self.errors[op]
+        kinds[exc.kind] = kinds.get(exc.kind, 0) + 1
+        self.first_error.setdefault(op, str(exc))
+
+
+@dataclass(frozen=True)
+class OpKind:
+    """Which parts of the OpRecords make one phase of an open-loop run."""
+
+    phase: str
+    log: str  # the SampleLog of its latencies and ends
+    ops: str  # the counter of ops done
+    bytes: str | None = None  # the counter of bytes they moved
+    errors: str | None = None  # its key in OpRecord.errors
+    #: the counter of ops given up untried once the store was found gone (a queued write): they
+    #: were planned, so the phase shows as unfinished
+    dropped: str | None = None
+    io: str | None = None  # as PhaseResult.io
+    cold: bool = False  # claims cold reads, as run_chunks' `cold`
+
+
+@dataclass
+class OpenLoop:
+    """One rank's open-loop run: its phases, and what a workload reports beyond them."""
+
+    phases: list[PhaseResult]
+    logs: dict[str, SampleLog]  # every thread's, merged
+    counters: dict[str, int]  # summed over the threads
+    t0: float  # perf_counter when the ranks left the start barrier
+    seconds: float  # from t0 until this rank's last thread was done
+    started: int  # requests started
+    planned: int  # requests due before the phase ended: started, or not served because it stopped early
+
+
+#: (when a request arrives, in seconds from its source's start, or None: as soon as the source's
+#: previous request is done (closed loop); the request, as `serve` takes it)
+Arrival = tuple[float | None, Any]
+
+
+def run_open_loop(
+    runner: PhaseRunner,
+    name: str,
+    schedules: Sequence[Iterator[Arrival]],
+    serve: Callable[[int, Any], None],
+    records: Sequence[OpRecord],
+    kinds: Sequence[OpKind],
+    *,
+    deadline_s: float | None = None,
+    offset_s: float = 0.0,
+    background: Sequence[Callable[[], None]] = (),
+    end_background: Callable[[], None] | None = None,
+    queue_log: str = "queue",
+) -> OpenLoop:
+    """One open-loop phase on every rank (collective): barrier, the sources run, barrier.
+
+    Source s runs on a thread of its own: it takes its next arrival from `schedules[s]`, waits
+    until it is due (`offset_s` + its time after the start barrier; a closed-loop one at once),
+    logs the wait in `records[s].logs[queue_log]` (the request's queueing delay, untimed in its
+    latency) and calls `serve(s, request)`, which records its ops in `records[s]`. A source stops
+    at the end of its schedule, at `deadline_s` (a request due at or after it is not this phase's),
+    or once the store is gone. `background` functions run on threads of their own for the whole
+    phase (write-back writers, recording in `records[len(schedules):]`); `end_background` is
+    called when the last source is done and must make them return.
+
+    Each of `kinds` becomes a PhaseResult, in order. The one named `name` is the request phase:
+    its planned ops are the requests due before the phase ended, so a phase the store stopped
+    early shows as unfinished (see `_still_due`); the others plan what they tried plus what they
+    dropped (`OpKind.dropped`). All share one kernel window: a phase with an `io` carries it, and
+    where a write phase exists the fsyncs are its own (a read phase's count is zero).
+
+    After the closing barrier: a thread that raised (a bug, not a StorageError) is re-raised on
+    its rank; if any rank found the store gone, the phases are kept in `runner.results` and every
+    rank raises the same StoreGone, as `PhaseRunner.run_chunks` does."""
+    live = runner.liveness
+    go = threading.Event()
+    clock = [0.0]
+    fatal: list[BaseException] = []
+    started = [0] * len(schedules)
+    unrun = [0] * len(schedules)
+
+    def source(s: int) -> None:
+        try:
+            go.wait()
+            t0 = clock[0]
+            begin = t0 + offset_s
+            deadline = t0 + deadline_s if deadline_s else math.inf
+            qlog, schedule = records[s].logs[queue_log], schedules[s]
+            perf, sleep = time.perf_counter, time.sleep
+            for at, request in schedule:
+                if live.gone is not None:  # the ranks agree after the closing barrier
+                    unrun[s] = _still_due(at, schedule, begin, deadline)
+                    break
+                now = perf()
+                arrive = begin + at if at is not None else max(now, begin)
+                if arrive >= deadline or now >= deadline:
+                    break
+                if arrive > now:
+                    sleep(arrive - now)
+                start = perf()
+                qlog.add(start, max(start - arrive, 0.0))
+                started[s] += 1
+                serve(s, request)
+        except BaseException as exc:  # a bug, not a storage error: stop the run loudly
+            fatal.append(exc)
+
+    def guarded(fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as exc:
+                fatal.append(exc)
+
+        return run
+
+    threads = [
+        threading.Thread(target=source, args=(s,), name=f"{name}-source-{s}", daemon=True)
+        for s in range(len(schedules))
+    ]
+    helpers = [
+        threading.Thread(target=guarded(fn), name=f"{name}-background-{b}", daemon=True)
+        for b, fn in enumerate(background)
+    ]
+    for th in threads + helpers:
+        th.start()
+    runner.current = name
+    runner.world.barrier()
+    mark = runner.kernel_start()
+    t0 = time.perf_counter()
+    clock[0] = t0
+    for rec in records:
+        rec.set_t0(t0)
+    go.set()
+    for th in threads:
+        th.join()
+    if end_background is not None:
+        end_background()
+    for th in helpers:
+        th.join()
+    seconds = time.perf_counter() - t0
+    window = runner.kernel_stop(mark)  # and the closing barrier
+    runner.current = None
+    if fatal:
+        raise fatal[0]
+
+    interval = records[0].interval
+    logs = {n: SampleLog.merged([r.logs[n] for r in records], interval) for n in records[0].logs}
+    counters = {k: sum(r.c[k] for r in records) for k in records[0].c}
+    planned = sum(started) + sum(unrun)
+    writes = any(k.io == "write" for k in kinds)
+    phases = []
+    for kind in kinds:
+        errors: dict[str, int] = {}
+        first = None
+        if kind.errors is not None:
+            for r in records:
+                for k, v in r.errors[kind.errors].items():
+                    errors[k] = errors.get(k, 0) + v
+            first = next((r.first_error[kind.errors] for r in records if kind.errors in r.first_error), None)
+        res = PhaseResult(
+            name=kind.phase,
+            ops=counters[kind.ops],
+            bytes=counters[kind.bytes] if kind.bytes is not None else 0,
+            errors=sum(errors.values()),
+            error_kinds=errors,
+            first_error=first,
+            io=kind.io,
+        )
+        if kind.phase == name:
+            res.planned_ops = planned
+        else:
+            res.planned_ops = res.ops + res.errors + (counters[kind.dropped] if kind.dropped else 0)
+        log = logs[kind.log]
+        res.hist = log.hist
+        if log.hist.n:
+            res.start = max(log.first - t0, 0.0)
+            res.end = max(log.last - t0, res.start)
+        if kind.cold:
+            res.cold = runner.backend.cache_control().method if runner.backend is not None else "claimed"
+        if window is not None and kind.io is not None:
+            res.kernel = (
+                window | {"fsync_calls": 0, "fsync_seconds": 0.0} if kind.io == "read" and writes else window
+            )
+        phases.append(res)
+    runner.results.extend(phases)
+    runner.stop_if_gone()
+    return OpenLoop(phases, logs, counters, t0, seconds, sum(started), planned)
+
+
+def _still_due(at: float | None, rest: Iterator[Arrival], begin: float, deadline: float) -> int:
+    """How many requests of a source stopped early (the store gone) were due before its phase
+    would have ended, from the one in hand (`at`) on: a timed one if it arrives before the
+    deadline; a closed-loop one is due now (its predecessor is done), and those after it count
+    only without a deadline (then the whole schedule was planned: it ends)."""
+    n = 0
+    now = time.perf_counter()
+    while True:
+        if at is None:
+            if now >= deadline:
+                break
+            n += 1
+            if deadline != math.inf:
+                break
+        elif begin + at < deadline:
+            n += 1
+        else:
+            break
+        nxt = next(rest, None)
+        if nxt is None:
+            break
+        at = nxt[0]
+    return n
 
 
 # --- file-granular phases (checkpoint bursts) ------------------------------------------------------

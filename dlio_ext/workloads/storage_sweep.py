@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dlio_ext.config.schema import first_problem, io_depth, positive
 from dlio_ext.storage.base import VerifyError
+from dlio_ext.validate import first_problem, io_depth, positive
 from dlio_ext.workloads.base import Workload, register
 from dlio_ext.workloads.content import Alloc, HeadStamped
 from dlio_ext.workloads.context import Context
