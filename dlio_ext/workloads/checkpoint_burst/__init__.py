@@ -21,10 +21,11 @@ Sizes and names come from checkpoint_layout (DLIO main's arithmetic, MLPerf's mo
 shrinks every file for small machines; `subset` runs a few ranks of a large layout.
 
 The package, along its seams: `config` (keys), `plan` (who writes which files), `content` (the
-stamped pool: workloads/content.py's block-stamped streams), `engine` (a file written or read and verified), `cold` (how a
-restore is made cold), `bursts` (the timed phases, through the phase runner's FilePhase),
-`summary` (rank metrics, summary.json's section, timeline.csv), `workload` (the registered
-class). The names below are what other modules (dlio_ext.dlio.checkpointing) and tests use.
+stamped pool: workloads/content.py's block-stamped streams, one a file), `engine` (a file written,
+or read and verified), `cold` (how a restore is made cold), `bursts` (the timed phases, each a
+FilePhase of the phase runner), `summary` (rank metrics, summary.json's section, timeline.csv),
+`workload` (the registered class). The names below are what other modules
+(dlio_ext.dlio.checkpointing) and tests use.
 """
 
 from __future__ import annotations

@@ -353,9 +353,11 @@ def summarize(
     }
     # the per-rank timeline, as data: report.timeline draws it
     rows = [(m_.get("layout_rank", i), i, ev) for i, m_ in enumerate(per_rank) for ev in m_.get("events", [])]
-    csv_path = ctx.run_dir / TIMELINE
-    write_timeline(csv_path, rows)
-    out["timeline"] = {"csv": csv_path.name}
+    try:
+        write_timeline(ctx.run_dir / TIMELINE, rows)
+        out["timeline"] = {"csv": TIMELINE}
+    except OSError as exc:  # a full disk must not cost the run its summary
+        out["timeline"] = {"error": f"{type(exc).__name__}: {exc}"}
     w, r = out["write"]["overall"], out["restore"]["overall"]
     if w:
         ctx.log.info(
