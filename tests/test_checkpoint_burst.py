@@ -15,7 +15,7 @@ from helpers import run_cli
 
 from dlio_ext.storage.posix import PosixBackend
 from dlio_ext.workloads import checkpoint_burst as cb
-from dlio_ext.workloads import checkpoint_layout as cl
+from dlio_ext.workloads.checkpoint_burst import layout as cl
 from dlio_ext.workloads.context import Context
 from dlio_ext.workloads.phases import PhaseRunner
 from dlio_ext.world import SoloWorld

@@ -17,15 +17,16 @@ What DLIO's checkpoint numbers get wrong, and what this does instead:
   Backend.alloc), so a rank's RSS does not grow with its shard. Async mode is the exception it
   has to be: a snapshot needs host memory to land in (host_buffer_bytes; 0 = the whole shard).
 
-Sizes and names come from checkpoint_layout (DLIO main's arithmetic, MLPerf's models). `scale`
+Sizes and names come from `layout` (DLIO main's arithmetic, MLPerf's models). `scale`
 shrinks every file for small machines; `subset` runs a few ranks of a large layout.
 
-The package, along its seams: `config` (keys), `plan` (who writes which files), `content` (the
-stamped pool: workloads/content.py's block-stamped streams, one a file), `engine` (a file written,
-or read and verified), `cold` (how a restore is made cold), `bursts` (the timed phases, each a
-FilePhase of the phase runner), `summary` (rank metrics, summary.json's section, timeline.csv),
-`workload` (the registered class). The names below are what other modules
-(dlio_ext.dlio.checkpointing) and tests use.
+The package, along its seams: `config` (keys), `layout` (shard sizes and names of a model and
+parallel layout), `plan` (who writes which files), `content` (the stamped pool: workloads/
+content.py's block-stamped streams, one a file), `engine` (a file written, or read and verified),
+`cold` (how a restore is made cold), `bursts` (the timed phases, each a FilePhase of the phase
+runner), `summary` (rank metrics, summary.json's section, timeline.csv), `workload` (the
+registered class). The names below are what other modules (dlio_ext.dlio.checkpointing) and tests
+use.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from dlio_ext.storage.base import (
     VerifyError,
     kind_text,
 )
-from dlio_ext.workloads import checkpoint_layout as cl
+from dlio_ext.workloads.checkpoint_burst import layout as cl
 from dlio_ext.workloads.checkpoint_burst.cold import ColdRestore
 from dlio_ext.workloads.checkpoint_burst.config import Config
 from dlio_ext.workloads.checkpoint_burst.content import Content

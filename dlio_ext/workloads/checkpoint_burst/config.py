@@ -1,6 +1,6 @@
 """checkpoint_burst's keys: which model and layout, how many checkpoints and restores, how the
 bytes stream (chunk, pool, threads), sync or async. Presets are workload_configs/workload/
-checkpoint_burst/*.yaml; the models behind them are checkpoint_layout.PRESETS."""
+checkpoint_burst/*.yaml; the models behind them are layout.PRESETS."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from dlio_ext.storage.buffers import ALIGN
 from dlio_ext.validate import first_problem, key_prefix, one_of, positive
-from dlio_ext.workloads import checkpoint_layout as cl
+from dlio_ext.workloads.checkpoint_burst import layout as cl
 
 PRESETS = (*cl.PRESETS, "custom")
 

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from typing import cast
 
 from dlio_ext.errors import UsageError
-from dlio_ext.workloads import checkpoint_layout as cl
+from dlio_ext.workloads.checkpoint_burst import layout as cl
 from dlio_ext.workloads.checkpoint_burst.config import Config
 from dlio_ext.workloads.context import Context
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dlio_ext.workloads import checkpoint_layout as cl
+from dlio_ext.workloads.checkpoint_burst import layout as cl
 from dlio_ext.workloads.checkpoint_burst.config import Config
 from dlio_ext.workloads.checkpoint_burst.plan import build_layout
 from dlio_ext.workloads.context import Context
