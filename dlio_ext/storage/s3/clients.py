@@ -31,6 +31,8 @@ def boto3_client(
         connect_timeout=s.connect_timeout if connect_timeout is None else connect_timeout,
         read_timeout=s.read_timeout if read_timeout is None else read_timeout,
         retries={"total_max_attempts": 1},
+        # requests are SigV4 either way; without saying so, presigned URLs would be SigV2
+        signature_version="s3v4",
         s3={"addressing_style": "path" if s.path_style else "virtual"},
         request_checksum_calculation=checksum,
         response_checksum_validation=checksum,
