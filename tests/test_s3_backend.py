@@ -450,6 +450,27 @@ def test_describe_has_settings_and_no_credentials(s3_backend: Backend, s3_server
     assert s3_server.secret_key not in repr(s3_backend) + str(d)
 
 
+def test_each_driver_has_every_verb_of_the_protocol() -> None:
+    """The backend calls a driver only through `Driver`; a verb one client lacks would show only
+    when a run reached it."""
+    import inspect
+
+    from dlio_ext.storage.s3.backend import DRIVERS
+    from dlio_ext.storage.s3.driver import Driver
+
+    verbs = {
+        name: inspect.signature(fn)
+        for name, fn in vars(Driver).items()
+        if inspect.isfunction(fn) and not name.startswith("_")
+    }
+    assert {"put", "writer", "list", "get_first", "get_part", "classify", "close"} <= set(verbs)
+    assert set(DRIVERS) == {"obstore", "boto3"}
+    for cls in DRIVERS.values():
+        for name, sig in verbs.items():
+            mine = inspect.signature(vars(cls)[name])
+            assert list(mine.parameters) == list(sig.parameters), (cls.__name__, name)
+
+
 def test_one_tls_rule_for_every_client(tmp_path: Path) -> None:
     """verify=false checks no certificate, whatever ca_bundle says; else the bundle, else the
     system's roots: the backend's boto3 driver, its obstore driver and every boto3 client built

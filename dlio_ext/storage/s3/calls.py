@@ -55,21 +55,17 @@ class Calls:
         self.settings = settings
         self.owner = owner
         self.classify = classify
+        # the backend's tallies, made once by Backend.__init__
+        self.counters: Counters = owner.counters
+        self.leftovers: Leftovers = owner.leftovers
         self.pool = PartPool(settings.part_size, keep=2 * (settings.concurrency + 1))
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
     @property
-    def counters(self) -> Counters:
-        return self.owner.counters
-
-    @property
     def liveness(self) -> Liveness:
+        """The backend's, looked up each time: whoever runs the ops may hand it a new one."""
         return self.owner.liveness
-
-    @property
-    def leftovers(self) -> Leftovers:
-        return self.owner.leftovers
 
     def may_retry(self, failure: Failure, attempt: int, budget: int) -> bool:
         """Sleep before the next attempt if there is one (full jitter); count it.
