@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +32,7 @@ from dlio_ext.storage.base import (
     Throttled,
     Unreachable,
 )
-from dlio_ext.storage.s3 import S3Backend
+from dlio_ext.storage.s3 import S3Backend, S3Settings, boto3_client
 
 MIB = 1 << 20
 CfgFor = Callable[..., dict[str, Any]]
@@ -447,6 +448,53 @@ def test_describe_has_settings_and_no_credentials(s3_backend: Backend, s3_server
     }
     assert d["endpoint"] == s3_server.endpoint and d["part_size"] == 5 << 20
     assert s3_server.secret_key not in repr(s3_backend) + str(d)
+
+
+def test_each_driver_has_every_verb_of_the_protocol() -> None:
+    """The backend calls a driver only through `Driver`; a verb one client lacks would show only
+    when a run reached it."""
+    import inspect
+
+    from dlio_ext.storage.s3.backend import DRIVERS
+    from dlio_ext.storage.s3.driver import Driver
+
+    verbs = {
+        name: inspect.signature(fn)
+        for name, fn in vars(Driver).items()
+        if inspect.isfunction(fn) and not name.startswith("_")
+    }
+    assert {"put", "writer", "list", "get_first", "get_part", "classify", "close"} <= set(verbs)
+    assert set(DRIVERS) == {"obstore", "boto3"}
+    for cls in DRIVERS.values():
+        for name, sig in verbs.items():
+            mine = inspect.signature(vars(cls)[name])
+            assert list(mine.parameters) == list(sig.parameters), (cls.__name__, name)
+
+
+def test_one_tls_rule_for_every_client(tmp_path: Path) -> None:
+    """verify=false checks no certificate, whatever ca_bundle says; else the bundle, else the
+    system's roots: the backend's boto3 driver, its obstore driver and every boto3 client built
+    elsewhere (compat, benchmarks, tests) from the same settings agree."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not read until a TLS handshake\n")
+    for given, want in (
+        ({}, True),
+        ({"ca_bundle": str(ca)}, str(ca)),
+        ({"verify": False, "ca_bundle": str(ca)}, False),
+        ({"verify": "false"}, False),
+    ):
+        cfg = {"type": "s3", "bucket": "b", "endpoint": "https://127.0.0.1:1", **given}
+        s = S3Settings.from_config(cfg, env={})
+        assert s.tls_verify == want
+        assert boto3_client(s)._endpoint.http_session._verify == want
+        b = S3Backend.from_config({**cfg, "client": "boto3"})
+        assert b._driver.client._endpoint.http_session._verify == want  # type: ignore[attr-defined]
+        b.close()
+        if "ca_bundle" not in given:  # obstore would parse the (fake) bundle at once
+            b = S3Backend.from_config({**cfg, "client": "obstore"})
+            options = b._driver.store.client_options  # type: ignore[attr-defined]
+            assert options["allow_invalid_certificates"] == ("false" if want else "true")
+            b.close()
 
 
 def test_config_falls_back_to_environment(monkeypatch: pytest.MonkeyPatch) -> None:
