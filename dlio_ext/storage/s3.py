@@ -64,7 +64,10 @@ from dlio_ext.storage.base import (
     Unreachable,
     Unsupported,
     Writer,
+    register,
 )
+from dlio_ext.storage.settings import Settings, convert, redact_url, setting
+from dlio_ext.validate import key_prefix
 
 T = TypeVar("T")
 
@@ -107,14 +110,7 @@ class _Secret:
     __str__ = __repr__
 
 
-def _redact_url(url: str | None) -> str | None:
-    """The endpoint without any user:password@ part, for messages and results."""
-    if not url:
-        return url
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+_redact_url = redact_url
 
 
 def _as_view(data: memoryview | bytes | bytearray) -> memoryview:
@@ -147,14 +143,7 @@ def _let_go(view: memoryview, wait: float = 0.0) -> bool:
 
 
 def _bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise UsageError(f"storage.{name}={value!r} must be true or false")
+    return convert(name, value, bool)
 
 
 def _number(name: str, value: Any, kind: type[int] | type[float], low: float, strict: bool = False) -> Any:
@@ -172,17 +161,17 @@ def _number(name: str, value: Any, kind: type[int] | type[float], low: float, st
 
 
 @dataclass(frozen=True)
-class S3Settings:
+class S3Settings(Settings):
     """Everything an S3Backend is configured with; credentials stay wrapped."""
 
-    bucket: str
+    bucket: str = setting(env="DLIO_EXT_S3_BUCKET")
     client: str = "obstore"
-    endpoint: str | None = None
+    endpoint: str | None = setting(None, env="AWS_ENDPOINT_URL")
     prefix: str = "dlio-ext"
-    region: str = "us-east-1"
+    region: str = setting("us-east-1", env="AWS_REGION")
     path_style: bool = True
-    access_key: _Secret | None = None
-    secret_key: _Secret | None = None
+    access_key: _Secret | None = setting(None, env="AWS_ACCESS_KEY_ID", secret=True)
+    secret_key: _Secret | None = setting(None, env="AWS_SECRET_ACCESS_KEY", secret=True)
     verify: bool = True
     ca_bundle: str | None = None
     part_size: int = 16 * MIB
@@ -225,6 +214,10 @@ class S3Settings:
             raise UsageError("no S3 bucket: set storage.bucket or DLIO_EXT_S3_BUCKET")
         prefix = cfg.get("prefix", "dlio-ext")
         prefix = "" if prefix is None else str(prefix).strip("/")
+        # every key lives under the prefix: '..' or an empty part would make keys other clients
+        # resolve elsewhere (obstore refuses them outright)
+        if problem := key_prefix("prefix", prefix, allow_empty=True):
+            raise UsageError(f"storage.{problem}")
         access = given("access_key") or env.get("AWS_ACCESS_KEY_ID") or None
         secret = given("secret_key") or env.get("AWS_SECRET_ACCESS_KEY") or None
         if bool(access) != bool(secret):
@@ -983,11 +976,13 @@ class _PartPool:
                 self._free.append(buf)
 
 
+@register
 class S3Backend(Backend):
     """Objects under `prefix` in one bucket. Thread-safe: one client serves every thread."""
 
     name = "s3"
-    capabilities = {"mkdir": "emulated", "rmdir": "emulated", "rename": "emulated", "list": "native"}
+    Settings = S3Settings
+    capabilities = {"mkdir": "emulated", "rmdir": "emulated", "rename": "emulated"}
 
     def __init__(self, settings: S3Settings):
         super().__init__()
@@ -1385,25 +1380,14 @@ class S3Backend(Backend):
     def durability(self) -> Durability:
         return Durability("object store: a completed PUT or multipart upload is the commit", "medium")
 
-    def describe(self) -> dict[str, object]:
-        s = self.settings
-        return {
-            "backend": self.name,
-            "endpoint": _redact_url(s.endpoint),
-            "bucket": s.bucket,
-            "prefix": s.prefix,
-            "region": s.region,
-            "client": s.client,
-            "path_style": s.path_style,
-            "part_size": s.part_size,
-            "concurrency": s.concurrency,
-            "checksum": s.checksum,
-        }
-
     def where(self) -> str:
         s = self.settings
         where = f"s3://{s.bucket}/{s.prefix + '/' if s.prefix else ''}"
         return f"{where} at {_redact_url(s.endpoint) or f'S3 in {s.region}'}"
+
+    def room(self) -> tuple[str, str]:
+        s = self.settings
+        return f"s3://{s.bucket}/{s.prefix} (storage.quota_bytes)", "raise storage.quota_bytes"
 
     def close(self) -> None:
         with self._lock:
