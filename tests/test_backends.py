@@ -46,6 +46,11 @@ class MemSettings(Settings):
     token: str | None = setting(None, env="DLIO_EXT_MEMTEST_TOKEN", secret=True)
     ratio: float = setting(0.5, low=0, high=1)
 
+    def check(self):
+        if self.mode == "strict" and self.ratio > 0.9:
+            return f"ratio={self.ratio} is too high for mode=strict; use at most 0.9"
+        return None
+
 
 @register
 class MemBackend(Backend):
@@ -174,6 +179,14 @@ def test_every_verb_has_one_answer() -> None:
     assert s3.capabilities["evict"] == "unsupported" and posix.capabilities["evict"] == "native"
     assert posix.capabilities["delete_many"] == "emulated" and s3.capabilities["delete_many"] == "native"
 
+    # a subclass that declares an emulation keeps the rest of its parent's answers
+    class FakeCopyRename(posix):
+        capabilities = {"rename": "emulated"}
+
+    assert FakeCopyRename.capabilities == posix.capabilities | {"rename": "emulated"}
+    with pytest.raises(TypeError, match="names no verb: fly"):
+        type("FakeFlying", (posix,), {"capabilities": {"fly": "native"}})
+
 
 def test_posix_describe_keeps_its_keys_and_says_what_a_write_means(tmp_path: Path) -> None:
     b = open_backend({"type": "posix"}, str(tmp_path))
@@ -242,6 +255,7 @@ def test_a_new_backend_file_is_found_by_name(memtest: Path, monkeypatch: pytest.
         ({"ratio": 2}, "storage.ratio=2.0 must be <= 1"),
         ({"ratio": "half"}, "storage.ratio='half' must be a number"),
         ({"colour": "red"}, "unknown key storage.colour; storage.type=memtest accepts: type, capacity, mode"),
+        ({"mode": "strict", "ratio": 1}, "storage.ratio=1.0 is too high for mode=strict; use at most 0.9"),
     ],
 )
 def test_a_new_backends_bad_settings_are_one_line(memtest: Path, cfg: dict, words: str) -> None:

@@ -413,23 +413,23 @@ class Backend(abc.ABC):
     #: the validated settings the backend was built with
     settings: Settings
 
+    #: what this very class declared in `capabilities`, before the table was derived
+    _declared: ClassVar[dict[str, Support]] = {}
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        declared = dict(cls.__dict__.get("capabilities", {}))
-        cls._declared = declared
-        table: dict[str, Support] = dict.fromkeys(REQUIRED_VERBS, "native")
-        for verb, fallback in OPTIONAL_VERBS.items():
-            table[verb] = fallback
-            # from the base down to this class: what a class nearer to this one says wins
-            for klass in reversed(cls.__mro__):
-                if not issubclass(klass, Backend) or klass is Backend:
-                    continue
-                if verb in klass.__dict__:
-                    table[verb] = "native"
-                table[verb] = klass.__dict__.get("_declared", {}).get(verb, table[verb])
-        unknown = sorted(set(declared) - set(table))
+        cls._declared = dict(cls.__dict__.get("capabilities", {}))
+        table: dict[str, Support] = dict.fromkeys(REQUIRED_VERBS, "native") | OPTIONAL_VERBS
+        unknown = sorted(set(cls._declared) - set(table))
         if unknown:
             raise TypeError(f"{cls.__name__}.capabilities names no verb: {', '.join(unknown)}")
+        # from the base down to this class, so what a class nearer to this one says wins: a verb
+        # it defines is native, unless it declares otherwise
+        for klass in reversed(cls.__mro__):
+            if klass is Backend or not issubclass(klass, Backend):
+                continue
+            table.update((verb, "native") for verb in table if verb in klass.__dict__)
+            table.update(klass._declared if "_declared" in klass.__dict__ else {})
         cls.capabilities = table
 
     @classmethod
@@ -588,7 +588,8 @@ class Backend(abc.ABC):
         return 0, 0
 
     def fsync_counters(self) -> tuple[int, float]:
-        """fsync calls issued so far and the seconds spent in them (0 where writes need none)."""
+        """fsync calls issued so far and the seconds spent in them (0 where writes need none): a
+        read of `counters`, where a backend tallies every fsync it issues."""
         return self.counters.fsyncs()
 
     def durability(self) -> Durability:
