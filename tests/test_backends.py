@@ -328,3 +328,20 @@ def test_config_imports_no_backend() -> None:
     )
     out = subprocess.run([PY, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_required_key_names_where_it_may_come_from() -> None:
+    from dataclasses import dataclass, field
+
+    from dlio_ext.storage.settings import Settings, setting
+
+    @dataclass(frozen=True)
+    class NeedsWhere(Settings):
+        where: str = setting(env="DLIO_EXT_TEST_WHERE")
+        tags: tuple = field(default_factory=tuple)
+
+    with pytest.raises(UsageError) as err:
+        NeedsWhere.from_config({"type": "t"}, env={})
+    assert str(err.value) == "storage.where is not set; set storage.where or DLIO_EXT_TEST_WHERE"
+    got = NeedsWhere.from_config({"where": ""}, env={"DLIO_EXT_TEST_WHERE": "/x"})
+    assert (got.where, got.tags) == ("/x", ())

@@ -136,11 +136,10 @@ class Settings:
             if (value is None or value == "") and rule.env:
                 value = env.get(rule.env) or None
             if value is None or value == "":
-                if f.default is MISSING:
+                if f.default is MISSING and f.default_factory is MISSING:
                     also = f" or {rule.env}" if rule.env else ""
                     raise UsageError(f"storage.{f.name} is not set; set storage.{f.name}{also}")
-                values[f.name] = f.default
-                continue
+                continue  # the dataclass's default
             value = convert(f.name, value, _plain(hints[f.name])[0])
             problem = _problem(f.name, value, rule)
             if problem:
@@ -168,7 +167,7 @@ class Settings:
         for f in fields(cls):
             kind = hints[f.name] if _plain(hints[f.name])[0] in (bool, int, float) else str | None
             unset = f.default is MISSING or rule_of(f).env is not None
-            keys.append((f.name, kind, None if unset else f.default))
+            keys.append((f.name, kind, None if unset else f.default))  # a factory's value: null
 
         def validate(self: Any) -> str | None:
             cls.from_config(dataclasses.asdict(self))
