@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 import dlio_ext.storage as storage_pkg
 from dlio_ext.errors import UsageError
+from dlio_ext.metrics import results as res
 from dlio_ext.storage import backend_class, open_backend, storage_schema
 from dlio_ext.storage.base import known
 
@@ -230,7 +231,7 @@ def test_a_new_backend_file_is_found_by_name(memtest: Path, monkeypatch: pytest.
     assert (b.settings.capacity, b.settings.mode, b.settings.ratio) == (4096, "plain", 0.5)
     assert b.settings.token == "tok-not-a-secret-zzz"
     d = b.describe()
-    assert d["backend"] == "memtest" and d["token"] == "***" and d["capacity"] == 4096
+    assert d["backend"] == "memtest" and "token" not in d and d["capacity"] == 4096
     assert d["durability_source"] == "medium" and d["cache_control"] == "none"
     assert "tok-not-a-secret-zzz" not in repr(b.settings) + str(d)
     # the default rule answers for every verb it left out
@@ -305,6 +306,7 @@ def test_a_new_backend_runs_a_workload_through_the_cli(memtest: Path, tmp_path: 
         s["valid"] is True and s["storage"]["backend"] == "memtest" and s["storage"]["capacity"] == 10000000
     )
     assert s["phases"]["write"]["ops"] == 6 and s["phases"]["read_sequential"]["errors"] == 0
+    assert res.validate(s) == []  # its describe() fits the summary's shipped schema
     # too big for its capacity: the preflight check refuses it in the backend's own words
     p = subprocess.run(
         [PY, "-c", boot, str(memtest), *args, "storage.capacity=4096"],

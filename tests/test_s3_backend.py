@@ -447,7 +447,8 @@ def test_describe_has_settings_and_no_credentials(s3_backend: Backend, s3_server
 
     d = s3_backend.describe()
     medium = {"durability", "durability_source", "cache_control", "cache_note"}
-    assert set(d) == {"backend", *(f.name for f in dataclasses.fields(S3Settings)), *medium}
+    secrets = {"access_key", "secret_key"}  # left out, names and all
+    assert set(d) == {"backend", *(f.name for f in dataclasses.fields(S3Settings)), *medium} - secrets
     # the keys results have always had are all there
     old = {
         "endpoint",
@@ -462,7 +463,6 @@ def test_describe_has_settings_and_no_credentials(s3_backend: Backend, s3_server
     }
     assert old <= set(d)
     assert d["endpoint"] == s3_server.endpoint and d["part_size"] == 5 << 20
-    assert d["access_key"] == d["secret_key"] == "***"
     assert d["durability_source"] == "medium" and d["cache_control"] == "remote"
     assert s3_server.secret_key not in repr(s3_backend) + str(d)
     assert s3_server.access_key not in repr(s3_backend) + str(d)

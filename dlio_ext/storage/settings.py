@@ -4,8 +4,9 @@ A field says its type and default; `setting(...)` adds what else a key needs (al
 range, the environment variable that stands in when the key is unset, whether it is a secret).
 From that one declaration come the bad-input messages (`from_config`: one `UsageError` line
 naming `storage.<key>` and what to give instead), the typed schema Hydra validates the composed
-`storage` group against (`schema`), and what results may record (`redacted`). The documented
-YAML (workload_configs/storage/<name>.yaml) lists the same keys; a test holds them equal.
+`storage` group against (`schema`), and what results may record (`redacted`: no secret). The
+documented YAML (workload_configs/storage/<name>.yaml) lists the same keys; a test holds them
+equal.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 from dlio_ext.errors import UsageError
 from dlio_ext.validate import one_of
-
-REDACTED = "***"
 
 
 @dataclass(frozen=True)
@@ -176,15 +175,13 @@ class Settings:
         return make_dataclass(f"{cls.__name__}Schema", keys, namespace={"validate": validate})
 
     def redacted(self) -> dict[str, object]:
-        """Every key and value, fit for results: secrets as "***", URLs without credentials."""
-        out: dict[str, object] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if rule_of(f).secret:
-                out[f.name] = None if value in (None, "") else REDACTED
-            else:
-                out[f.name] = redact_url(value) if isinstance(value, str) else value
-        return out
+        """The keys and values fit for results: a secret left out (not even its name: results
+        name no credential), a URL without its user:password@."""
+        return {
+            f.name: redact_url(v) if isinstance(v := getattr(self, f.name), str) else v
+            for f in fields(self)
+            if not rule_of(f).secret
+        }
 
 
 def _shown(problem: str, rule: Rule) -> str:
