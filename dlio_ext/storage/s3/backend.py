@@ -25,6 +25,7 @@ from dlio_ext.storage.base import (
     StorageError,
     Unreachable,
     Writer,
+    register,
 )
 from dlio_ext.storage.s3.boto3_driver import Boto3Driver
 from dlio_ext.storage.s3.calls import Calls
@@ -48,11 +49,13 @@ DRIVERS: dict[str, Callable[[S3Settings, float, float], Driver]] = {
 }
 
 
+@register
 class S3Backend(Backend):
     """Objects under `prefix` in one bucket. Thread-safe: one client serves every thread."""
 
     name = "s3"
-    capabilities = {"mkdir": "emulated", "rmdir": "emulated", "rename": "emulated", "list": "native"}
+    Settings = S3Settings
+    capabilities = {"mkdir": "emulated", "rmdir": "emulated", "rename": "emulated"}
 
     def __init__(self, settings: S3Settings):
         super().__init__()
@@ -215,25 +218,14 @@ class S3Backend(Backend):
     def durability(self) -> Durability:
         return Durability("object store: a completed PUT or multipart upload is the commit", "medium")
 
-    def describe(self) -> dict[str, object]:
-        s = self.settings
-        return {
-            "backend": self.name,
-            "endpoint": redact_url(s.endpoint),
-            "bucket": s.bucket,
-            "prefix": s.prefix,
-            "region": s.region,
-            "client": s.client,
-            "path_style": s.path_style,
-            "part_size": s.part_size,
-            "concurrency": s.concurrency,
-            "checksum": s.checksum,
-        }
-
     def where(self) -> str:
         s = self.settings
         where = f"s3://{s.bucket}/{s.prefix + '/' if s.prefix else ''}"
         return f"{where} at {redact_url(s.endpoint) or f'S3 in {s.region}'}"
+
+    def room(self) -> tuple[str, str]:
+        s = self.settings
+        return f"s3://{s.bucket}/{s.prefix} (storage.quota_bytes)", "raise storage.quota_bytes"
 
     def close(self) -> None:
         self._calls.close()

@@ -7,9 +7,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from dlio_ext.errors import UsageError
+from dlio_ext.storage.settings import Settings, convert, redact_url, setting
+from dlio_ext.validate import key_prefix
 
 MIB = 1 << 20
 MIN_PART_SIZE = 5 * MIB
@@ -41,25 +42,8 @@ class Secret:
     __str__ = __repr__
 
 
-def redact_url(url: str | None) -> str | None:
-    """The endpoint without any user:password@ part, for messages and results."""
-    if not url:
-        return url
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-
-
 def _bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise UsageError(f"storage.{name}={value!r} must be true or false")
+    return convert(name, value, bool)
 
 
 def _number(name: str, value: Any, kind: type[int] | type[float], low: float, strict: bool = False) -> Any:
@@ -77,17 +61,17 @@ def _number(name: str, value: Any, kind: type[int] | type[float], low: float, st
 
 
 @dataclass(frozen=True)
-class S3Settings:
+class S3Settings(Settings):
     """Everything an S3Backend is configured with; credentials stay wrapped."""
 
-    bucket: str
+    bucket: str = setting(env="DLIO_EXT_S3_BUCKET")
     client: str = "obstore"
-    endpoint: str | None = None
+    endpoint: str | None = setting(None, env="AWS_ENDPOINT_URL")
     prefix: str = "dlio-ext"
-    region: str = "us-east-1"
+    region: str = setting("us-east-1", env="AWS_REGION")
     path_style: bool = True
-    access_key: Secret | None = None
-    secret_key: Secret | None = None
+    access_key: Secret | None = setting(None, env="AWS_ACCESS_KEY_ID", secret=True)
+    secret_key: Secret | None = setting(None, env="AWS_SECRET_ACCESS_KEY", secret=True)
     verify: bool = True
     ca_bundle: str | None = None
     part_size: int = 16 * MIB
@@ -139,6 +123,10 @@ class S3Settings:
             raise UsageError("no S3 bucket: set storage.bucket or DLIO_EXT_S3_BUCKET")
         prefix = cfg.get("prefix", "dlio-ext")
         prefix = "" if prefix is None else str(prefix).strip("/")
+        # every key lives under the prefix: '..' or an empty part would make keys other clients
+        # resolve elsewhere (obstore refuses them outright)
+        if problem := key_prefix("prefix", prefix, allow_empty=True):
+            raise UsageError(f"storage.{problem}")
         access = given("access_key") or env.get("AWS_ACCESS_KEY_ID") or None
         secret = given("secret_key") or env.get("AWS_SECRET_ACCESS_KEY") or None
         if bool(access) != bool(secret):
