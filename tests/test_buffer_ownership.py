@@ -348,7 +348,9 @@ def test_a_client_holding_parts_until_close_makes_the_pool_grow_not_wait(
 ) -> None:
     b = open_backend(s3_cfg_for("obstore", concurrency=2))
     driver = b._driver  # type: ignore[attr-defined]
-    driver.open_writer = lambda key: FakeHoldUntilCloseWriter(lambda data: driver.put(key, memoryview(data)))
+    driver.open_writer = lambda key: FakeHoldUntilCloseWriter(
+        lambda data: driver.put_object(key, memoryview(data))
+    )
     want = _content(9 * PART + 123, 17)  # ten parts, far more than concurrency + 2 buffers
     src = aligned_buffer(MIB)
     w = b.writer("own/held")
