@@ -74,7 +74,8 @@ class BurstCheckpointing(BaseCheckpointing):
         chunk = _env_int("DLIO_EXT_CHECKPOINT_CHUNK", 16 * MIB)
         pool = max(chunk, _env_int("DLIO_EXT_CHECKPOINT_POOL", 64 * MIB))
         self.engine = Engine(
-            self.backend, Content(int(getattr(self.args, "seed", 123) or 123), chunk, pool, 1)
+            self.backend,
+            Content(int(getattr(self.args, "seed", 123) or 123), chunk, pool, 1, alloc=self.backend.alloc),
         )
         self.ckpt = 0
         self._current: list[FileEvent] = []

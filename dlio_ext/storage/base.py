@@ -540,8 +540,8 @@ class Backend(abc.ABC):
             def call(key: str) -> int:
                 return get_range(key, 0, buf)
 
-        elif verb in BARE_VERBS:
-            call = getattr(self, verb)
+        elif verb in ("stat", "delete", "mkdir", "rmdir"):
+            call = {"stat": self.stat, "delete": self.delete, "mkdir": self.mkdir, "rmdir": self.rmdir}[verb]
         else:
             raise ValueError(f"no bare form of {verb!r}; one of {BARE_VERBS}")
         return Bare(call, StorageError, _as_is)

@@ -225,7 +225,7 @@ class PhaseRunner:
         self.results: list[PhaseResult] = []
 
     def kernel_start(self) -> KernelMark | None:
-        """For a phase timed outside `run_chunks`: call right after its start barrier, and
+        """For a phase timed outside `run_chunks`: call right before its start barrier, and
         `kernel_stop` (which is the end barrier) when the rank's part is done, as run_chunks does."""
         return self.meter.start() if self.meter is not None else None
 
@@ -396,8 +396,10 @@ class PhaseRunner:
             run_threads(lambda t: worker(t, starts, hi), io_depth)
 
         self.current = name
-        self.world.barrier()
+        # the device's counters before the barrier: after it, another rank of this host may have
+        # done I/O before a loaded sampling rank reads them, and the phase would miss it
         mark = self.kernel_start()
+        self.world.barrier()
         t0 = time.perf_counter()
         if deadline_s is not None:
             stop_at = t0 + deadline_s
@@ -749,8 +751,8 @@ def run_open_loop(
     for th in threads + helpers:
         th.start()
     runner.current = name
+    mark = runner.kernel_start()  # before the barrier, as run_chunks does
     runner.world.barrier()
-    mark = runner.kernel_start()
     t0 = time.perf_counter()
     clock[0] = t0
     for rec in records:
@@ -915,10 +917,11 @@ class FilePhase:
         #: async's stall: (start, end, bytes) of the one op that is not a file (see `span`)
         self.region: tuple[float, float, int] | None = None
 
-    def measure(self) -> None:
+    def measure(self, mark: KernelMark | None = None) -> None:
         """Start the kernel's and the fsync counters, on the thread doing the phase's I/O when
-        it starts (`begin` does it for a phase that starts at its barrier)."""
-        self._mark = self.runner.kernel_start()
+        it starts (`begin` does it for a phase that starts at its barrier, with the kernel's
+        `mark` taken before that barrier)."""
+        self._mark = self.runner.kernel_start() if mark is None else mark
         self._c0 = self._fsync() if self._fsync is not None else None
 
     def run(self, n: int, op: FileOp, threads: int = 1) -> None:
@@ -1023,9 +1026,10 @@ class FilePhase:
         runner.current = name
         if start is not None:
             return cls(runner, name, start, planned, io, cold, fsync, where)
+        mark = runner.kernel_start()  # before the barrier, as run_chunks does
         runner.world.barrier()
         phase = cls(runner, name, time.perf_counter(), planned, io, cold, fsync, where)
-        phase.measure()
+        phase.measure(mark)
         return phase
 
     def finish(self) -> PhaseResult:
