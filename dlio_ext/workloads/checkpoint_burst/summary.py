@@ -231,8 +231,6 @@ def summarize(
     ctx: Context, phases: dict[str, dict[str, Any]], per_rank: list[dict[str, Any]]
 ) -> dict[str, Any]:
     cfg: Config = ctx.config
-    if not per_rank or not per_rank[0]:
-        return {}
     layout = build_layout(cfg, ctx.size)
     storage = ctx.backend.describe()  # what the medium was asked for, where it has such settings
     model: dict[str, Any] = {"preset": cfg.preset, **cl.describe(layout)}
