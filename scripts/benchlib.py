@@ -135,29 +135,15 @@ def run_dd(cmds: Sequence[Sequence[str]]) -> float:
 
 
 def boto3_client(env: dict[str, str], pool: int = 32) -> Any:
-    """A boto3 S3 client for the store `env` names (as dlio_ext.s3server.server_env gives it), set
-    up as a fair baseline: path-style addressing as local servers need, no work dlio-ext does not
-    do either, and no retries that would hide a failed request in the time. `pool`: connections
-    for threaded transfers; a one-thread loop needs 1."""
-    import boto3
-    from botocore.config import Config
+    """A boto3 S3 client for the store `env` names (as dlio_ext.s3server.server_env gives it), built
+    as dlio-ext builds its own (dlio_ext.storage.s3.boto3_client), so it is a fair baseline: the
+    same addressing and TLS, no CRC work dlio-ext does not do either (checksum=when_required, as
+    its default), and no retries that would hide a failed request in the time. `pool`:
+    connections for threaded transfers; a one-thread loop needs 1."""
+    from dlio_ext.storage.s3 import S3Settings
+    from dlio_ext.storage.s3 import boto3_client as client
 
-    cfg = Config(
-        region_name=env["AWS_REGION"],
-        s3={"addressing_style": "path"},
-        # CRC on every request is boto3's default since 1.36; the baseline is not made to pay for it
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        max_pool_connections=pool,
-        retries={"max_attempts": 1, "mode": "standard"},
-    )
-    return boto3.client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        config=cfg,
-    )
+    return client(S3Settings.from_config({"type": "s3", "prefix": ""}, env), pool=pool)
 
 
 def delete_keys(client: Any, bucket: str, keys: Sequence[str]) -> None:

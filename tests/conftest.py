@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 from helpers import Done, run_cli
 
-from dlio_ext.s3server import ServerInfo, start_server, stop_server
+from dlio_ext.s3server import ServerInfo, server_env, start_server, stop_server
 from dlio_ext.storage import Backend, open_backend
+from dlio_ext.storage.s3 import S3Settings, boto3_client
 
 # --- CLI ------------------------------------------------------------------------------------
 
@@ -41,22 +42,9 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureR
 
 @pytest.fixture(scope="session")
 def s3_admin(s3_server: ServerInfo) -> Any:
-    """A plain boto3 client on the session server, for looking behind a backend's back."""
-    import boto3
-    from botocore.config import Config
-
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=s3_server.endpoint,
-        region_name=s3_server.region,
-        aws_access_key_id=s3_server.access_key,
-        aws_secret_access_key=s3_server.secret_key,
-        config=Config(
-            s3={"addressing_style": "path"},
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        ),
-    )
+    """A plain boto3 client on the session server, for looking behind a backend's back (built as
+    the backend builds its own: one attempt a request, no CRC checksums)."""
+    return boto3_client(S3Settings.from_config({"type": "s3", "prefix": ""}, server_env(s3_server)))
 
 
 # --- S3 storage configs ---------------------------------------------------------------------

@@ -71,7 +71,7 @@ def test_posix_bare_verbs_do_what_the_full_ones_do(tmp_path: Path, mode: str) ->
         pytest.skip(f"O_DIRECT not available here: {exc}")
     _round_trip(backend)
     # every bare put is fsynced (and timed) as the policy says: the file, then its directory
-    assert backend.fsync_calls == {"fsync": 2, "fsync_dir": 4}.get(mode, 0)
+    assert backend.counters.fsync_calls == {"fsync": 2, "fsync_dir": 4}.get(mode, 0)
     # errors name the key relative to the root, never the absolute path
     with pytest.raises(NotFound) as err:
         _call(backend, "stat", "nope/x")

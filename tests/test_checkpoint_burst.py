@@ -15,7 +15,7 @@ from helpers import run_cli
 
 from dlio_ext.storage.posix import PosixBackend
 from dlio_ext.workloads import checkpoint_burst as cb
-from dlio_ext.workloads import checkpoint_layout as cl
+from dlio_ext.workloads.checkpoint_burst import layout as cl
 from dlio_ext.workloads.context import Context
 from dlio_ext.workloads.phases import PhaseRunner
 from dlio_ext.world import SoloWorld
@@ -225,6 +225,49 @@ def test_fsync_really_called(tmp_path, policy, calls):
         assert all(p.extra["fsync_s"] > 0 for p in phases)
 
 
+def test_io_buffers_come_from_the_backend(tmp_path):
+    """The pool, the read buffers and the async ring are the backend's (Backend.alloc), so a
+    backend that needs registered memory owns every buffer it is handed."""
+    b = PosixBackend(str(tmp_path / "data"))
+    with mock.patch.object(b, "alloc", wraps=b.alloc) as spy:
+        cb.CheckpointBurst(_ctx(tmp_path, b, restores=1)).run()
+    # 4 MiB pool of 1 MiB chunks, two read buffers for the one I/O thread
+    assert [c.args for c in spy.call_args_list] == [(MiB,)] * (4 + 2)
+    b = PosixBackend(str(tmp_path / "data2"))
+    with mock.patch.object(b, "alloc", wraps=b.alloc) as spy:
+        cb.CheckpointBurst(_ctx(tmp_path, b, restores=1, mode="async")).run()
+    # ... and the host ring: the whole shard (3 MiB + 12345 bytes: 4 slots of 1 MiB)
+    assert [c.args for c in spy.call_args_list] == [(MiB,)] * (4 + 2 + 4)
+
+
+def test_gone_store_stops_the_burst_and_lists_what_it_left(tmp_path):
+    """A store that stops answering mid-burst: no further file is started, the phase is kept
+    with its failure and counts as unfinished (ops + errors < planned), every rank raises
+    StoreGone, and what the run may have left is listed."""
+    from dlio_ext.storage.base import Liveness, StoreGone, Unreachable
+
+    class FakeDeadAfterOnePosix(PosixBackend):
+        writes = 0
+
+        def writer(self, key):
+            self.writes += 1
+            if self.writes > 1:
+                raise Unreachable(f"{key}: connection refused (fake)", key)
+            return super().writer(key)
+
+    b = FakeDeadAfterOnePosix(str(tmp_path / "data"))
+    ctx = _ctx(tmp_path, b, bytes_per_rank=0, preset="llama3_405b", scale=0.0005)  # 6 files a rank
+    ctx.runner = PhaseRunner(SoloWorld(), 0, liveness=Liveness(timeout_s=0.0))
+    with pytest.raises(StoreGone, match="no operation succeeded during checkpoint_burst"):
+        cb.CheckpointBurst(ctx).run()
+    (res,) = ctx.runner.results
+    assert (
+        res.name == "write_0" and res.ops == 1 and res.errors == 1 and res.error_kinds == {"unreachable": 1}
+    )
+    assert res.ops + res.errors < res.planned_ops and b.writes == 2
+    assert b.leftovers.failed == res.planned_ops  # checkpoint 0's files, none deleted
+
+
 # --- through the CLI, under the real mpirun -------------------------------------------------------
 
 
@@ -316,7 +359,9 @@ def test_posix_bursts_and_cold_restores(tmp_path, ranks):
     assert "global_epoch1_step1/layer_0-model_0_model_states.pt" in on_disk
     assert f"global_epoch1_step{n}/zero_pp_rank_0_mp_rank_0_optim_states.pt" in on_disk
     _restores_read_neighbours(d.results, ranks, c["layout_ranks_run"])
-    assert (d.results / "timeline.png").stat().st_size > 1000
+    # the workload writes the data, report/ draws the figure from it after the run
+    assert c["timeline"] == {"csv": "timeline.csv"} and s["figures"] == {"timeline": "timeline.png"}
+    assert (d.results / s["figures"]["timeline"]).stat().st_size > 1000
 
 
 def test_dcp_layout_on_disk(tmp_path):

@@ -26,7 +26,7 @@ from helpers import KV_SMALL, PY, ROOT, Done, mpi_cmd
 from dlio_ext.s3server import ServerInfo, restart_server, server_env, start_server, stop_server
 from dlio_ext.storage import open_backend
 from dlio_ext.storage.base import StorageError, Unreachable
-from dlio_ext.storage.s3 import S3Backend
+from dlio_ext.storage.s3 import S3Backend, S3Settings, boto3_client
 
 SECRET = "SECRETdeadstore0123456789abcdefghijklmn"
 
@@ -248,15 +248,7 @@ def test_killed_server_ends_the_sweep_on_every_rank(
 
     # the keys it lists really are there, once the server is back
     restart_server(d)
-    import boto3
-
-    s3 = boto3.session.Session().client(
-        "s3",
-        endpoint_url=info.endpoint,
-        region_name=info.region,
-        aws_access_key_id=info.access_key,
-        aws_secret_access_key=info.secret_key,
-    )
+    s3 = boto3_client(S3Settings.from_config({"type": "s3", "prefix": ""}, server_env(info)))
     for key in cleanup["left_behind"][:5]:
         assert s3.head_object(Bucket=info.bucket, Key=f"dead/{key}")["ContentLength"] == 65536
 

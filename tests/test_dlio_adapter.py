@@ -218,6 +218,11 @@ def test_dlio_training_on_posix_odirect(tmp_path):
         "root": str(root),
         "direct": True,
         "fsync": "none",
+        "chunk_size": 8 << 20,
+        "durability": "O_DIRECT without fsync: past the page cache, the device's volatile cache not flushed",
+        "durability_source": "default",
+        "cache_control": "O_DIRECT",
+        "cache_note": "O_DIRECT: every read bypasses the page cache",
         "fsync_source": "default",
     }
     assert report["io"]["reads"] == EPOCHS * FILES

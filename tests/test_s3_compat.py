@@ -26,6 +26,7 @@ from helpers import ROOT, Done, run_cli
 from dlio_ext.compat.probes import REGISTRY
 from dlio_ext.compat.runner import OUTCOMES
 from dlio_ext.s3server import ServerInfo
+from dlio_ext.storage.s3 import S3Settings, boto3_client
 
 MOTO_KEY, MOTO_SECRET = "MOTOKEY" + uuid.uuid4().hex[:10].upper(), "moto-secret-" + uuid.uuid4().hex
 MOTO_BUCKET = "compat"
@@ -111,17 +112,8 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _client(endpoint: str, key: str, secret: str) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id=key,
-        aws_secret_access_key=secret,
-        config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}),
-    )
+    cfg = {"endpoint": endpoint, "bucket": MOTO_BUCKET, "prefix": "", "access_key": key, "secret_key": secret}
+    return boto3_client(S3Settings.from_config(cfg, env={}))
 
 
 @pytest.fixture(scope="module")

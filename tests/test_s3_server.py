@@ -9,12 +9,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import Done
 
 from dlio_ext.errors import UsageError
 from dlio_ext.s3server import find_weed, stop_server
+from dlio_ext.storage.s3 import S3Settings, boto3_client
 
 
 def _gone(pid: int) -> bool:
@@ -26,18 +28,8 @@ def _gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
-def _client(env: dict[str, str], secret: str | None = None) -> object:
-    import boto3
-    from botocore.config import Config
-
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=env["AWS_ENDPOINT_URL"],
-        region_name=env["AWS_REGION"],
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=secret or env["AWS_SECRET_ACCESS_KEY"],
-        config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}),
-    )
+def _client(env: dict[str, str], secret: str | None = None) -> Any:
+    return boto3_client(S3Settings.from_config({"type": "s3", "prefix": "", "secret_key": secret}, env))
 
 
 def test_start_status_stop_through_the_cli(tmp_path: Path, cli: Callable[..., Done]) -> None:
@@ -73,9 +65,9 @@ def test_start_status_stop_through_the_cli(tmp_path: Path, cli: Callable[..., Do
 
         # auth is enforced: the right keys work, a wrong secret and no signature get 403
         good = _client(env)
-        good.put_object(Bucket="dlio-ext", Key="probe", Body=b"1")  # type: ignore[attr-defined]
+        good.put_object(Bucket="dlio-ext", Key="probe", Body=b"1")
         with pytest.raises(ClientError) as denied:
-            _client(env, secret="not-" + env["AWS_SECRET_ACCESS_KEY"]).get_object(  # type: ignore[attr-defined]
+            _client(env, secret="not-" + env["AWS_SECRET_ACCESS_KEY"]).get_object(
                 Bucket="dlio-ext", Key="probe"
             )
         assert denied.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403

@@ -55,7 +55,7 @@ from dlio_ext.compat.runner import guard, make_client, make_target, scrub
 from dlio_ext.errors import UsageError
 from dlio_ext.s3server import DEFAULT_BUCKET, restart_server, start_server, stop_server
 from dlio_ext.storage.base import VerifyError
-from dlio_ext.storage.s3 import _redact_url
+from dlio_ext.storage.s3 import redact_url
 
 _RULE_CODES = {503: "SlowDown", 500: "InternalError", 429: "TooManyRequests", 400: "InvalidRequest"}
 KINDS = ("slowdown", "reset_before", "reset_after", "latency", "corrupt")
@@ -363,7 +363,7 @@ def run_faults(target: Any, args: argparse.Namespace, out: Path, env: Mapping[st
         faulted[p]["error_kinds"].get(VerifyError.kind, 0) for p in ("read_sequential", "read_random")
     )
     return {
-        "endpoint": _redact_url(upstream),
+        "endpoint": redact_url(upstream),
         "bucket": bucket,
         "prefix": prefix,
         "client": args.client,
@@ -683,7 +683,7 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
             stop_server(server_dir)
     ok = all(r.get("intact", True) for r in scenarios.values())
     report = {
-        "endpoint": _redact_url(str(target.settings.endpoint)),
+        "endpoint": redact_url(str(target.settings.endpoint)),
         "bucket": target.settings.bucket,
         "own_server": own,
         "scenarios": scenarios,

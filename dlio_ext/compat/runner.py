@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 
 from dlio_ext.compat.probes import REGISTRY, ClientLacks, Ctx, Differs, Probe, Unsupported, answer
 from dlio_ext.errors import UsageError
-from dlio_ext.storage.s3 import S3Settings, _redact_url
+from dlio_ext.storage.s3 import S3Settings, boto3_client, redact_url
 
 OUTCOMES = ("pass", "differs", "unsupported", "error")
 RUN_TAG = "dlio-ext-compat-"
@@ -66,28 +66,8 @@ def make_target(
 
 
 def make_client(target: Target, checksum: str = "when_required") -> Any:
-    import boto3
-    from botocore.config import Config
-
-    s = target.settings
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=s.endpoint,
-        region_name=s.region,
-        aws_access_key_id=s.access_key.reveal() if s.access_key else None,
-        aws_secret_access_key=s.secret_key.reveal() if s.secret_key else None,
-        verify=(s.ca_bundle or True) if s.verify else False,
-        config=Config(
-            connect_timeout=5,
-            read_timeout=30,
-            retries={"total_max_attempts": 1},
-            signature_version="s3v4",
-            s3={"addressing_style": "path" if s.path_style else "virtual"},
-            request_checksum_calculation=checksum,
-            response_checksum_validation=checksum,
-            max_pool_connections=20,
-        ),
-    )
+    """A boto3 client on the target, one attempt a request: a probe wants the raw answer."""
+    return boto3_client(target.settings, pool=20, checksum=checksum, connect_timeout=5, read_timeout=30)
 
 
 def scrub(text: str, hidden: Iterable[str]) -> str:
@@ -112,7 +92,7 @@ def guard(client: Any, target: Target) -> None:
         raise UsageError(f"{target.name}: cannot list bucket {bucket!r} (HTTP {status} {code})") from None
     except BotoCoreError as exc:
         raise UsageError(
-            f"{target.name}: {_redact_url(target.settings.endpoint)} unreachable ({type(exc).__name__})"
+            f"{target.name}: {redact_url(target.settings.endpoint)} unreachable ({type(exc).__name__})"
         ) from None
     if not target.user_prefix and out.get("Contents"):
         raise UsageError(
@@ -229,7 +209,7 @@ def run_target(target: Target, probes: list[Probe] | None = None) -> dict[str, A
     counts = {o: sum(r["outcome"] == o for r in results) for o in OUTCOMES}
     return {
         "name": target.name,
-        "endpoint": _redact_url(target.settings.endpoint) or "aws",
+        "endpoint": redact_url(target.settings.endpoint) or "aws",
         "bucket": bucket,
         "prefix": prefix,
         "seconds": round(time.perf_counter() - t0, 2),

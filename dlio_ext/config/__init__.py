@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from dlio_ext.config.schema import RUN_SCHEMA, STORAGE_SCHEMAS
+from dlio_ext.config.schema import RUN_SCHEMA
 from dlio_ext.errors import UsageError
 
 SECRET_KEYS = re.compile(r"(secret|password|token|access_key|credential)", re.IGNORECASE)
@@ -140,7 +140,7 @@ def redact_args(args: Sequence[str]) -> list[str]:
 def load(
     overrides: Sequence[str],
     workload_schema: Callable[[str], type],
-    storage_schema: Callable[[str], type] | None = None,
+    storage_schema: Callable[[str], type],
 ) -> RunConfig:
     """Compose and validate. The schemas come from the registries, looked up by name (the config
     knows no workload or backend): each lookup raises UsageError for a name it does not know."""
@@ -151,13 +151,7 @@ def load(
     assert isinstance(wl_node, dict) and isinstance(st_node, dict) and isinstance(run_node, dict)
     name = str(wl_node.get("name"))
     wl_schema = workload_schema(name)
-    st_type = st_node.get("type")
-    if storage_schema is None:
-        if st_type not in STORAGE_SCHEMAS:
-            raise UsageError(f"storage.type={st_type!r} is unknown; use one of: {', '.join(STORAGE_SCHEMAS)}")
-        st_schema = STORAGE_SCHEMAS[st_type]
-    else:
-        st_schema = storage_schema(str(st_type))
+    st_schema = storage_schema(str(st_node.get("type")))
     return RunConfig(
         raw=cfg,
         run=_check_section("run", RUN_SCHEMA, run_node),

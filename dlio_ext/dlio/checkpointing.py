@@ -74,7 +74,8 @@ class BurstCheckpointing(BaseCheckpointing):
         chunk = _env_int("DLIO_EXT_CHECKPOINT_CHUNK", 16 * MIB)
         pool = max(chunk, _env_int("DLIO_EXT_CHECKPOINT_POOL", 64 * MIB))
         self.engine = Engine(
-            self.backend, Content(int(getattr(self.args, "seed", 123) or 123), chunk, pool, 1)
+            self.backend,
+            Content(int(getattr(self.args, "seed", 123) or 123), chunk, pool, 1, alloc=self.backend.alloc),
         )
         self.ckpt = 0
         self._current: list[FileEvent] = []
@@ -118,12 +119,12 @@ class BurstCheckpointing(BaseCheckpointing):
 
     def checkpoint(self, epoch, step_number) -> None:  # noqa: ANN001
         self._current = []
-        calls0, secs0 = self._fsync()
+        calls0, secs0 = self.backend.fsync_counters()
         self.mpi.comm().barrier()  # every rank starts the burst together
         t0 = time.perf_counter()
         super().checkpoint(epoch, step_number)
         t1 = time.perf_counter()
-        calls1, secs1 = self._fsync()
+        calls1, secs1 = self.backend.fsync_counters()
         self.files.extend(self._current)
         self.bursts.append(
             {
@@ -146,11 +147,6 @@ class BurstCheckpointing(BaseCheckpointing):
         self.backend.close()
 
     # --------------------------------------------------------------------------------------------------
-    def _fsync(self) -> tuple[int, float]:
-        return int(getattr(self.backend, "fsync_calls", 0)), float(
-            getattr(self.backend, "fsync_seconds", 0.0)
-        )
-
     def _report(self, gathered: list[list[dict[str, Any]]]) -> None:
         out = []
         for i in range(len(gathered[0]) if gathered else 0):

@@ -7,11 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dlio_ext.report import timeseries
+from dlio_ext.report import timeline, timeseries
 
 #: workload name -> draws that workload's figures from its run directory and summary, returning
 #: {figure name: file name written}
 DRAWERS: dict[str, Callable[[Path, dict[str, Any]], dict[str, str]]] = {
+    "checkpoint_burst": timeline.draw,
     "kv_cache": timeseries.draw,
 }
 

@@ -1,5 +1,6 @@
-"""A run's per-rank timeline: when every file of every checkpoint started, opened, delivered its
-first byte and ended, as CSV and as a PNG (matplotlib, Agg: no display needed).
+"""A checkpoint run's per-rank timeline as a PNG (matplotlib, Agg: no display needed), drawn from
+the timeline.csv the workload wrote and its summary: when every file of every checkpoint started,
+delivered its first byte and ended, on every rank.
 
 Times are seconds from the moment all ranks left the workload's first barrier, each rank on its
 own monotonic clock (ranks leave a barrier within microseconds of each other on one host; across
@@ -10,40 +11,51 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-#: an event as a workload records it (see checkpoint_burst.rank_metrics)
-EVENT_FIELDS = (
-    "kind",
-    "checkpoint",
-    "file",
-    "bytes",
-    "start_s",
-    "opened_s",
-    "first_byte_s",
-    "end_s",
-    "close_s",
-    "ok",
-    "content_hash",
-)
-COLUMNS = ("layout_rank", "rank", *EVENT_FIELDS, "seconds", "MBps")
 COLOURS = {"write": "#1f77b4", "persist": "#1f77b4", "snapshot": "#ff7f0e", "restore": "#2ca02c"}
+#: the figure's file in the run directory (its name is also in summary["figures"]["timeline"])
+PNG = "timeline.png"
 
-Row = tuple[int, int, Sequence[Any]]  # (layout rank, rank, event)
+#: (layout rank, rank, event: kind, start_s, first_byte_s, end_s, ok), one a file (or snapshot)
+Row = tuple[int, int, tuple[str, float, float, float, bool]]
 
 
-def write_csv(path: Path, rows: Iterable[Row]) -> None:
-    tmp = path.with_suffix(path.suffix + ".partial")
-    with tmp.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(COLUMNS)
-        for layout_rank, rank, ev in sorted(rows, key=lambda r: (r[2][4], r[1])):
-            secs = max(float(ev[7]) - float(ev[4]), 0.0)
-            mbps = round(float(ev[3]) / secs / 1e6, 3) if secs > 0 else 0.0
-            w.writerow([layout_rank, rank, *ev, round(secs, 6), mbps])
-    os.replace(tmp, path)
+def read_csv(path: Path) -> list[Row]:
+    """The rows of a timeline.csv (the columns the figure needs, by name)."""
+    with path.open(newline="") as f:
+        return [
+            (
+                int(r["layout_rank"]),
+                int(r["rank"]),
+                (
+                    r["kind"],
+                    float(r["start_s"]),
+                    float(r["first_byte_s"]),
+                    float(r["end_s"]),
+                    r["ok"] == "True",
+                ),
+            )
+            for r in csv.DictReader(f)
+        ]
+
+
+def draw(run_dir: Path, summary: dict[str, Any]) -> dict[str, str]:
+    """report.DRAWERS["checkpoint_burst"]: the timeline figure of a run whose summary names its
+    timeline.csv; {} when it names none (a run stopped before its summary)."""
+    section = summary.get("checkpoint_burst") or {}
+    name = (section.get("timeline") or {}).get("csv")
+    if not name:
+        return {}
+    model = section.get("model") or {}
+    title = (
+        f"checkpoint_burst {model.get('preset')} ({section.get('mode')}, {section.get('layout')}, "
+        f"scale {section.get('scale', 1):g})"
+    )
+    plot(run_dir / PNG, read_csv(run_dir / name), title=title)
+    return {"timeline": PNG}
 
 
 def plot(path: Path, rows: Sequence[Row], title: str = "") -> None:
@@ -65,7 +77,7 @@ def plot(path: Path, rows: Sequence[Row], title: str = "") -> None:
         for _, r, ev in rows:
             if r != rank:
                 continue
-            kind, start, first, end, ok = ev[0], float(ev[4]), float(ev[6]), float(ev[7]), bool(ev[9])
+            kind, start, first, end, ok = ev
             colour = COLOURS.get(kind, "#7f7f7f") if ok else "#d62728"
             by_colour.setdefault(colour, []).append((start, max(end - start, 1e-6)))
             if kind != "snapshot" and first > start:

@@ -34,7 +34,7 @@ from dlio_ext.run.lifecycle import (
     release_signals,
     take_signals,
 )
-from dlio_ext.storage import open_backend
+from dlio_ext.storage import open_backend, storage_schema
 from dlio_ext.storage.base import Backend, StorageError, StoreGone, kind_text
 from dlio_ext.workloads.base import Workload, workload_class
 from dlio_ext.workloads.context import Context
@@ -46,7 +46,7 @@ T = TypeVar("T")
 
 def load_config(argv: list[str]) -> RunConfig:
     """The run's configuration, its schemas looked up in the registries by name."""
-    return load(argv, workload_schema=lambda name: workload_class(name).Config)
+    return load(argv, workload_schema=lambda name: workload_class(name).Config, storage_schema=storage_schema)
 
 
 def _verdict(exc: Exception) -> tuple[str, bool]:
@@ -147,12 +147,6 @@ def _backend(cfg: RunConfig, run_dir: Path, world: SoloWorld) -> Backend:
     on_rank0(world, backend.check)
     world.barrier()
     return backend
-
-
-def _counters(backend: Backend) -> dict[str, Any]:
-    out = backend.counters.as_dict()
-    out["fsync_calls"], out["fsync_seconds"] = backend.fsync_counters()
-    return out
 
 
 def _print_table(summary: dict[str, Any]) -> None:
@@ -281,7 +275,7 @@ def _run(
         "host": os.uname().nodename,
         "wall_seconds": wall,
         "phases": [p.to_state() for p in phases],
-        "counters": _counters(backend),
+        "counters": backend.counters.as_dict(),
         "metrics": extra,
         "leftovers": backend.leftovers.as_dict(),
     }

@@ -59,15 +59,7 @@ def check(
     if disk and need:
         free = backend.free_bytes() if need else None
         if free is not None and need + max(need * DISK_MARGIN, DISK_MARGIN_MIN) > free:
-            d = backend.describe()
-            where, fix = (
-                (f"storage.root={d['root']}", "choose another storage.root")
-                if "root" in d
-                else (
-                    f"s3://{d.get('bucket')}/{d.get('prefix')} (storage.quota_bytes)",
-                    "raise storage.quota_bytes",
-                )
-            )
+            where, fix = backend.room()
             raise UsageError(
                 f"the run would store {size(need)} at once ({what}), but {where} has {size(free)} free; "
                 f"lower them, or {fix}"

@@ -1,33 +1,45 @@
-"""Storage backends: one file each, chosen by the `storage.type` config key."""
+"""Storage backends: one module each, chosen by the `storage.type` config key.
+
+The table of backends lives in storage.base (`register`, `backend_class`): `backend_class(name)`
+imports `dlio_ext.storage.<name>` and nothing else, so a new backend is one new file.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from dlio_ext.storage.base import Backend, NotFound, ObjectInfo, StorageError, Unsupported, Writer
+from dlio_ext.storage.base import (
+    Backend,
+    NotFound,
+    ObjectInfo,
+    StorageError,
+    Unsupported,
+    Writer,
+    backend_class,
+)
 
-__all__ = ["Backend", "NotFound", "ObjectInfo", "StorageError", "Unsupported", "Writer", "open_backend"]
+__all__ = [
+    "Backend",
+    "NotFound",
+    "ObjectInfo",
+    "StorageError",
+    "Unsupported",
+    "Writer",
+    "backend_class",
+    "open_backend",
+    "storage_schema",
+]
 
 
 def open_backend(cfg: Mapping[str, Any], run_dir: str | None = None) -> Backend:
-    """Build the backend a `storage` config group describes (see workload_configs/storage/)."""
-    kind = cfg["type"]
-    if kind == "posix":
-        from dlio_ext.storage.posix import PosixBackend
+    """Build the backend a `storage` config group describes (see workload_configs/storage/);
+    bad settings raise one UsageError line."""
+    cls = backend_class(str(cfg.get("type")))
+    return cls.from_settings(cls.Settings.from_config(cfg), run_dir)
 
-        root = cfg.get("root") or (f"{run_dir}/data" if run_dir else None)
-        if not root:
-            raise StorageError("storage.root is not set; give storage.root=/path/on/the/file/system")
-        return PosixBackend(
-            root=str(root),
-            direct=bool(cfg.get("direct", False)),
-            # None: the user did not choose (a workload may then ask for fsync, see ask_durable)
-            fsync=None if cfg.get("fsync") is None else str(cfg["fsync"]),
-            chunk_size=int(cfg.get("chunk_size", 8 << 20)),
-        )
-    if kind == "s3":
-        from dlio_ext.storage.s3 import S3Backend
 
-        return S3Backend.from_config(cfg)
-    raise StorageError(f"storage.type={kind!r} is unknown; use posix or s3")
+def storage_schema(name: str) -> type:
+    """The typed schema config.load validates a `storage` group of type `name` against."""
+    cls = backend_class(name)
+    return cls.Settings.schema(cls.name)

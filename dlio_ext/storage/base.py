@@ -31,7 +31,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any, Literal, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, cast
+
+from dlio_ext.registry import Registry
+
+if TYPE_CHECKING:
+    from dlio_ext.storage.settings import Settings
 
 Support = Literal["native", "emulated", "unsupported"]
 
@@ -152,12 +157,16 @@ BARE_VERBS = ("stat", "delete", "mkdir", "rmdir", "put", "get", "get_head")
 
 @dataclass
 class Counters:
-    """Per-backend tallies of what went wrong (and was retried); thread-safe for io-depth > 1."""
+    """Per-backend tallies of what went wrong (and was retried) and of the fsyncs issued, with
+    the seconds spent in them; thread-safe for io-depth > 1. Every counter a backend keeps lives
+    here, so results read one object whatever the medium."""
 
     retries: int = 0
     throttles: int = 0
     errors: int = 0
     errors_by_kind: dict[str, int] = field(default_factory=dict)
+    fsync_calls: int = 0
+    fsync_seconds: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def retry(self, throttled: bool) -> None:
@@ -171,6 +180,16 @@ class Counters:
             self.errors += 1
             self.errors_by_kind[kind] = self.errors_by_kind.get(kind, 0) + 1
 
+    def fsync(self, seconds: float) -> None:
+        with self._lock:
+            self.fsync_calls += 1
+            self.fsync_seconds += seconds
+
+    def fsyncs(self) -> tuple[int, float]:
+        """(fsync calls, seconds in them) so far, read together."""
+        with self._lock:
+            return self.fsync_calls, self.fsync_seconds
+
     def as_dict(self) -> dict[str, object]:
         with self._lock:
             return {
@@ -178,6 +197,8 @@ class Counters:
                 "throttles": self.throttles,
                 "errors": self.errors,
                 "errors_by_kind": dict(self.errors_by_kind),
+                "fsync_calls": self.fsync_calls,
+                "fsync_seconds": self.fsync_seconds,
             }
 
 
@@ -357,12 +378,73 @@ class Writer(abc.ABC):
             self.abort()
 
 
-class Backend(abc.ABC):
-    """One storage medium. Keys are '/'-separated and relative to the backend's root or prefix."""
+#: the verbs a backend may leave out, and what the base class then does: "unsupported" (it
+#: raises Unsupported, or does nothing), "emulated" (it goes through other verbs). A verb a
+#: backend class defines is "native" unless the class declares otherwise in `capabilities`.
+OPTIONAL_VERBS: dict[str, Support] = {
+    "delete_many": "emulated",
+    "mkdir": "unsupported",
+    "rmdir": "unsupported",
+    "rename": "unsupported",
+    "bare": "emulated",
+    "evict": "unsupported",
+    "resident": "unsupported",
+    "drop_caches": "unsupported",
+}
+#: the verbs every backend implements
+REQUIRED_VERBS = ("put", "get", "get_range", "writer", "stat", "list", "delete")
 
-    name: str = "base"
-    #: what the medium really does for directory-ish verbs
-    capabilities: dict[str, Support] = {}
+
+class Backend(abc.ABC):
+    """One storage medium. Keys are '/'-separated and relative to the backend's root or prefix.
+
+    A backend is one module `dlio_ext/storage/<name>.py` (or a package) holding a `@register`ed
+    subclass that declares its `name` and its `Settings` dataclass (see storage.settings) and
+    builds itself from them (`from_settings`); nothing else is edited to add one."""
+
+    #: the name users give as storage.type (and the module's name under dlio_ext/storage/)
+    name: ClassVar[str] = "base"
+    #: the dataclass of its `storage` keys, a storage.settings.Settings
+    Settings: ClassVar[type[Settings]]
+    #: every verb in REQUIRED_VERBS and OPTIONAL_VERBS -> native | emulated | unsupported. A
+    #: class declares only the exceptions to the rule (a verb it defines by emulating it, e.g. a
+    #: rename that copies); the whole table is derived when the class is made.
+    capabilities: ClassVar[dict[str, Support]] = {}
+    #: the validated settings the backend was built with
+    settings: Settings
+
+    #: what this very class declared in `capabilities`, before the table was derived
+    _declared: ClassVar[dict[str, Support]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._declared = dict(cls.__dict__.get("capabilities", {}))
+        table: dict[str, Support] = dict.fromkeys(REQUIRED_VERBS, "native") | OPTIONAL_VERBS
+        unknown = sorted(set(cls._declared) - set(table))
+        if unknown:
+            raise TypeError(f"{cls.__name__}.capabilities names no verb: {', '.join(unknown)}")
+        # from the base down to this class, so what a class nearer to this one says wins: a verb
+        # it defines is native, unless it declares otherwise
+        for klass in reversed(cls.__mro__):
+            if klass is Backend or not issubclass(klass, Backend):
+                continue
+            table.update((verb, "native") for verb in table if verb in klass.__dict__)
+            table.update(klass._declared if "_declared" in klass.__dict__ else {})
+        cls.capabilities = table
+
+    @classmethod
+    def from_settings(cls, settings: Any, run_dir: str | None = None) -> Backend:
+        """The backend its validated settings describe; `run_dir` (the run's directory, if
+        any) is where a backend may put data that no setting places."""
+        # the default for a backend whose __init__ takes its settings (and needs no run_dir)
+        return cls(settings)  # type: ignore[call-arg]
+
+    def supports(self, verb: str) -> Support:
+        """native, emulated or unsupported: what this medium does for `verb`."""
+        try:
+            return self.capabilities[verb]
+        except KeyError:
+            raise ValueError(f"no verb {verb!r}; one of {', '.join(self.capabilities)}") from None
 
     def __init__(self) -> None:
         self.counters = Counters()
@@ -458,8 +540,8 @@ class Backend(abc.ABC):
             def call(key: str) -> int:
                 return get_range(key, 0, buf)
 
-        elif verb in BARE_VERBS:
-            call = getattr(self, verb)
+        elif verb in ("stat", "delete", "mkdir", "rmdir"):
+            call = {"stat": self.stat, "delete": self.delete, "mkdir": self.mkdir, "rmdir": self.rmdir}[verb]
         else:
             raise ValueError(f"no bare form of {verb!r}; one of {BARE_VERBS}")
         return Bare(call, StorageError, _as_is)
@@ -506,8 +588,9 @@ class Backend(abc.ABC):
         return 0, 0
 
     def fsync_counters(self) -> tuple[int, float]:
-        """fsync calls issued so far and the seconds spent in them (0 where writes need none)."""
-        return 0, 0.0
+        """fsync calls issued so far and the seconds spent in them (0 where writes need none): a
+        read of `counters`, where a backend tallies every fsync it issues."""
+        return self.counters.fsyncs()
 
     def durability(self) -> Durability:
         return Durability("not controlled by dlio-ext", "medium")
@@ -530,12 +613,35 @@ class Backend(abc.ABC):
         return None
 
     def describe(self) -> dict[str, object]:
-        """The configuration worth recording in results (never credentials)."""
-        return {"backend": self.name}
+        """What results record of the storage (never credentials): the backend, its settings
+        (redacted), what a completed write guarantees and what "cold" means for a read here."""
+        durable, cache = self.durability(), self.cache_control()
+        return {
+            "backend": self.name,
+            **self.settings.redacted(),
+            "durability": durable.policy,
+            "durability_source": durable.source,
+            "cache_control": cache.method,
+            "cache_note": cache.note,
+        }
 
     def where(self) -> str:
         """Where this backend's data lives, in one phrase for a user (never credentials)."""
         return self.name
 
+    def room(self) -> tuple[str, str]:
+        """(what `free_bytes` counts, in the words of the settings; how a user makes more room),
+        for the preflight check's message."""
+        return self.where(), f"free space at {self.where()}"
+
     def close(self) -> None:
         return None
+
+
+# the table of backends ---------------------------------------------------------------------
+
+#: every backend, by name (module `dlio_ext.storage.<name>`, imported when first named)
+BACKENDS: Registry[type[Backend]] = Registry("dlio_ext.storage", "storage.type", "backends")
+register = BACKENDS.register
+known = BACKENDS.known
+backend_class = BACKENDS.get

@@ -1,6 +1,6 @@
 """POSIX files, buffered or O_DIRECT, with an explicit fsync policy.
 
-Every fsync that is asked for is issued and timed on its own (`fsync_seconds`), so a
+Every fsync that is asked for is issued and timed on its own (`Counters.fsync_seconds`), so a
 workload can report it apart from the data transfer: DLIO's checkpoints skip it silently.
 """
 
@@ -16,6 +16,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
 from typing import cast
@@ -34,8 +35,10 @@ from dlio_ext.storage.base import (
     StorageError,
     Unsupported,
     Writer,
+    register,
 )
 from dlio_ext.storage.buffers import ALIGN, aligned_buffer, is_aligned, round_up
+from dlio_ext.storage.settings import Settings, setting
 
 FSYNC_POLICIES = ("none", "file", "file_and_dir")
 _DIRECT = getattr(os, "O_DIRECT", 0)
@@ -62,9 +65,22 @@ def _translate(exc: OSError, key: str) -> StorageError:
     return cls(f"{key}: {exc.strerror or exc}", key)
 
 
+@dataclass(frozen=True)
+class PosixSettings(Settings):
+    """The keys of workload_configs/storage/posix.yaml."""
+
+    #: the directory under test; unset: <run dir>/data, so a run writes nothing outside its own
+    root: str | None = None
+    direct: bool = False
+    #: None: the user did not choose ("none", unless a workload asks for durability)
+    fsync: str | None = setting(None, choices=FSYNC_POLICIES)
+    chunk_size: int = setting(8 << 20, low=0, strict=True)
+
+
+@register
 class PosixBackend(Backend):
     name = "posix"
-    capabilities = {"mkdir": "native", "rename": "native", "list": "native"}
+    Settings = PosixSettings
 
     def __init__(
         self, root: str, direct: bool = False, fsync: str | None = "none", chunk_size: int = 8 << 20
@@ -74,16 +90,21 @@ class PosixBackend(Backend):
         if fsync is not None and fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {FSYNC_POLICIES}")
         self.root = Path(root)
+        self.settings = PosixSettings(str(self.root), direct, fsync, round_up(chunk_size))
         # key -> path is on every op's path: a string concat, not os.path.join over a Path
         self._prefix = os.path.join(str(self.root), "")
         self.direct = direct
         self.fsync_policy = fsync or "none"
         self.fsync_source = "default" if fsync is None else "user"
         self.chunk_size = round_up(chunk_size)
-        self.fsync_calls = 0
-        self.fsync_seconds = 0.0
-        self._lock = threading.Lock()
         self._local = threading.local()
+
+    @classmethod
+    def from_settings(cls, settings: PosixSettings, run_dir: str | None = None) -> PosixBackend:
+        root = settings.root or (f"{run_dir}/data" if run_dir else None)
+        if not root:
+            raise StorageError("storage.root is not set; give storage.root=/path/on/the/file/system")
+        return cls(root, settings.direct, settings.fsync, settings.chunk_size)
 
     # helpers -------------------------------------------------------------------------------
     def path(self, key: str) -> str:
@@ -108,10 +129,7 @@ class PosixBackend(Backend):
     def _fsync(self, fd: int) -> None:
         t0 = time.perf_counter()
         os.fsync(fd)
-        dt = time.perf_counter() - t0
-        with self._lock:
-            self.fsync_calls += 1
-            self.fsync_seconds += dt
+        self.counters.fsync(time.perf_counter() - t0)
 
     def _fsync_dir(self, key: str) -> None:
         fd = os.open(os.path.dirname(self.path(key)) or ".", os.O_RDONLY)
@@ -456,10 +474,6 @@ class PosixBackend(Backend):
             r, n = r + a, n + b
         return r, n
 
-    def fsync_counters(self) -> tuple[int, float]:
-        with self._lock:
-            return self.fsync_calls, self.fsync_seconds
-
     def durability(self) -> Durability:
         if self.fsync_policy != "none":
             policy = f"fsync per file ({self.fsync_policy})" + (", O_DIRECT" if self.direct else "")
@@ -510,16 +524,14 @@ class PosixBackend(Backend):
         return st.f_bavail * st.f_frsize
 
     def describe(self) -> dict[str, object]:
-        return {
-            "backend": self.name,
-            "root": str(self.root),
-            "direct": self.direct,
-            "fsync": self.fsync_policy,
-            "fsync_source": self.fsync_source,
-        }
+        # the policy in force: the user's, or the one a workload asked for (see ask_durable)
+        return super().describe() | {"fsync": self.fsync_policy, "fsync_source": self.fsync_source}
 
     def where(self) -> str:
         return str(self.root)
+
+    def room(self) -> tuple[str, str]:
+        return f"storage.root={self.root}", "choose another storage.root"
 
 
 class _HostTurns:

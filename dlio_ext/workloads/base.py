@@ -12,12 +12,9 @@ workload's name, holding a `@register`ed subclass; nothing else is edited to add
 from __future__ import annotations
 
 import abc
-import importlib
-import importlib.util
-import pkgutil
 from typing import Any, ClassVar, Protocol
 
-from dlio_ext.errors import UsageError
+from dlio_ext.registry import Registry
 from dlio_ext.workloads.context import Context
 from dlio_ext.workloads.phases import PhaseResult
 
@@ -71,33 +68,8 @@ class Workload(abc.ABC):
         return {}
 
 
-_REGISTRY: dict[str, type[Workload]] = {}
-
-
-def register(cls: type[Workload]) -> type[Workload]:
-    """Class decorator: make a workload known by its `name`."""
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def _package_modules() -> list[str]:
-    import dlio_ext.workloads as pkg
-
-    return [m.name for m in pkgutil.iter_modules(pkg.__path__)]
-
-
-def known() -> list[str]:
-    """Every workload's name (imports every module of the package: for error messages only)."""
-    for mod in _package_modules():
-        importlib.import_module(f"dlio_ext.workloads.{mod}")
-    return sorted(_REGISTRY)
-
-
-def workload_class(name: str) -> type[Workload]:
-    """The workload registered as `name`, importing only its own module."""
-    if name not in _REGISTRY and isinstance(name, str) and name.isidentifier():
-        if importlib.util.find_spec(f"dlio_ext.workloads.{name}") is not None:
-            importlib.import_module(f"dlio_ext.workloads.{name}")
-    if name not in _REGISTRY:
-        raise UsageError(f"workload.name={name!r} is unknown; known workloads: {', '.join(known())}")
-    return _REGISTRY[name]
+#: every workload, by name (module `dlio_ext.workloads.<name>`, imported when first named)
+WORKLOADS: Registry[type[Workload]] = Registry("dlio_ext.workloads", "workload.name", "workloads")
+register = WORKLOADS.register
+known = WORKLOADS.known
+workload_class = WORKLOADS.get

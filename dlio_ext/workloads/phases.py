@@ -225,7 +225,7 @@ class PhaseRunner:
         self.results: list[PhaseResult] = []
 
     def kernel_start(self) -> KernelMark | None:
-        """For a phase timed outside `run_chunks`: call right after its start barrier, and
+        """For a phase timed outside `run_chunks`: call right before its start barrier, and
         `kernel_stop` (which is the end barrier) when the rank's part is done, as run_chunks does."""
         return self.meter.start() if self.meter is not None else None
 
@@ -396,8 +396,10 @@ class PhaseRunner:
             run_threads(lambda t: worker(t, starts, hi), io_depth)
 
         self.current = name
-        self.world.barrier()
+        # the device's counters before the barrier: after it, another rank of this host may have
+        # done I/O before a loaded sampling rank reads them, and the phase would miss it
         mark = self.kernel_start()
+        self.world.barrier()
         t0 = time.perf_counter()
         if deadline_s is not None:
             stop_at = t0 + deadline_s
@@ -752,8 +754,8 @@ def run_open_loop(
     for th in threads + helpers:
         th.start()
     runner.current = name
+    mark = runner.kernel_start()  # before the barrier, as run_chunks does
     runner.world.barrier()
-    mark = runner.kernel_start()
     t0 = time.perf_counter()
     clock[0] = t0
     for rec in records:
@@ -838,3 +840,206 @@ def _still_due(at: float | None, rest: Iterator[Arrival], begin: float, deadline
             break
         at = nxt[0]
     return n
+
+
+# --- file-granular phases (checkpoint bursts) ------------------------------------------------------
+
+
+@dataclass
+class FileEvent:
+    """One op of a file-granular phase: one whole file written or read on one rank. Times are
+    absolute perf_counter readings: `opened` once the file was created (a write) or stat'ed (a
+    read), `first_byte` once its first chunk moved, `end` when it was done; `close_s` is the time
+    in close (fsync or the multipart completion included). A failure is told here (`ok` False,
+    `error`, `error_kind`), never raised. `ckpt` and `digest` (the content hash) are the
+    caller's."""
+
+    kind: str
+    ckpt: int
+    name: str
+    nbytes: int
+    start: float
+    opened: float = 0.0
+    first_byte: float = 0.0
+    end: float = 0.0
+    close_s: float = 0.0
+    ok: bool = False
+    error: str | None = None
+    error_kind: str | None = None
+    digest: str = ""
+
+    def failed(self, exc: StorageError) -> None:
+        self.error, self.error_kind = str(exc), exc.kind
+
+
+#: file(i, thread) -> the FileEvent of file i, done on I/O thread `thread`
+FileOp = Callable[[int, int], FileEvent]
+
+
+def _tell(live: Liveness, ev: FileEvent, where: str) -> None:
+    """A file's outcome, told to the store's liveness (`where`: what was running, for the reason
+    given if the store counts as gone)."""
+    if ev.ok:
+        live.ok(ev.end)
+        return
+    err = StorageError(ev.error or f"{ev.kind} {ev.name} failed")
+    err.kind = ev.error_kind or StorageError.kind
+    live.outcome(err, where, ev.end)
+
+
+class FilePhase:
+    """One rank's part of a phase whose ops are whole files (a checkpoint burst, an async
+    persist, a restore), begun by `begin`: its ops are FileEvents, counted and timed
+    from this rank's clock `t0` (absolute perf_counter, taken as the phase began).
+
+    A file's latency is its end - start; the phase runs from this rank's first file start to its
+    last file end. Per file, only what the caller's op does: the tallies are made once, in
+    `result`. `fsync` (the backend's fsync_counters) gives the phase's fsync calls and seconds in
+    `extra`, next to `files`."""
+
+    def __init__(
+        self,
+        runner: PhaseRunner,
+        name: str,
+        t0: float,
+        planned: int,
+        io: str | None,
+        cold: str | None,
+        fsync: Callable[[], tuple[int, float]] | None,
+        where: str | None = None,
+    ):
+        self.runner, self.name, self.t0, self.planned = runner, name, t0, planned
+        #: what the store-gone reason says was running
+        self.where = where or f"phase {name}"
+        self.io, self.cold, self._fsync = io, cold, fsync
+        self.events: list[FileEvent] = []
+        self.fsync_calls, self.fsync_s = 0, 0.0
+        self.kernel: dict[str, Any] | None = None
+        self._c0: tuple[int, float] | None = None
+        self._mark: KernelMark | None = None
+        #: async's stall: (start, end, bytes) of the one op that is not a file (see `span`)
+        self.region: tuple[float, float, int] | None = None
+
+    def measure(self, mark: KernelMark | None = None) -> None:
+        """Start the kernel's and the fsync counters, on the thread doing the phase's I/O when
+        it starts (`begin` does it for a phase that starts at its barrier, with the kernel's
+        `mark` taken before that barrier)."""
+        self._mark = self.runner.kernel_start() if mark is None else mark
+        self._c0 = self._fsync() if self._fsync is not None else None
+
+    def run(self, n: int, op: FileOp, threads: int = 1) -> None:
+        """Files 0..n-1 on `threads` threads; thread t takes files t, t+T, ... (fixed, so a writer
+        thread only ever touches the buffers it owns). Each file's outcome counts towards the
+        store's liveness: once the store is gone, no further file is started."""
+        live = self.runner.liveness
+        out: list[list[FileEvent]] = [[] for _ in range(max(threads, 1))]
+
+        def work(t: int, mine: range) -> None:
+            for i in mine:
+                if live.gone is not None:
+                    return
+                ev = op(i, t)
+                out[t].append(ev)
+                _tell(live, ev, self.where)
+
+        if threads <= 1 or n <= 1:
+            work(0, range(n))
+        else:
+            run_threads(lambda t: work(t, range(t, n, threads)), threads)
+        self.events.extend(sorted((e for lst in out for e in lst), key=lambda e: e.start))
+
+    def add(self, ev: FileEvent) -> None:
+        """One file done outside `run` (a file written once the others are down, or by a
+        background thread), told to the store's liveness like the others."""
+        self.events.append(ev)
+        _tell(self.runner.liveness, ev, self.where)
+
+    def span(self, start: float, end: float, nbytes: int) -> None:
+        """A phase whose one op is a stretch of this rank's own time (async's stall: the copy of
+        the shard into host memory), not files."""
+        self.region = (start, end, nbytes)
+
+    def stop(self, collective: bool = True) -> None:
+        """The counters' deltas since `measure`; collective: the phase's closing barrier (see
+        PhaseRunner.kernel_stop: a background thread stops with collective=False)."""
+        if self._fsync is not None and self._c0 is not None:
+            c1 = self._fsync()
+            self.fsync_calls, self.fsync_s = c1[0] - self._c0[0], c1[1] - self._c0[1]
+        self.kernel = self.runner.kernel_stop(self._mark, collective)
+
+    def result(self) -> PhaseResult:
+        """This rank's PhaseResult of the phase, kept by the runner (a run that stops early still
+        reports it)."""
+        res = PhaseResult(name=self.name, planned_ops=self.planned, io=self.io, cold=self.cold)
+        lat = array("d")
+        for e in self.events:
+            if e.ok:
+                res.ops += 1
+                res.bytes += e.nbytes
+                lat.append(e.end - e.start)
+            else:
+                res.errors += 1
+                kind = e.error_kind or "error"
+                res.error_kinds[kind] = res.error_kinds.get(kind, 0) + 1
+                if res.first_error is None:
+                    res.first_error = e.error
+        starts = [e.start for e in self.events]
+        ends = [e.end for e in self.events]
+        if self.region is not None:
+            s, e_, nbytes = self.region
+            res.ops, res.bytes = res.ops + 1, res.bytes + nbytes
+            lat.append(e_ - s)
+            starts.append(s)
+            ends.append(e_)
+        res.start = (min(starts) - self.t0) if starts else 0.0
+        res.end = (max(ends) - self.t0) if ends else 0.0
+        res.hist.record_many(lat)
+        res.kernel = self.kernel
+        res.extra = {
+            "files": len(self.events),
+            "fsync_calls": self.fsync_calls,
+            "fsync_s": round(self.fsync_s, 6),
+        }
+        self.runner.results.append(res)
+        if self.runner.current == self.name:
+            self.runner.current = None
+        return res
+
+    @classmethod
+    def begin(
+        cls,
+        runner: PhaseRunner,
+        name: str,
+        planned: int,
+        *,
+        io: str | None = None,
+        cold: str | None = None,
+        fsync: Callable[[], tuple[int, float]] | None = None,
+        start: float | None = None,
+        where: str | None = None,
+    ) -> FilePhase:
+        """Begin a phase of `planned` files on `runner`. Collective: every rank enters, leaves a
+        barrier, and starts its clock and counters. With `start` (an absolute perf_counter time):
+        a phase that begins together with another one, already past its barrier (async's
+        persist, with its stall); it then calls `measure` itself, on the thread doing its I/O.
+        `cold` is how the caller made the reads cold (a CacheControl method, "drop_caches"),
+        checked against the kernel's counters as `run_chunks`' claim is; `where` names what runs
+        in the store-gone reason (default "phase <name>"). End it with `finish`
+        (in the background: `stop(collective=False)`, then `result`)."""
+        runner.current = name
+        if start is not None:
+            return cls(runner, name, start, planned, io, cold, fsync, where)
+        mark = runner.kernel_start()  # before the barrier, as run_chunks does
+        runner.world.barrier()
+        phase = cls(runner, name, time.perf_counter(), planned, io, cold, fsync, where)
+        phase.measure(mark)
+        return phase
+
+    def finish(self) -> PhaseResult:
+        """Collective: end the phase on every rank (its closing barrier, taken once this rank's
+        files are done: the slowest rank ends it), keep its result, and raise the same StoreGone
+        on every rank if any rank found the store gone."""
+        self.stop()
+        res = self.result()
+        self.runner.stop_if_gone()
+        return res

@@ -27,8 +27,6 @@ def summarize(
     ctx: Context, phases: dict[str, dict[str, Any]], per_rank: list[dict[str, Any]]
 ) -> dict[str, Any]:
     cfg: Config = ctx.config
-    if not per_rank or not per_rank[0]:
-        return {}
     model = model_of(cfg)
     sz = sizes_of(cfg, model)
     c = {k: sum(m["counters"][k] for m in per_rank) for k in COUNTERS}

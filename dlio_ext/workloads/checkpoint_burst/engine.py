@@ -1,0 +1,124 @@
+"""Streams planned files through a backend, chunk by chunk, from the content pool; reads them back
+and verifies every byte. One call a file, its outcome in a FileEvent (never raised)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from dlio_ext.storage.base import Backend, StorageError, VerifyError
+from dlio_ext.workloads.checkpoint_burst.content import Content
+from dlio_ext.workloads.checkpoint_burst.plan import PlannedFile
+from dlio_ext.workloads.content import StreamHash
+from dlio_ext.workloads.phases import FileEvent
+
+
+class Engine:
+    """Streams planned files through a backend, chunk by chunk, from the content pool."""
+
+    def __init__(self, backend: Backend, content: Content, verify: bool = True):
+        self.b, self.content, self.verify = backend, content, verify
+        self.chunk = content.chunk
+
+    # write ----------------------------------------------------------------------------------------
+    def write_file(self, f: PlannedFile, ckpt: int, kind: str = "write") -> FileEvent:
+        ev = FileEvent(kind, ckpt, f.name, f.nbytes, time.perf_counter())
+        c = self.content
+        fkey = c.file_key(ckpt, f.writer, f.index)
+        fh = StreamHash()
+        try:
+            w = self.b.writer(f.key)
+            ev.opened = time.perf_counter()
+            closing = False
+            try:
+                off, i = 0, 0
+                while off < f.nbytes:
+                    n = min(self.chunk, f.nbytes - off)
+                    p = c.body(f.writer, f.index, i)
+                    buf = c.bufs[p]
+                    words = c.stamp(buf, fkey, i, n, p)
+                    # borrowed for the call only: once write returns, buf is ours to restamp
+                    w.write(buf[:n])
+                    if i == 0:
+                        ev.first_byte = time.perf_counter()
+                    fh.update(words, c.digest(p, n))
+                    off += n
+                    i += 1
+                t = time.perf_counter()
+                closing = True
+                w.close()
+                ev.close_s = time.perf_counter() - t
+            except BaseException:
+                if not closing:  # a failed close has already released (or aborted) the file
+                    abort(w)
+                raise
+            ev.ok = True
+            ev.digest = fh.hexdigest()
+        except StorageError as exc:
+            ev.failed(exc)
+        ev.end = time.perf_counter()
+        return ev
+
+    # read -----------------------------------------------------------------------------------------
+    def read_file(self, f: PlannedFile, ckpt: int, rbufs: memoryview | Sequence[memoryview]) -> FileEvent:
+        """Read and verify one file. With two buffers the next chunk is fetched (on a helper
+        thread; the backend's read releases the GIL) while this one is verified, so checking every
+        byte costs no storage time."""
+        ev = FileEvent("restore", ckpt, f.name, f.nbytes, time.perf_counter())
+        bufs = [rbufs] if isinstance(rbufs, memoryview) else list(rbufs)
+        chunks = [(off, min(self.chunk, f.nbytes - off)) for off in range(0, f.nbytes, self.chunk)]
+        ahead = len(bufs) > 1 and len(chunks) > 1
+        pool = ThreadPoolExecutor(max_workers=1) if ahead else None
+        fut: Future[int] | None = None
+
+        def fetch(i: int) -> int:
+            off, n = chunks[i]
+            return self.b.get_range(f.key, off, bufs[i % len(bufs)][:n])
+
+        try:
+            size = self.b.stat(f.key).size
+            ev.opened = time.perf_counter()
+            if size != f.nbytes:
+                raise VerifyError(f"{f.key}: {size} bytes on storage, {f.nbytes} written", f.key)
+            fh = StreamHash()
+            c, fkey = self.content, self.content.file_key(ckpt, f.writer, f.index)
+            if pool is not None and chunks:
+                fut = pool.submit(fetch, 0)
+            for i, (off, n) in enumerate(chunks):
+                if fut is not None:
+                    got = fut.result()
+                    fut = pool.submit(fetch, i + 1) if pool is not None and i + 1 < len(chunks) else None
+                else:
+                    got = fetch(i)
+                if i == 0:
+                    ev.first_byte = time.perf_counter()
+                if got != n:
+                    raise VerifyError(f"{f.key}: short read at offset {off} ({got} of {n} bytes)", f.key)
+                if self.verify:
+                    # the block stamps, then the body against the pool's digest
+                    fh.update(*c.verify(bufs[i % len(bufs)], fkey, i, n, c.body(f.writer, f.index, i), f.key))
+            ev.ok = True
+            ev.digest = fh.hexdigest() if self.verify else ""
+        except StorageError as exc:
+            ev.failed(exc)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)  # no read may still be landing in a buffer we hand back
+        ev.end = time.perf_counter()
+        return ev
+
+    def expected_digest(self, f: PlannedFile, ckpt: int) -> str:
+        """The content hash a file of this plan must have (what the writer wrote), without I/O."""
+        c = self.content
+        return c.expected(
+            c.file_key(ckpt, f.writer, f.index), f.nbytes, lambda i: c.body(f.writer, f.index, i)
+        )
+
+
+def abort(w: Any) -> None:
+    """Abort a writer after a failure, keeping that failure the one reported."""
+    with contextlib.suppress(Exception):  # the error that made us abort is the one worth reporting
+        w.abort()
