@@ -1,24 +1,30 @@
 """Results as one model: every phase keeps its histogram state (rank files and summary), a run is
 re-analysed from its rank files and compared with another run after it ended, and every workload's
-summary.json validates against the JSON Schema shipped in the package, which rejects a missing key
-or a wrong type. Runs are the real CLI: posix, the local SeaweedFS, and the real mpirun."""
+summary.json validates against the JSON Schema shipped in the package (the common part in metrics,
+each workload's section beside the workload), which rejects a missing key or a wrong type; a
+workload dropped in as a new module brings its section's schema with it. Runs are the real CLI:
+posix, the local SeaweedFS, and the real mpirun."""
 
 from __future__ import annotations
 
 import copy
 import json
 import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import KV_SMALL, run_cli
+from helpers import KV_SMALL, PY, ROOT, Done, run_cli
 
+import dlio_ext.workloads as workloads_pkg
 from dlio_ext.config import choices
 from dlio_ext.metrics import results as res
 from dlio_ext.metrics.histogram import Histogram
 from dlio_ext.s3server import ServerInfo, server_env
+from dlio_ext.workloads.base import known, workload_class
 
 # --- the histogram's file form -------------------------------------------------------------------
 
@@ -112,12 +118,29 @@ def _summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
+def _section(workload: str) -> dict | None:
+    """The schema of the workload's summary section, as the workload ships it."""
+    return workload_class(workload).summary_schema()
+
+
+def _whole():
+    """A validator of the whole document, composed from every registered workload's section."""
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(res.schema({n: _section(n) for n in known()}))
+
+
+def _whole_errors(summary: dict) -> list[str]:
+    return [f"{e.json_path}: {e.message}" for e in _whole().iter_errors(summary)]
+
+
 def _check_run(run_dir: Path, workload: str, ranks: int) -> dict:
     """Valid against the schema; every phase keeps its state in the summary and each rank file;
     the phases merged again from the rank files are the summary's, key for key."""
     s = _summary(run_dir)
     assert s["workload"] == workload and s["ranks"] == ranks and s["schema"] == res.SCHEMA
-    assert res.validate(s) == []
+    assert res.validate(s, _section(workload)) == []
+    assert _whole_errors(s) == []
     assert s["phases"]
     for name, p in s["phases"].items():
         h = Histogram.decode(p["hist"])
@@ -136,8 +159,8 @@ def _check_run(run_dir: Path, workload: str, ranks: int) -> dict:
 @pytest.mark.parametrize("workload", list(RUNS))
 def test_every_workload_validates_and_reanalyses(run_dirs, workload):
     s = _check_run(run_dirs[workload], workload, 1)
-    if workload != "storage_sweep":
-        assert workload in s  # its own section, checked by the schema's part for it
+    # a workload that writes a section ships the schema that checked it, and only then
+    assert (workload in s) == (_section(workload) is not None) == (workload != "storage_sweep")
 
 
 def test_mpirun_two_ranks_validates_and_reanalyses(run_dirs):
@@ -222,15 +245,38 @@ def test_reanalyse_needs_the_rank_files(tmp_path, run_dirs):
 # --- the schema is strict --------------------------------------------------------------------------
 
 
-def test_schema_is_draft_2020_12_and_names_every_workload():
+def test_whole_schema_is_draft_2020_12_and_names_every_workload():
     import jsonschema
 
-    doc = json.loads(res.SCHEMA_FILE.read_text())
+    sections = {n: _section(n) for n in known()}
+    doc = res.schema(sections)
     jsonschema.Draft202012Validator.check_schema(doc)
     assert doc["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert doc["properties"]["schema"] == {"const": res.SCHEMA}
-    registered = {c.split("/")[0] for c in choices("workload")}
-    assert set(doc["properties"]["workload"]["enum"]) == registered
+    assert doc["properties"]["workload"]["enum"] == known()
+    # every registered workload has presets, and each section sits in the document under its name
+    assert {c.split("/")[0] for c in choices("workload")} == set(known())
+    assert {n for n, s in sections.items() if s is not None} == {"metadata", "checkpoint_burst", "kv_cache"}
+    for name, section in sections.items():
+        if section is not None:
+            assert doc["properties"][name] == {"$ref": f"#/$defs/{name}"}
+            assert doc["$defs"][name]["required"] == section["required"]
+    # the common part alone names no workload: adding one edits nothing in metrics
+    common = res.SCHEMA_FILE.read_text()
+    assert not any(f'"{n}"' in common for n in known()), "the common schema names a workload"
+
+
+def test_a_section_ref_must_name_its_own_or_the_common_defs():
+    ok = {"type": "object", "properties": {"a": {"$ref": "#/$defs/x"}, "b": {"$ref": "#/$defs/hist"}}}
+    doc = res.schema({"w": ok | {"$defs": {"x": {"type": "integer"}}}})
+    assert doc["$defs"]["w"]["properties"] == {"a": {"$ref": "#/$defs/w.x"}, "b": {"$ref": "#/$defs/hist"}}
+    assert doc["$defs"]["w.x"] == {"type": "integer"}
+    with pytest.raises(ValueError, match="'#/\\$defs/x' names neither one of its own"):
+        res.schema({"w": ok})
+    with pytest.raises(ValueError, match="names neither"):
+        res.schema({"w": {"$ref": "other.json#/a"}})
+    with pytest.raises(ValueError, match="named as a key of the summary's common part"):
+        res.schema({"phases": ok | {"$defs": {"x": {}}}})
 
 
 def _drop(path: list):
@@ -268,7 +314,7 @@ MUTATIONS = {
         (_put(["valdi"], True), "Unevaluated properties are not allowed"),
         (_put(["invalid_reasons"], ["a reason"]), "expected to be empty"),  # valid with a reason
         (_put(["schema"], "dlio-ext/summary/1"), "was expected"),
-        (_put(["metadata"], {}), "should not be valid"),  # another workload's section
+        (_put(["storage_sweep"], {}), "Unevaluated properties are not allowed"),  # it writes none
     ],
     "metadata": [
         (_drop(["metadata"]), "is not valid under any of the given schemas"),
@@ -291,10 +337,146 @@ MUTATIONS = {
 
 @pytest.mark.parametrize("workload", list(MUTATIONS))
 def test_schema_rejects_a_mutated_summary(run_dirs, workload):
+    """Each mutation fails the summary's own schema (common part and its section) and the whole
+    document alike, with the same words."""
     s = _summary(run_dirs[workload])
-    assert res.validate(s) == []
+    assert res.validate(s, _section(workload)) == [] == _whole_errors(s)
     for mutate, words in MUTATIONS[workload]:
         bad = copy.deepcopy(s)
         mutate(bad)
-        errors = res.validate(bad)
+        for errors in (res.validate(bad, _section(workload)), _whole_errors(bad)):
+            assert any(words in e for e in errors), (words, errors)
+
+
+@pytest.mark.parametrize("workload", list(RUNS))
+def test_another_workloads_section_is_refused(run_dirs, workload):
+    """A real section of another workload added to a real summary: an unknown key to the
+    summary's own schema, and a section the whole document refuses for this workload."""
+    s = _summary(run_dirs[workload])
+    for other in ("metadata", "checkpoint_burst", "kv_cache"):
+        if other == workload:
+            continue
+        bad = copy.deepcopy(s) | {other: _summary(run_dirs[other])[other]}
+        errors = res.validate(bad, _section(workload))
+        assert any(f"Unevaluated properties are not allowed ('{other}' was unexpected)" in e for e in errors)
+        assert any("should not be valid" in e for e in _whole_errors(bad)), other
+    if workload != "storage_sweep":
+        # its section with no schema handed in is an unknown key; with another's, it fails that one
+        assert any(f"'{workload}' was unexpected" in e for e in res.validate(s))
+        wrong = next(o for o in ("metadata", "kv_cache") if o != workload)
+        errors = res.validate(s, _section(wrong))
+        assert errors and all(e.startswith(f"$.{workload}") for e in errors), errors
+
+
+# --- a workload dropped in as one module brings its section's schema ------------------------------
+
+TOYLOAD = '''
+"""Writes a few objects, deletes them and reports how many in its own section (a test's new workload)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dlio_ext.validate import first_problem, positive
+from dlio_ext.workloads.base import Workload, register
+from dlio_ext.workloads.phases import PhaseResult
+
+
+@dataclass
+class Config:
+    name: str = "toyload"
+    objects: int = 4
+
+    def validate(self) -> str | None:
+        return first_problem(positive("objects", self.objects))
+
+
+@register
+class ToyLoad(Workload):
+    name = "toyload"
+    Config = Config
+
+    def run(self) -> list[PhaseResult]:
+        ctx, n = self.ctx, self.ctx.config.objects
+        buf = ctx.backend.alloc(4096)
+        key = lambda i: f"{ctx.run_id}/toy/r{ctx.rank}/{i}"  # noqa: E731
+
+        def put(i: int, _state: Any) -> int:
+            ctx.backend.put(key(i), buf)
+            return len(buf)
+
+        def delete(i: int, _state: Any) -> int:
+            ctx.backend.delete(key(i))
+            return 0
+
+        return [ctx.runner.run("put", n, put, io="write"), ctx.runner.run("delete", n, delete)]
+
+    def summarize(self, phases: dict[str, Any], per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"toyload": {"objects": phases["put"]["ops"], "latency_us": phases["put"]["latency_us"]}}
+'''
+# its section: a key of its own, and the summary's common latency block by reference
+TOYLOAD_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["objects", "latency_us"],
+    "properties": {"objects": {"$ref": "#/$defs/objects"}, "latency_us": {"$ref": "#/$defs/latency_us"}},
+    "additionalProperties": False,
+    "$defs": {"objects": {"type": "integer", "minimum": 1}},
+}
+
+
+@pytest.fixture()
+def toyload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A new workload dropped in as one module (its schema beside it) on the package's path, and
+    its presets in a copy of the config directory; removed from the table afterwards."""
+    from dlio_ext.workloads import base
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "toyload.py").write_text(TOYLOAD)
+    (plugins / "toyload.schema.json").write_text(json.dumps(TOYLOAD_SCHEMA))
+    monkeypatch.setattr(workloads_pkg, "__path__", [*workloads_pkg.__path__, str(plugins)])
+    configs = tmp_path / "configs"
+    shutil.copytree(ROOT / "workload_configs", configs)
+    (configs / "workload/toyload.yaml").write_text("name: toyload\nobjects: 6\n")
+    monkeypatch.setenv("DLIO_EXT_CONFIG_DIR", str(configs))
+    yield plugins
+    base.WORKLOADS.classes.pop("toyload", None)
+    sys.modules.pop("dlio_ext.workloads.toyload", None)
+
+
+def test_a_new_workload_brings_its_section_schema(toyload: Path, tmp_path: Path):
+    """The real CLI runs the new module; its summary validates against the common part and the
+    schema beside the module, with nothing in metrics edited, and that schema is what checks it."""
+    boot = (
+        "import sys; import dlio_ext.workloads as w; w.__path__.append(sys.argv[1]); "
+        "from dlio_ext.cli import main; sys.exit(main(sys.argv[2:]))"
+    )
+    args = ["run", "workload=toyload", "storage=posix", f"run.results_dir={tmp_path}/r"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DLIO_EXT_S3_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    p = subprocess.run(
+        [PY, "-c", boot, str(toyload), *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    d = Done(p.returncode, p.stdout, p.stderr)
+    assert d.code == 0, d.err
+    s = d.summary()
+    assert s["workload"] == "toyload" and s["valid"] is True and s["toyload"]["objects"] == 6
+    section = workload_class("toyload").summary_schema()
+    assert section == TOYLOAD_SCHEMA
+    assert res.validate(s, section) == []
+    assert "toyload" in known() and _whole_errors(s) == []
+    # its schema is what checks its section: its own key and the common latency block
+    for mutate, words in (
+        (_put(["toyload", "objects"], 0), "less than the minimum"),
+        (_drop(["toyload", "latency_us", "p99"]), "'p99' is a required property"),
+        (_put(["toyload", "extra"], 1), "Additional properties are not allowed"),
+        (_drop(["toyload"]), "is not valid under any of the given schemas"),
+        (_put(["metadata"], {}), "'metadata' was unexpected"),
+    ):
+        bad = copy.deepcopy(s)
+        mutate(bad)
+        errors = res.validate(bad, section)
         assert any(words in e for e in errors), (words, errors)
+    assert any("'toyload' was unexpected" in e for e in res.validate(s))  # no schema: no section

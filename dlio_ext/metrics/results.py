@@ -1,8 +1,9 @@
 """Merging per-rank phase results and writing a run's results directory.
 
-summary.json is the stable, versioned contract (`schema`, described by the JSON Schema
-SCHEMA_FILE shipped beside this module); per-rank JSON, phases.csv, config.yaml (secrets
-redacted) and host.json sit beside it. Every phase, in the summary and in each rank file, keeps
+summary.json is the stable, versioned contract (its `schema` key): the JSON Schema SCHEMA_FILE,
+shipped beside this module, describes its common part and each workload's own schema, shipped
+beside the workload, its section (`schema()` composes them into one document, `validate` checks a
+summary). Per-rank JSON, phases.csv, config.yaml (secrets redacted) and host.json sit beside it. Every phase, in the summary and in each rank file, keeps
 its latency histogram's exact state (`Histogram.encode`), so `reanalyse` rebuilds a finished
 run's phases from its rank files and `compare` sets two runs' latencies side by side.
 """
@@ -14,7 +15,7 @@ import json
 import os
 import platform
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -141,11 +142,73 @@ def compare(a: dict[str, Histogram], b: dict[str, Histogram]) -> dict[str, dict[
     return {name: out[name] for name in a if name in out}
 
 
-def validate(summary: dict[str, Any]) -> list[str]:
-    """Where `summary` breaks the shipped schema (SCHEMA_FILE), one line each; [] when it holds."""
+def schema(sections: Mapping[str, dict[str, Any] | None]) -> dict[str, Any]:
+    """The whole JSON Schema of summary.json (draft 2020-12): the common part (SCHEMA_FILE) and,
+    for each workload named in `sections`, its section's schema (`Workload.summary_schema`;
+    None when it writes no section). `workload` must be one of those names, the summary must hold
+    that workload's section (unless the run stopped: `store_gone`) and no other workload's.
+
+    A section's `$ref`s name its own `$defs` (kept in the whole document as `<workload>.<def>`) or
+    the common part's (`#/$defs/latency_us`, `hist`, `count`, ...); ValueError on any other."""
+    doc = json.loads(SCHEMA_FILE.read_text())
+    common = set(doc["$defs"])
+    written = [name for name, section in sections.items() if section is not None]
+    doc["properties"]["workload"] = {"enum": list(sections)}
+    for name, section in sections.items():
+        then: dict[str, Any] = {"properties": {"workload_config": {"properties": {"name": {"const": name}}}}}
+        if section is not None:
+            if name in doc["properties"] or name in common:
+                raise ValueError(f"workload {name!r} is named as a key of the summary's common part")
+            doc["$defs"].update(_section_defs(name, section, common))
+            doc["properties"][name] = {"$ref": f"#/$defs/{name}"}
+            then["anyOf"] = [{"required": [name]}, {"required": ["store_gone"]}]
+        others = [{"required": [o]} for o in written if o != name]
+        if others:
+            then["not"] = {"anyOf": others}
+        doc["allOf"].append(
+            {"if": {"properties": {"workload": {"const": name}}, "required": ["workload"]}, "then": then}
+        )
+    return doc
+
+
+def _section_defs(name: str, section: dict[str, Any], common: set[str]) -> dict[str, Any]:
+    """`section` and its own $defs as entries of the whole document's $defs, every $ref to one
+    of its own $defs renamed `<name>.<def>`."""
+    own = set(section.get("$defs", {}))
+
+    def moved(node: Any) -> Any:
+        if isinstance(node, list):
+            return [moved(x) for x in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: moved(v) for k, v in node.items()}
+        ref = node.get("$ref")
+        if ref is not None:
+            target = ref.removeprefix("#/$defs/")
+            if target in own:
+                out["$ref"] = f"#/$defs/{name}.{target}"
+            elif target not in common or target == ref:
+                raise ValueError(
+                    f"{name}'s summary section: $ref {ref!r} names neither one of its own $defs "
+                    f"({', '.join(sorted(own)) or 'none'}) nor the common part's ({', '.join(sorted(common))})"
+                )
+        return out
+
+    # a resource's own keywords make no sense inside another document
+    body = {k: v for k, v in section.items() if k not in ("$schema", "$id", "$defs")}
+    defs = {f"{name}.{d}": moved(s) for d, s in section.get("$defs", {}).items()}
+    return {name: moved(body), **defs}
+
+
+def validate(summary: dict[str, Any], section: dict[str, Any] | None = None) -> list[str]:
+    """Where `summary` breaks its schema, one line each; [] when it holds. `section` is the
+    schema of its workload's section (`Workload.summary_schema()`; None: the workload writes
+    none, and a section key is then an error like any unknown key)."""
     import jsonschema  # only readers of results need it, not every rank's start-up
 
-    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
+    name = summary.get("workload")
+    doc = schema({name: section} if isinstance(name, str) else {})
+    validator = jsonschema.Draft202012Validator(doc)
     return [
         f"{e.json_path}: {e.message}"
         for e in sorted(validator.iter_errors(summary), key=lambda e: list(map(str, e.absolute_path)))

@@ -6,12 +6,16 @@ to rank 0) and, on rank 0, `summarize` (the workload's section of summary.json).
 `memory` let the preflight check refuse a run that cannot fit before anything is written.
 
 A new workload is one module (or package) under `dlio_ext/workloads/` whose name is the
-workload's name, holding a `@register`ed subclass; nothing else is edited to add it.
+workload's name, holding a `@register`ed subclass, and the schema of its summary section beside
+it (`summary_schema`); nothing else is edited to add it.
 """
 
 from __future__ import annotations
 
 import abc
+import inspect
+import json
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from dlio_ext.registry import Registry
@@ -49,6 +53,20 @@ class Workload(abc.ABC):
     def memory(cls, cfg: Any, ranks: int) -> tuple[int, str]:
         """(bytes one rank allocates before its first phase, which keys set that)."""
         return 0, ""
+
+    @classmethod
+    def summary_schema(cls) -> dict[str, Any] | None:
+        """The JSON Schema of the workload's section of summary.json (what `summarize` returns
+        under its name), None when it writes none. By default the file shipped beside the code:
+        `<module>.schema.json` next to a module `workloads/<name>.py`, `summary.schema.json` in
+        a package `workloads/<name>/`. Its `$ref`s may name the summary's common `$defs`
+        (metrics.results.schema composes the two)."""
+        code = Path(inspect.getfile(cls))
+        beside = [code.with_suffix(".schema.json")]
+        if code.parent.name == cls.name:
+            beside.append(code.with_name("summary.schema.json"))
+        found = next((p for p in beside if p.is_file()), None)
+        return None if found is None else json.loads(found.read_text())
 
     def prepare(self) -> None:
         """Untimed set-up before the first phase (nothing here is measured)."""
