@@ -84,6 +84,15 @@ VERBS = textwrap.dedent(
         out["too_small"] = type(exc).__name__
     world.barrier()
 
+    # every rank writes one key at once, again and again: the last commit wins, whole
+    for i in range(20):
+        b.put("same", body(500 + r, 65536))
+    world.barrier()
+    same = bytearray(65536)
+    b.get("same", memoryview(same))
+    out["same_whole"] = [q for q in range(n) if bytes(same) == body(500 + q, 65536)]
+    world.barrier()
+
     b.delete(f"chunk/{r}")
     world.barrier()
     for verb, call in (("stat", b.stat), ("delete", b.delete)):
@@ -147,6 +156,7 @@ def test_every_verb_across_two_ranks(tmp_path: Path, medium: str) -> None:
         assert row["stat"] == 300_000 and row["empty_size"] == 0
         assert row["list"] == ["chunk/0", "chunk/1"]
         assert row["top"] == ["chunk/", "empty/", "small/", "stream/"]
+        assert len(row["same_whole"]) == 1 and row["same_whole"] == rows[0]["same_whole"]
         assert row["too_small"] == "StorageError"
         assert row["stat_deleted"] == "NotFound" and row["delete_deleted"] == "NotFound"
         assert row["plugins"] == {"read": ["UCX"], "write": ["UCX"]}
