@@ -270,6 +270,21 @@ def test_one_process_exits_with_its_own_code(tmp_path: Path) -> None:
     assert "the nixl memory tier" in bad.err and "storage.pool_bytes" in bad.err
 
 
+def test_a_pool_larger_than_memory_is_refused_in_one_line(tmp_path: Path) -> None:
+    done = run_cli(
+        "run",
+        "workload=storage_sweep",
+        "storage=nixl",
+        "storage.pool_bytes=100000000000000",
+        f"run.dir={tmp_path / 'huge'}",
+        np=2,
+    )
+    assert done.code == 2, done.out + done.err
+    lines = {ln for ln in done.err.splitlines() if "dlio-ext: error" in ln}
+    assert len(lines) == 1 and "Traceback" not in done.err, done.err
+    assert "storage.pool_bytes=100000000000000 x 2 rank(s) on this host" in lines.pop()
+
+
 def test_without_nixl_the_run_says_what_to_install(tmp_path: Path) -> None:
     """A machine without NIXL: a stand-in nixl_cu12 that fails to import, first on the path."""
     fake = tmp_path / "fake_site"

@@ -66,6 +66,29 @@ HOT_S = 0.005
 ANSWER_TIMEOUT_S = 60.0
 
 
+#: the share of this host's available memory the pools of its ranks may take together
+MEMORY_FRACTION = 0.8
+#: what launchers say about the ranks sharing this host
+_LOCAL_SIZE_VARS = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE")
+
+
+def _fits(pool_bytes: int) -> None:
+    """Refuse pools this host cannot hold, before any is allocated: each pool's pages are faulted
+    in at open, so too large a pool_bytes would get ranks killed by the OOM killer, not a message."""
+    local = next((int(os.environ[v]) for v in _LOCAL_SIZE_VARS if os.environ.get(v, "").isdigit()), 1)
+    try:
+        import psutil
+
+        avail = int(psutil.virtual_memory().available)
+    except Exception:  # psutil is a declared dependency; this only guards odd platforms
+        return
+    if pool_bytes * local > avail * MEMORY_FRACTION:
+        raise UsageError(
+            f"storage.pool_bytes={pool_bytes} x {local} rank(s) on this host is more than "
+            f"{MEMORY_FRACTION:.0%} of the {avail} bytes of memory available; lower storage.pool_bytes"
+        )
+
+
 class Extents:
     """First-fit allocation over [0, size) in GRAIN units, free neighbours merged."""
 
@@ -217,6 +240,7 @@ class MemoryMedium:
                 os.environ["UCX_TLS"] = settings.transports
             if settings.net_devices:
                 os.environ["UCX_NET_DEVICES"] = settings.net_devices
+            _fits(settings.pool_bytes)
             agent = Agent(f"dlio-ext-r{world.rank}-{os.getpid()}", {"UCX": {}})
             pool = agent.alloc(settings.pool_bytes)
             medium = cls(settings, world, agent, pool)
