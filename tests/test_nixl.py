@@ -13,9 +13,10 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
-from helpers import PY, ROOT, mpi_cmd, run_cli
+from helpers import PY, ROOT, Done, mpi_cmd, run_cli
 
 from dlio_ext.errors import UsageError
 from dlio_ext.storage import open_backend
@@ -171,16 +172,19 @@ def test_every_verb_across_two_ranks(tmp_path: Path, medium: str) -> None:
     assert "\n" not in line and "nixl memory tier is full" in line and "storage.pool_bytes" in line
 
 
-def _sweep(np: int, extra: list[str], tmp_path: Path, name: str):
-    return run_cli(
-        "run",
-        "workload=storage_sweep",
-        "storage=nixl",
+def _run(tmp_path: Path, name: str, *args: str, **kw: Any) -> Done:
+    """storage_sweep on storage=nixl through the real CLI, in its own run directory."""
+    return run_cli("run", "workload=storage_sweep", "storage=nixl", *args, f"run.dir={tmp_path / name}", **kw)
+
+
+def _sweep(np: int, extra: list[str], tmp_path: Path, name: str) -> Done:
+    return _run(
+        tmp_path,
+        name,
         "storage.pool_bytes=16777216",
         "workload.object_size=262144",
         "workload.objects_per_rank=8",
         "workload.phases=[write,read_sequential,read_random,stat,delete]",
-        f"run.dir={tmp_path / name}",
         *extra,
         np=np,
     )
@@ -219,17 +223,16 @@ def test_require_rdma_without_rdma_makes_the_run_invalid(tmp_path: Path) -> None
 
 def test_a_full_tier_is_counted_as_no_space(tmp_path: Path) -> None:
     """The tier fills during the write phase: each failed put is counted under no_space, the
-    console says so in one line, the run is invalid, and what was stored reads back intact."""
-    done = run_cli(
-        "run",
-        "workload=storage_sweep",
-        "storage=nixl",
+    console says so in one line and the run is invalid (that nothing stored before is lost:
+    test_every_verb_across_two_ranks)."""
+    done = _run(
+        tmp_path,
+        "full",
         "storage.pool_bytes=2097152",
         "workload.object_size=262144",
         "workload.objects_per_rank=12",
         "workload.phases=[write]",
         "run.preflight=false",
-        f"run.dir={tmp_path / 'full'}",
         np=2,
     )
     assert done.code == 1, done.out + done.err
@@ -246,39 +249,28 @@ def test_one_process_exits_with_its_own_code(tmp_path: Path) -> None:
     """Without mpirun (no MPI in the process) a UCX agent crashed the exit (rc 139, in UCX's ib
     module): the backend turns that module off on a host without InfiniBand, so a valid run exits
     0 and bad input found after the agent exists (the preflight check) exits 2."""
-    plain = run_cli(
-        "run",
-        "workload=storage_sweep",
-        "storage=nixl",
+    plain = _run(
+        tmp_path,
+        "plain",
         "storage.pool_bytes=8388608",
         "workload.object_size=65536",
         "workload.objects_per_rank=4",
-        f"run.dir={tmp_path / 'plain'}",
     )
     assert plain.code == 0, plain.out + plain.err
     assert plain.summary()["storage"]["ucx_modules"].startswith("ib module off")
-    bad = run_cli(
-        "run",
-        "workload=storage_sweep",
-        "storage=nixl",
+    bad = _run(
+        tmp_path,
+        "bad",
         "storage.pool_bytes=1048576",
         "workload.object_size=65536",
         "workload.objects_per_rank=64",
-        f"run.dir={tmp_path / 'bad'}",
     )
     assert bad.code == 2, bad.out + bad.err
     assert "the nixl memory tier" in bad.err and "storage.pool_bytes" in bad.err
 
 
 def test_a_pool_larger_than_memory_is_refused_in_one_line(tmp_path: Path) -> None:
-    done = run_cli(
-        "run",
-        "workload=storage_sweep",
-        "storage=nixl",
-        "storage.pool_bytes=100000000000000",
-        f"run.dir={tmp_path / 'huge'}",
-        np=2,
-    )
+    done = _run(tmp_path, "huge", "storage.pool_bytes=100000000000000", np=2)
     assert done.code == 2, done.out + done.err
     lines = {ln for ln in done.err.splitlines() if "dlio-ext: error" in ln}
     assert len(lines) == 1 and "Traceback" not in done.err, done.err
@@ -290,13 +282,7 @@ def test_without_nixl_the_run_says_what_to_install(tmp_path: Path) -> None:
     fake = tmp_path / "fake_site"
     (fake / "nixl_cu12").mkdir(parents=True)
     (fake / "nixl_cu12" / "__init__.py").write_text('raise ImportError("No module named nixl_cu12")\n')
-    done = run_cli(
-        "run",
-        "workload=storage_sweep",
-        "storage=nixl",
-        f"run.dir={tmp_path / 'r'}",
-        env={"PYTHONPATH": f"{fake}:{ROOT}"},
-    )
+    done = _run(tmp_path, "r", env={"PYTHONPATH": f"{fake}:{ROOT}"})
     assert done.code == 2, done.out + done.err
     assert "Traceback" not in done.err
     lines = [ln for ln in done.err.splitlines() if ln.strip()]
