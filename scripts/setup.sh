@@ -10,7 +10,7 @@ stamp="$VENV/.dlio-ext-setup"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
-   "$VENV/bin/python" -c "import dlio_ext, dlio_benchmark, mpi4py, torch" 2>/dev/null; then
+   "$VENV/bin/python" -c "import dlio_ext, dlio_benchmark, mpi4py, torch, nixl_cu12" 2>/dev/null; then
   echo "setup: $VENV is up to date"
   exit 0
 fi
@@ -40,6 +40,11 @@ $PIP install -e ".[dlio,s3server,test,bench]"
 # install; the [dlio] extra above carries what it really imports (tensorflow, pydftracer, ...).
 $PIP install --no-deps "dlio-benchmark==2.0.0"
 
-"$VENV/bin/python" -c "import dlio_ext, dlio_benchmark.main, mpi4py, torch" >/dev/null
+# NIXL for storage=nixl (UCX/RDMA, POSIX and S3 plugins): the wheel --no-deps, because the plain
+# `nixl` package pulls CUDA and torch (GBs); the torch this wheel declares is the CPU one above;
+# numpy (its other need) comes with the project. Its import name is nixl_cu12.
+$PIP install --no-deps "nixl-cu12==1.5.1"
+
+"$VENV/bin/python" -c "import dlio_ext, dlio_benchmark.main, mpi4py, torch, nixl_cu12" >/dev/null
 echo "$want" > "$stamp"
 echo "setup: done ($VENV)"

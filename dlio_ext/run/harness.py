@@ -374,6 +374,7 @@ def _summarize(
         reasons.append(f"phase(s) not finished: {', '.join(unfinished)}")
     cold_reasons, warnings = res.cold_check(phases, cfg.run.max_cache_fraction)
     reasons += cold_reasons
+    reasons += backend.invalid_reasons()
     if gone is not None:
         reasons.insert(0, gone.reason)
     summary: dict[str, Any] = {

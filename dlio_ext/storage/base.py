@@ -625,6 +625,11 @@ class Backend(abc.ABC):
             "cache_note": cache.note,
         }
 
+    def invalid_reasons(self) -> list[str]:
+        """Why the run is invalid because of what the medium did (read on rank 0 after `close`;
+        e.g. nixl's require_rdma when no RDMA transport carried the data): one sentence each."""
+        return []
+
     def where(self) -> str:
         """Where this backend's data lives, in one phrase for a user (never credentials)."""
         return self.name
