@@ -14,6 +14,7 @@ in front of the real server, which no real server does on demand.
 
 from __future__ import annotations
 
+import os
 import pickle
 import time
 from collections.abc import Callable, Iterator
@@ -37,7 +38,7 @@ from dlio_ext.workloads import checkpoint_burst as cb
 
 MIB = 1 << 20
 PART = 5 * MIB  # the part size of every S3 config in these tests (s3_cfg_for)
-BACKENDS = ("posix", "posix_direct", "s3_obstore", "s3_boto3")
+BACKENDS = ("posix", "posix_direct", "s3_obstore", "s3_boto3", "nixl")
 #: chunk sizes fed to one streaming writer: below, at and across the part size, odd lengths too
 CHUNKS = (MIB, 3 * MIB, MIB, PART, 7 * MIB, 4097, 2 * MIB, 12 * MIB, 100, PART - 100)
 
@@ -48,6 +49,15 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     if kind.startswith("posix"):
         # a 1 MiB staging chunk: O_DIRECT stages unaligned pieces through it, often
         b: Backend = PosixBackend(str(tmp_path / "data"), direct=kind == "posix_direct", chunk_size=MIB)
+    elif kind == "nixl":
+        # the memory tier of this one process (its transfers loop back through UCX); what NIXL's
+        # loader sets in the environment is undone after the test, so no later subprocess inherits it
+        mp = request.getfixturevalue("monkeypatch")
+        for var in ("NIXL_LOG_LEVEL", "UCX_MODULES", "UCX_PROTO_INFO", "UCX_LOG_FILE"):
+            mp.setenv(var, os.environ.get(var, ""))
+            if not os.environ[var]:
+                mp.delenv(var)
+        b = open_backend({"type": "nixl", "pool_bytes": 128 * MIB}, str(tmp_path))
     else:
         b = open_backend(request.getfixturevalue("s3_cfg_for")(kind.removeprefix("s3_")))
     b.check()

@@ -12,10 +12,12 @@ Facts this relies on (probed on this kind of machine, /work/wt/notes/nixl.md):
 from __future__ import annotations
 
 import bisect
+import ctypes
 import logging
 import os
 import re
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -37,7 +39,7 @@ _nixl: ModuleType | None = None
 _lock = threading.Lock()
 
 
-def load_nixl(log_file: str | None = None) -> ModuleType:
+def load_nixl(log_file: str) -> ModuleType:
     """The NIXL module, its environment set first; one UsageError line when it is not installed.
 
     Environment (read when NIXL and its UCX load, so it is set before the import):
@@ -46,8 +48,9 @@ def load_nixl(log_file: str | None = None) -> ModuleType:
     - UCX_MODULES=^ib only when this host has no /sys/class/infiniband: UCX's ib module then loads
       a bundled libnl whose exit handler segfaults (rc 139 replaces every exit code, a usage
       error's 2 included). On an RDMA host the module is needed, and the crash is not seen there.
-    - UCX_PROTO_INFO=y into a log file of our own: how we learn which transport carried data.
-    Set with setdefault: a user's own choice wins."""
+    - UCX_PROTO_INFO=y into `log_file` (UCX reads both when its library loads): how we learn which
+      transport carried data.
+    Set with setdefault: a user's own choice wins. Later calls return the module loaded first."""
     global _nixl
     with _lock:
         if _nixl is not None:
@@ -56,8 +59,7 @@ def load_nixl(log_file: str | None = None) -> ModuleType:
         if not os.path.exists("/sys/class/infiniband"):
             os.environ.setdefault("UCX_MODULES", "^ib")
         os.environ.setdefault("UCX_PROTO_INFO", "y")
-        if log_file:
-            os.environ.setdefault("UCX_LOG_FILE", log_file)
+        os.environ.setdefault("UCX_LOG_FILE", log_file)
         try:
             import nixl_cu12 as nixl  # the PyPI wheel's name; `import nixl` needs the CUDA meta package
         except ImportError:
@@ -88,8 +90,8 @@ class Agent:
     """A NIXL agent with its registered memory; thread-safe (NIXL's strict sync mode) because a
     control thread serves peers while the workload's threads transfer."""
 
-    def __init__(self, name: str, backends: dict[str, dict[str, str]], log_file: str | None = None):
-        self.nixl = load_nixl(log_file)
+    def __init__(self, name: str, backends: dict[str, dict[str, str]]):
+        self.nixl = load_nixl(log_file_for(None, 0))  # loaded already by the backend, as a rule
         cfg = self.nixl.nixl_agent_config(
             backends=[],
             capture_telemetry=False,
@@ -197,11 +199,10 @@ class Agent:
 
 
 # what UCX said -----------------------------------------------------------------------------
-def log_file_for(run_dir: str | None, rank: int) -> str | None:
-    """Where NIXL's UCX writes its protocol report in this process (None: no run directory)."""
-    if not run_dir:
-        return None
-    return str(Path(run_dir) / f"nixl-ucx-rank{rank}.%p.log")
+def log_file_for(run_dir: str | None, rank: int) -> str:
+    """Where NIXL's UCX writes its log, protocol report included, in this process: the run's
+    directory (kept as evidence), else the temporary directory. Never stdout: it carries results."""
+    return str(Path(run_dir or tempfile.gettempdir()) / f"nixl-ucx-rank{rank}.%p.log")
 
 
 def ucx_log_paths() -> list[str]:
@@ -233,6 +234,9 @@ def transports(lines: list[str]) -> dict[str, set[str]]:
 
 
 def read_transports() -> dict[str, set[str]]:
+    # UCX writes its log through a buffered C stream: what it selected last may not be in the file
+    # yet. fflush(NULL) flushes every C output stream of this process.
+    ctypes.CDLL(None).fflush(None)
     lines: list[str] = []
     for path in ucx_log_paths():
         try:

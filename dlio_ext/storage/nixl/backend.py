@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from dlio_ext.storage.base import Backend, CacheControl, Durability, ObjectInfo, Writer, register
-from dlio_ext.storage.nixl.agent import ib_note, is_rdma, load_nixl
+from dlio_ext.storage.nixl.agent import ib_note, is_rdma, load_nixl, log_file_for
 from dlio_ext.storage.nixl.medium import Medium, Report
 from dlio_ext.storage.nixl.settings import NixlSettings
 from dlio_ext.world import SoloWorld, get_world
@@ -50,9 +51,10 @@ class NixlBackend(Backend):
     def from_settings(cls, settings: NixlSettings, run_dir: str | None = None) -> NixlBackend:
         """Collective for medium=memory (the pools' metadata is exchanged by MPI allgather): the
         harness opens the backend on every rank at the same point."""
-        load_nixl()  # the one-line error when NIXL is missing, before anything else
-        module = importlib.import_module(f"dlio_ext.storage.nixl.{settings.medium}")
         world = get_world()
+        # first of all: the one-line error when NIXL is missing, and the environment UCX reads
+        load_nixl(log_file_for(run_dir, world.rank))
+        module = importlib.import_module(f"dlio_ext.storage.nixl.{settings.medium}")
         return cls(settings, module.open(settings, run_dir, world), world)
 
     # verbs: the medium's ---------------------------------------------------------------------
@@ -143,5 +145,11 @@ class NixlBackend(Backend):
         every rank is done with the tier), then the medium lets go of its memory."""
         if self._facts is not None:
             return
-        self._facts = merge(self.world.allgather(self.medium.report()))
+        if sys.exc_info()[0] is not None:
+            # closed while an error unwinds this rank alone (the harness's `finally`): the others
+            # may sit in another collective, and the harness is about to abort them all; a gather
+            # here could hang before it does
+            self._facts = merge([self.medium.report()])
+        else:
+            self._facts = merge(self.world.allgather(self.medium.report()))
         self.medium.close()

@@ -48,7 +48,7 @@ from dlio_ext.storage.base import (
     Writer,
 )
 from dlio_ext.storage.buffers import address, round_up
-from dlio_ext.storage.nixl.agent import Agent, error, log_file_for, read_transports
+from dlio_ext.storage.nixl.agent import Agent, error, read_transports
 from dlio_ext.storage.nixl.medium import MediumDefaults, Report
 from dlio_ext.storage.nixl.settings import NixlSettings
 from dlio_ext.world import SoloWorld
@@ -195,12 +195,14 @@ class MemoryMedium(MediumDefaults):
         self._local = threading.local()
         self._stop = threading.Event()
         self._server: threading.Thread | None = None
+        #: the first error the control thread met (it carries on serving)
+        self.serve_error: str | None = None
         #: writers' registered staging, handed back at close/abort and reused (registered once)
         self._spares: list[memoryview] = []
         self._spares_lock = threading.Lock()
 
     @classmethod
-    def open(cls, settings: NixlSettings, run_dir: str | None, world: SoloWorld) -> MemoryMedium:
+    def open(cls, settings: NixlSettings, world: SoloWorld) -> MemoryMedium:
         """Collective: every rank registers its pool, then one allgather hands everyone the others'
         metadata. A rank that failed alone makes every rank raise (none is left in the gather)."""
         problem, mine, medium = None, None, None
@@ -211,9 +213,7 @@ class MemoryMedium(MediumDefaults):
                 os.environ["UCX_TLS"] = settings.transports
             if settings.net_devices:
                 os.environ["UCX_NET_DEVICES"] = settings.net_devices
-            agent = Agent(
-                f"dlio-ext-r{world.rank}-{os.getpid()}", {"UCX": {}}, log_file_for(run_dir, world.rank)
-            )
+            agent = Agent(f"dlio-ext-r{world.rank}-{os.getpid()}", {"UCX": {}})
             pool = agent.alloc(settings.pool_bytes)
             medium = cls(settings, world, agent, pool)
             mine = (agent.name, agent.agent.get_agent_metadata(), address(pool))
@@ -257,7 +257,10 @@ class MemoryMedium(MediumDefaults):
             self._pump_lock.release()
 
     def _dispatch(self, peer: str, raw: bytes) -> None:
-        msg = json.loads(raw)
+        try:
+            msg = json.loads(raw)
+        except ValueError:
+            return  # not one of ours (a notification some other NIXL user sent this agent)
         if msg[0] == "a":
             call = self._calls.get(msg[1])
             if call is not None:
@@ -279,10 +282,11 @@ class MemoryMedium(MediumDefaults):
         while not self._stop.is_set():
             try:
                 busy = self._pump()
-            except Exception:
-                if self._stop.is_set() or self.agent.agent is None:
-                    return
-                raise
+            except Exception as exc:
+                # an answer that could not be sent (its asker is gone): the asker's own call
+                # reports that; this thread keeps serving the others
+                self.serve_error = self.serve_error or f"{type(exc).__name__}: {exc}"
+                busy = False
             idle = 0.0 if busy else min(idle * 2 or 20e-6, 1e-3)
             time.sleep(idle)
 
@@ -377,10 +381,10 @@ class MemoryMedium(MediumDefaults):
         try:
             if n:
                 self._move("WRITE", mv, owner, offset, key)
-            self._ask(owner, "commit", key, offset, n)
         except BaseException:
-            self._ask(owner, "abandon", offset, n)
+            self._ask(owner, "abandon", offset, n)  # the bytes were never the key's: free them
             raise
+        self._ask(owner, "commit", key, offset, n)
 
     def put(self, key: str, data: memoryview | bytes) -> None:
         self.store(key, memoryview(data).cast("B"))
@@ -513,4 +517,5 @@ class _TierWriter(Writer):
 
 
 def open(settings: NixlSettings, run_dir: str | None, world: SoloWorld) -> MemoryMedium:  # noqa: A001
-    return MemoryMedium.open(settings, run_dir, world)
+    """The memory medium (collective: see MemoryMedium.open); it keeps nothing in `run_dir`."""
+    return MemoryMedium.open(settings, world)

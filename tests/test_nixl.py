@@ -1,0 +1,355 @@
+"""storage=nixl, medium=memory: a tier of registered memory over real MPI ranks, moved by NIXL.
+
+Everything runs for real: mpirun with 2 and 4 ranks, NIXL's UCX over shared memory (UCX's
+default here: cma) and over tcp on the loopback device only. The one fake is a `nixl_cu12` that
+fails to import, to show the line a machine without NIXL gets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from helpers import PY, ROOT, mpi_cmd, run_cli
+
+from dlio_ext.errors import UsageError
+from dlio_ext.storage import open_backend
+from dlio_ext.storage.nixl import agent as nixl_agent
+from dlio_ext.storage.nixl.agent import INSTALL, is_rdma, transports
+from dlio_ext.storage.nixl.memory import Extents
+
+pytest.importorskip("nixl_cu12")
+
+#: UCX over tcp on the loopback device only (UCX would spread tcp over every interface)
+TCP = ["storage.transports=tcp", "storage.net_devices=lo"]
+TRANSPORTS = {"shm": [], "tcp": TCP}
+
+# every rank: its own objects, its neighbour's read back one-sidedly, the metadata verbs, then a
+# tier filled to the brim. Prints one JSON line per rank.
+VERBS = textwrap.dedent(
+    """
+    import json, os, sys
+    import numpy as np
+    from dlio_ext.storage import open_backend
+    from dlio_ext.storage.base import NoSpace, NotFound
+    from dlio_ext.world import get_world
+
+    world = get_world()
+    r, n = world.rank, world.size
+    cfg = {"type": "nixl", "pool_bytes": 4 << 20, **json.loads(sys.argv[1])}
+    b = open_backend(cfg, sys.argv[2])
+    out = {"rank": r}
+
+    def body(rank, size):
+        return np.random.default_rng(rank).integers(0, 256, size, dtype=np.uint8).tobytes()
+
+    # a registered buffer (from alloc) and a caller's plain bytes (staged) both work
+    buf = b.alloc(300_000)
+    buf[:] = body(r, 300_000)
+    b.put(f"chunk/{r}", buf)
+    b.put(f"small/{r}", body(r + 100, 4096))
+    with b.writer(f"stream/{r}") as w:
+        for i in range(5):
+            w.write(body(r + 200 + i, 70_000))
+    b.put(f"empty/{r}", b"")
+    world.barrier()
+
+    peer = (r + 1) % n
+    into = b.alloc(300_000)
+    out["chunk_ok"] = b.get(f"chunk/{peer}", into) == 300_000 and bytes(into) == body(peer, 300_000)
+    plain = bytearray(4096)
+    out["small_ok"] = b.get(f"small/{peer}", memoryview(plain)) == 4096 and bytes(plain) == body(peer + 100, 4096)
+    whole = b"".join(body(peer + 200 + i, 70_000) for i in range(5))
+    got = bytearray(len(whole))
+    out["stream_ok"] = b.get(f"stream/{peer}", memoryview(got)) == len(whole) and bytes(got) == whole
+    part = bytearray(1000)
+    out["range_ok"] = (
+        b.get_range(f"chunk/{peer}", 123_457, memoryview(part)) == 1000
+        and bytes(part) == body(peer, 300_000)[123_457:124_457]
+        and b.get_range(f"chunk/{peer}", 299_500, memoryview(part)) == 500
+    )
+    out["empty_size"] = b.stat(f"empty/{peer}").size
+    out["stat"] = b.stat(f"chunk/{peer}").size
+    out["list"] = list(b.list("chunk/"))
+    out["top"] = list(b.list("", "/"))
+    try:
+        b.get(f"chunk/{peer}", memoryview(bytearray(10)))
+        out["too_small"] = "no error"
+    except Exception as exc:
+        out["too_small"] = type(exc).__name__
+    world.barrier()
+
+    b.delete(f"chunk/{r}")
+    world.barrier()
+    for verb, call in (("stat", b.stat), ("delete", b.delete)):
+        try:
+            call(f"chunk/{peer}")
+            out[f"{verb}_deleted"] = "found"
+        except NotFound:
+            out[f"{verb}_deleted"] = "NotFound"
+    world.barrier()
+
+    # fill: rank 0 alone writes 256 KiB objects until the tier says it is full
+    if r == 0:
+        stored, full = [], None
+        for i in range(200):
+            try:
+                b.put(f"fill/{i}", body(1000 + i, 256 << 10))
+                stored.append(i)
+            except NoSpace as exc:
+                full = str(exc)
+                break
+        out["fill_stored"] = len(stored)
+        out["fill_error"] = full
+        ok = True
+        for i in stored:  # nothing written before the tier filled up was lost
+            back = bytearray(256 << 10)
+            ok &= b.get(f"fill/{i}", memoryview(back)) == len(back) and bytes(back) == body(1000 + i, 256 << 10)
+        out["fill_intact"] = ok
+    world.barrier()
+    b.close()
+    d = b.describe()
+    out["plugins"] = d["nixl_plugins"]
+    out["transports"] = d["ucx_transports"]
+    out["registrations"] = d["registrations"]
+    print("RESULT " + json.dumps(out), flush=True)
+    """
+)
+
+
+def _mpi_script(tmp_path: Path, np: int, settings: dict[str, object]) -> list[dict]:
+    script = tmp_path / "verbs.py"
+    script.write_text(VERBS)
+    cmd, env = mpi_cmd(np, [PY, str(script), json.dumps(settings), str(tmp_path)])
+    env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = [
+        json.loads(ln.removeprefix("RESULT ")) for ln in p.stdout.splitlines() if ln.startswith("RESULT ")
+    ]
+    assert len(rows) == np, p.stdout + p.stderr
+    return sorted(rows, key=lambda r: r["rank"])
+
+
+@pytest.mark.parametrize("medium", ["shm", "tcp"])
+def test_every_verb_across_two_ranks(tmp_path: Path, medium: str) -> None:
+    """Each rank reads what its neighbour wrote, one-sidedly, byte for byte; stat, list and delete
+    see the whole tier; a full tier raises NoSpace with one clear line and keeps every key."""
+    settings = {"transports": "tcp", "net_devices": "lo"} if medium == "tcp" else {}
+    rows = _mpi_script(tmp_path, 2, settings)
+    for row in rows:
+        assert row["chunk_ok"] and row["small_ok"] and row["stream_ok"] and row["range_ok"], row
+        assert row["stat"] == 300_000 and row["empty_size"] == 0
+        assert row["list"] == ["chunk/0", "chunk/1"]
+        assert row["top"] == ["chunk/", "empty/", "small/", "stream/"]
+        assert row["too_small"] == "StorageError"
+        assert row["stat_deleted"] == "NotFound" and row["delete_deleted"] == "NotFound"
+        assert row["plugins"] == {"read": ["UCX"], "write": ["UCX"]}
+        assert set(row["transports"]) == {"read", "write"}, row
+        used = {t for names in row["transports"].values() for t in names}
+        if medium == "tcp":
+            assert used == {"tcp/lo"}, used
+    full = rows[0]
+    # 2 ranks x 4 MiB; 256 KiB objects hashed over both: the first owner to fill says so
+    assert 8 <= full["fill_stored"] < 32 and full["fill_intact"], full
+    line = full["fill_error"]
+    assert "\n" not in line and "nixl memory tier is full" in line and "storage.pool_bytes" in line
+
+
+def _sweep(np: int, extra: list[str], tmp_path: Path, name: str):
+    return run_cli(
+        "run",
+        "workload=storage_sweep",
+        "storage=nixl",
+        "storage.pool_bytes=16777216",
+        "workload.object_size=262144",
+        "workload.objects_per_rank=8",
+        "workload.phases=[write,read_sequential,read_random,stat,delete]",
+        f"run.dir={tmp_path / name}",
+        *extra,
+        np=np,
+    )
+
+
+@pytest.mark.parametrize(("np", "medium"), [(2, "shm"), (4, "tcp")])
+def test_storage_sweep_through_the_cli(tmp_path: Path, np: int, medium: str) -> None:
+    """The real CLI under mpirun: every rank reads its neighbour's objects, every byte verified."""
+    done = _sweep(np, TRANSPORTS[medium], tmp_path, f"sweep{np}")
+    assert done.code == 0, done.out + done.err
+    s = done.summary()
+    assert s["valid"] and s["errors"] == 0 and s["ranks"] == np
+    assert s["workload_config"]["verify"] and s["workload_config"]["read_shift"] == 1
+    for phase in ("write", "read_sequential", "read_random", "stat", "delete"):
+        assert s["phases"][phase]["ops"] == 8 * np, phase
+    st = s["storage"]
+    assert st["backend"] == "nixl" and st["medium"] == "memory"
+    assert st["nixl_plugins"] == {"read": ["UCX"], "write": ["UCX"]}
+    assert st["rdma"] is False and st["registrations"] >= np and st["registration_seconds"] > 0
+    assert set(st["ucx_transports"]) == {"read", "write"}, st
+    used = {t for names in st["ucx_transports"].values() for t in names}
+    assert used and not any(is_rdma(t) for t in used)
+    if medium == "tcp":
+        assert used == {"tcp/lo"}
+
+
+def test_require_rdma_without_rdma_makes_the_run_invalid(tmp_path: Path) -> None:
+    done = _sweep(2, ["storage.require_rdma=true"], tmp_path, "rdma")
+    assert done.code == 1, done.out + done.err
+    s = done.summary()
+    assert not s["valid"] and s["errors"] == 0
+    why = [r for r in s["invalid_reasons"] if "require_rdma" in r]
+    assert len(why) == 1 and "no RDMA transport carried the transfers" in why[0], s["invalid_reasons"]
+    assert "valid: False" in done.out and "require_rdma" in done.out
+
+
+def test_a_full_tier_is_counted_as_no_space(tmp_path: Path) -> None:
+    """The tier fills during the write phase: each failed put is counted under no_space, the
+    console says so in one line, the run is invalid, and what was stored reads back intact."""
+    done = run_cli(
+        "run",
+        "workload=storage_sweep",
+        "storage=nixl",
+        "storage.pool_bytes=2097152",
+        "workload.object_size=262144",
+        "workload.objects_per_rank=12",
+        "workload.phases=[write]",
+        "run.preflight=false",
+        f"run.dir={tmp_path / 'full'}",
+        np=2,
+    )
+    assert done.code == 1, done.out + done.err
+    s = done.summary()
+    w = s["phases"]["write"]
+    assert w["error_kinds"].get("no_space", 0) > 0 and w["ops"] > 0
+    assert w["ops"] + w["errors"] == 24
+    lines = [ln for ln in done.out.splitlines() if ln.startswith("no space left on device:")]
+    assert len(lines) == 1 and "nixl memory tier" in lines[0], done.out
+    assert "Traceback" not in done.err
+
+
+def test_one_process_exits_with_its_own_code(tmp_path: Path) -> None:
+    """Without mpirun (no MPI in the process) a UCX agent crashed the exit (rc 139, in UCX's ib
+    module): the backend turns that module off on a host without InfiniBand, so a valid run exits
+    0 and bad input found after the agent exists (the preflight check) exits 2."""
+    plain = run_cli(
+        "run",
+        "workload=storage_sweep",
+        "storage=nixl",
+        "storage.pool_bytes=8388608",
+        "workload.object_size=65536",
+        "workload.objects_per_rank=4",
+        f"run.dir={tmp_path / 'plain'}",
+    )
+    assert plain.code == 0, plain.out + plain.err
+    assert plain.summary()["storage"]["ucx_modules"].startswith("ib module off")
+    bad = run_cli(
+        "run",
+        "workload=storage_sweep",
+        "storage=nixl",
+        "storage.pool_bytes=1048576",
+        "workload.object_size=65536",
+        "workload.objects_per_rank=64",
+        f"run.dir={tmp_path / 'bad'}",
+    )
+    assert bad.code == 2, bad.out + bad.err
+    assert "the nixl memory tier" in bad.err and "storage.pool_bytes" in bad.err
+
+
+def test_without_nixl_the_run_says_what_to_install(tmp_path: Path) -> None:
+    """A machine without NIXL: a stand-in nixl_cu12 that fails to import, first on the path."""
+    fake = tmp_path / "fake_site"
+    (fake / "nixl_cu12").mkdir(parents=True)
+    (fake / "nixl_cu12" / "__init__.py").write_text('raise ImportError("No module named nixl_cu12")\n')
+    done = run_cli(
+        "run",
+        "workload=storage_sweep",
+        "storage=nixl",
+        f"run.dir={tmp_path / 'r'}",
+        env={"PYTHONPATH": f"{fake}:{ROOT}"},
+    )
+    assert done.code == 2, done.out + done.err
+    assert "Traceback" not in done.err
+    lines = [ln for ln in done.err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].endswith(INSTALL), done.err
+
+
+def test_without_nixl_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nixl_agent, "_nixl", None)
+    # what load_nixl sets before it tries the import: restored after the test
+    for var, value in (
+        ("NIXL_LOG_LEVEL", "FATAL"),
+        ("UCX_MODULES", "^ib"),
+        ("UCX_PROTO_INFO", "y"),
+        ("UCX_LOG_FILE", "/tmp/unused"),
+    ):
+        monkeypatch.setenv(var, os.environ.get(var, value))
+    monkeypatch.setitem(sys.modules, "nixl_cu12", None)  # import now raises ImportError
+    with pytest.raises(UsageError) as err:
+        open_backend({"type": "nixl"})
+    assert str(err.value) == INSTALL
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ({"transports": ","}, "storage.transports=',' names no transport"),
+        ({"medium": "disk"}, "storage.medium"),
+        ({"pool_bytes": 0}, "storage.pool_bytes=0 must be > 0"),
+        ({"medium": "obj"}, "storage.bucket is not set for medium=obj"),
+        ({"medium": "obj", "bucket": "b", "access_key": "AKIA-x"}, "storage.secret_key is not set"),
+    ],
+)
+def test_bad_settings_are_one_line(
+    given: dict[str, object], says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("DLIO_EXT_S3_BUCKET", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(UsageError) as err:
+        open_backend({"type": "nixl", **given})
+    line = str(err.value)
+    assert "\n" not in line and says in line and "AKIA-x" not in line
+
+
+# what UCX prints with UCX_PROTO_INFO=y (lines from this machine's probes, /work/wt/notes/nixl.md)
+PROTO_INFO = """\
+[1795949990.169269] [vm:9144 :0]   +--------+-------------+-----------------------------------+
+[1795949990.169269] [vm:9144 :0]   | rank0 self cfg#0                                         |
+[1795949990.169269] [vm:9144 :0]   | remote memory write by ucp_put* from host memory to host |
+[1795949990.169269] [vm:9144 :0]   +--------+-------------+-----------------------------------+
+[1795949990.169269] [vm:9144 :0]   | Range  | Description |              Config               |
+[1795949990.169269] [vm:9144 :0]   +--------+-------------+-----------------------------------+
+[1795949990.169269] [vm:9144 :0]   | 0..inf | zero-copy   | 52% on tcp/lo and 48% on tcp/eth0 |
+[1795949990.169269] [vm:9144 :0]   +--------+-------------+-----------------------------------+
+[1795949990.173026] [vm:9144 :0]   | rank0 self cfg#0                                |
+[1795949990.173026] [vm:9144 :0]   | active message by ucp_am_send* from host memory |
+[1795949990.173026] [vm:9144 :0]   |   1..16515 | zero-copy          | tcp/mlx5_0        |
+[1795949988.242604] [vm:9123 :0]   | remote memory read by ucp_get* from host memory to host |
+[1795949988.242604] [vm:9123 :0]   | 0..inf | zero-copy   | cma/memory                        |
+[1795949988.242604] [vm:9123 :0]   | remote memory write by ucp_put* from host memory to host |
+[1795949988.242604] [vm:9123 :0]   | 0..8192 | short   | rc_mlx5/mlx5_0:1                        |
+"""
+
+
+def test_the_transport_report_is_read_from_ucx() -> None:
+    used = transports(PROTO_INFO.splitlines())
+    # the active-message table (notifications) is not a data transport
+    assert used == {"write": {"tcp/lo", "tcp/eth0", "rc_mlx5/mlx5_0:1"}, "read": {"cma/memory"}}
+    assert is_rdma("rc_mlx5/mlx5_0:1") and is_rdma("dc_mlx5/mlx5_1:1") and is_rdma("ud_verbs/mlx5_0:1")
+    assert not any(is_rdma(t) for t in ("tcp/lo", "cma/memory", "sysv/memory", "posix/memory", "self/memory"))
+
+
+def test_first_fit_allocation_merges_what_is_freed() -> None:
+    ext = Extents(1024)
+    a, b, c = ext.take(100), ext.take(64), ext.take(1)
+    assert (a, b, c) == (0, 128, 192) and ext.free_bytes == 1024 - 256
+    assert ext.take(1024) is None  # no run that long: the caller raises NoSpace, nothing moves
+    ext.give(b, 64)
+    ext.give(a, 100)
+    assert ext.free == [(0, 192), (256, 768)]
+    ext.give(c, 1)
+    assert ext.free == [(0, 1024)] and ext.take(1024) == 0
