@@ -252,3 +252,5 @@ def test_obj_wrong_endpoint_or_bucket_is_one_line(
         names = [x["Name"] for x in s3_admin.list_buckets()["Buckets"]]
         assert bucket not in names
     assert s3_server.secret_key not in d.out + d.err
+    for p in (p for p in tmp_path.rglob("*") if p.is_file()):
+        assert s3_server.secret_key.encode() not in p.read_bytes(), p
