@@ -38,7 +38,16 @@ from dlio_ext.workloads import checkpoint_burst as cb
 
 MIB = 1 << 20
 PART = 5 * MIB  # the part size of every S3 config in these tests (s3_cfg_for)
-BACKENDS = ("posix", "posix_direct", "s3_obstore", "s3_boto3", "nixl")
+BACKENDS = (
+    "posix",
+    "posix_direct",
+    "s3_obstore",
+    "s3_boto3",
+    "nixl",
+    "nixl_file",
+    "nixl_file_direct",
+    "nixl_obj",
+)
 #: chunk sizes fed to one streaming writer: below, at and across the part size, odd lengths too
 CHUNKS = (MIB, 3 * MIB, MIB, PART, 7 * MIB, 4097, 2 * MIB, 12 * MIB, 100, PART - 100)
 
@@ -49,15 +58,24 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     if kind.startswith("posix"):
         # a 1 MiB staging chunk: O_DIRECT stages unaligned pieces through it, often
         b: Backend = PosixBackend(str(tmp_path / "data"), direct=kind == "posix_direct", chunk_size=MIB)
-    elif kind == "nixl":
-        # the memory tier of this one process (its transfers loop back through UCX); what NIXL's
-        # loader sets in the environment is undone after the test, so no later subprocess inherits it
+    elif kind.startswith("nixl"):
+        # nixl: the memory tier of this one process (its transfers loop back through UCX); its
+        # file and obj media (NIXL's POSIX and OBJ plugins). What NIXL's loader sets in the
+        # environment is undone after the test, so no later subprocess inherits it
         mp = request.getfixturevalue("monkeypatch")
         for var in ("NIXL_LOG_LEVEL", "UCX_MODULES", "UCX_PROTO_INFO", "UCX_LOG_FILE"):
             mp.setenv(var, os.environ.get(var, ""))
             if not os.environ[var]:
                 mp.delenv(var)
-        b = open_backend({"type": "nixl", "pool_bytes": 128 * MIB}, str(tmp_path))
+        if kind == "nixl_obj":
+            s3 = request.getfixturevalue("s3_cfg_for")("boto3")
+            keys = ("endpoint", "bucket", "region", "access_key", "secret_key", "prefix")
+            cfg = {"medium": "obj", **{k: s3[k] for k in keys}}
+        elif kind.startswith("nixl_file"):
+            cfg = {"medium": "file", "root": str(tmp_path / "data"), "direct": kind.endswith("direct")}
+        else:
+            cfg = {"pool_bytes": 128 * MIB}
+        b = open_backend({"type": "nixl", **cfg}, str(tmp_path))
     else:
         b = open_backend(request.getfixturevalue("s3_cfg_for")(kind.removeprefix("s3_")))
     b.check()

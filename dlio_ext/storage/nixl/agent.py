@@ -149,12 +149,28 @@ class Agent:
     def xfer(self, op: str, local: tuple[int, int], peer: str, remote: tuple[int, int], what: str) -> None:
         """One WRITE or READ between a registered local range and a peer's registered range
         (addr, length), polled to DONE before returning: the buffers are the transfer's until then."""
+        self.move(op, [local], peer, [(remote[0], remote[1], 0)], "DRAM", what)
+
+    def move(
+        self,
+        op: str,
+        local: list[tuple[int, int]],
+        peer: str,
+        remote: list[tuple[int, int, int]],
+        mem: str,
+        what: str,
+    ) -> None:
+        """One WRITE or READ between registered local ranges (addr, length) and `peer`'s `mem`
+        ranges (addr, length, devId): DRAM of another agent, or this agent's own FILE (addr = file
+        offset, devId = fd) or OBJ segments (addr = object offset, devId = the key's handle), with
+        `peer` = this agent's name. Polled to DONE before returning: the buffers are the
+        transfer's until then."""
         ag = self.agent
         try:
             h = ag.initialize_xfer(
                 op,
-                ag.get_xfer_descs([(local[0], local[1], 0)], "DRAM"),
-                ag.get_xfer_descs([(remote[0], remote[1], 0)], "DRAM"),
+                ag.get_xfer_descs([(a, n, 0) for a, n in local], "DRAM"),
+                ag.get_xfer_descs(remote, mem),
                 peer,
             )
         except Exception as exc:

@@ -4,9 +4,10 @@ close, and the `require_rdma` verdict."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from dlio_ext.storage.base import Backend, CacheControl, Durability, ObjectInfo, Writer, register
@@ -43,6 +44,7 @@ class NixlBackend(Backend):
         self.settings = settings
         self.medium = medium
         self.world = world
+        medium.share(self.counters, self.liveness)
         self._facts: dict[str, Any] | None = None  # every rank's, once gathered at close
 
     @classmethod
@@ -83,6 +85,21 @@ class NixlBackend(Backend):
     def durability(self) -> Durability:
         return self.medium.durability()
 
+    def ask_durable(self, source: str) -> Durability:
+        return self.medium.ask_durable(source)
+
+    def check(self) -> None:
+        self.medium.check()
+
+    def local_root(self) -> str | None:
+        return self.medium.local_root()
+
+    def evict(self, keys: Iterable[str]) -> None:
+        self.medium.evict(keys)
+
+    def cold_read(self, key: str) -> contextlib.AbstractContextManager[None]:
+        return self.medium.cold_read(key)
+
     def cache_control(self) -> CacheControl:
         return self.medium.cache_control()
 
@@ -109,6 +126,7 @@ class NixlBackend(Backend):
         facts = self.facts()
         return {
             **super().describe(),
+            **self.medium.notes(),
             **facts,
             "rdma": self.rdma(),
             "transport_source": "UCX_PROTO_INFO (what UCX selected), not the configuration",

@@ -49,7 +49,7 @@ from dlio_ext.storage.base import (
 )
 from dlio_ext.storage.buffers import address, round_up
 from dlio_ext.storage.nixl.agent import Agent, error, read_transports
-from dlio_ext.storage.nixl.medium import Report
+from dlio_ext.storage.nixl.medium import MediumDefaults, Report
 from dlio_ext.storage.nixl.settings import NixlSettings
 from dlio_ext.world import SoloWorld
 
@@ -205,7 +205,7 @@ class _Call:
         self.failure: str | None = None
 
 
-class MemoryMedium:
+class MemoryMedium(MediumDefaults):
     """The memory tier as seen from one rank (see the module's docstring)."""
 
     def __init__(self, settings: NixlSettings, world: SoloWorld, agent: Agent, pool: memoryview):

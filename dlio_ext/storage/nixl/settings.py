@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dlio_ext.storage.posix import FSYNC_POLICIES
 from dlio_ext.storage.settings import Settings, redact_url, setting
 from dlio_ext.validate import key_prefix
 
@@ -46,6 +47,8 @@ class NixlSettings(Settings):
     #: the directory under test; unset: <run dir>/data
     root: str | None = None
     direct: bool = False
+    #: None: the user did not choose ("none", unless a workload asks for durability), as for posix
+    fsync: str | None = setting(None, choices=FSYNC_POLICIES)
 
     def check(self) -> str | None:
         if self.medium == "obj":
