@@ -5,6 +5,7 @@ summary's section against its schema. Small sizes: a few MiB a phase."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -12,11 +13,15 @@ from typing import Any
 import pytest
 from helpers import run_cli
 
-from dlio_ext.metrics.results import validate
+from dlio_ext.metrics.results import merge_phase, validate
 from dlio_ext.s3server import ServerInfo, server_env
 from dlio_ext.storage.nixl.memory import MemoryMedium
+from dlio_ext.storage.posix import PosixBackend
 from dlio_ext.workloads.base import workload_class
-from dlio_ext.workloads.transfer_sweep import placed_key, powers_of_4, target_of
+from dlio_ext.workloads.context import Context
+from dlio_ext.workloads.phases import PhaseRunner
+from dlio_ext.workloads.transfer_sweep import Config, TransferSweep, placed_key, powers_of_4, target_of
+from dlio_ext.world import SoloWorld
 
 SECTION = workload_class("transfer_sweep").summary_schema()
 #: 4 KiB, 64 KiB and 1 MiB blocks, at most 2 MiB a rank a phase
@@ -168,3 +173,37 @@ def test_targets_and_placement():
         for t in range(ranks):
             key = placed_key(f"run/xfer/t{t}/s0", t, ranks)
             assert MemoryMedium.owner(SimpleNamespace(ranks=ranks), key) == t  # type: ignore[arg-type]
+
+
+class FakeFlippingPosix(PosixBackend):
+    """Real files, but one key's body gets a bit flipped right after each put of it."""
+
+    def put(self, key: str, data: memoryview | bytes) -> None:
+        super().put(key, data)
+        if "/b65536/s0001" in key:
+            with open(self.path(key), "r+b") as f:
+                f.seek(40_000)
+                b = f.read(1)
+                f.seek(40_000)
+                f.write(bytes([b[0] ^ 0x01]))
+
+
+def test_a_flipped_bit_is_a_corrupt_read(tmp_path: Path):
+    """In-process on real files: the read of the damaged key (slot 1 of the 64 KiB blocks; one put
+    per slot, so no rewrite races the flip) is a `corrupt` error naming the offset; every other
+    read verifies."""
+    cfg = Config(block_sizes=[4096, 65536], iterations=2, batch_size=2)
+    assert cfg.validate() is None
+    world = SoloWorld()
+    backend = FakeFlippingPosix(str(tmp_path / "data"))
+    ctx = Context(world, backend, PhaseRunner(world, 0), cfg, tmp_path, "t", 7, logging.getLogger("t"))
+    wl = TransferSweep(ctx)
+    wl.prepare()
+    by = {p.name: p for p in wl.run()}
+    assert list(by) == ["write_4KiB", "read_4KiB", "write_64KiB", "read_64KiB"]
+    assert [by[n].errors for n in ("write_4KiB", "read_4KiB", "write_64KiB")] == [0, 0, 0]
+    bad = by["read_64KiB"]
+    assert (bad.ops, bad.errors, bad.error_kinds) == (1, 1, {"corrupt": 1})
+    assert "content differs at offset 40000" in (bad.first_error or "")
+    rows = wl.summarize({n: merge_phase([p.to_state()]) for n, p in by.items()}, [wl.rank_metrics()])
+    assert [r["errors"] for r in rows["transfer_sweep"]["phases"]] == [0, 0, 0, 1]
