@@ -68,7 +68,7 @@ class Config:
     ops: list[str] = field(default_factory=lambda: ["write", "read"])
     pattern: str = "pairwise"
     batch_size: int = 1
-    iterations: int = 64
+    iterations: int = 256
     max_phase_bytes: int = 256 * MiB
     verify: bool = True
 
