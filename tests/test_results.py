@@ -256,7 +256,12 @@ def test_whole_schema_is_draft_2020_12_and_names_every_workload():
     assert doc["properties"]["workload"]["enum"] == known()
     # every registered workload has presets, and each section sits in the document under its name
     assert {c.split("/")[0] for c in choices("workload")} == set(known())
-    assert {n for n, s in sections.items() if s is not None} == {"metadata", "checkpoint_burst", "kv_cache"}
+    assert {n for n, s in sections.items() if s is not None} == {
+        "metadata",
+        "checkpoint_burst",
+        "kv_cache",
+        "transfer_sweep",
+    }
     for name, section in sections.items():
         if section is not None:
             assert doc["properties"][name] == {"$ref": f"#/$defs/{name}"}
