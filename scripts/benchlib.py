@@ -48,6 +48,15 @@ def command_line(argv: Sequence[str] | None) -> str:
     return shlex.join([shown, *(sys.argv if argv is None else [sys.argv[0], *argv])])
 
 
+def load_line(load_start: Sequence[float], elapsed: float, repeated: str) -> str:
+    """The machine's size and load over a run, for the line under a results table: a number is
+    read against how busy the machine was."""
+    return (
+        f"machine: {os.cpu_count()} CPUs, 1-min load average {load_start[0]:.1f} at start, "
+        f"{os.getloadavg()[0]:.1f} at end; {elapsed:.0f} s in all; {repeated}"
+    )
+
+
 def median_or_none(xs: Sequence[float]) -> float | None:
     """A row whose every run failed has no samples; it shows as failed, not as a crash."""
     return statistics.median(xs) if xs else None
