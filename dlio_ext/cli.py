@@ -1,6 +1,6 @@
 """`dlio-ext`: thin subcommands over the package.
 
-dlio-ext run workload=<name>[/<preset>] storage=<posix|s3> [key=value | ++key=value ...]
+dlio-ext run workload=<name>[/<preset>] storage=<backend> [key=value | ++key=value ...]
 dlio-ext dlio [dlio_benchmark's own Hydra arguments]
 dlio-ext s3-server start|stop|status [--dir D]
 dlio-ext s3-compat [--endpoint URL]... [--bucket B] [--prefix P] [--targets F] [--out DIR] [--list]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -171,8 +172,10 @@ def test_targets_and_placement():
     ]
     for ranks in (1, 2, 4, 7):
         for t in range(ranks):
-            key = placed_key(f"run/xfer/t{t}/s0", t, ranks)
-            assert MemoryMedium.owner(SimpleNamespace(ranks=ranks), key) == t  # type: ignore[arg-type]
+            home = partial(MemoryMedium.owner, SimpleNamespace(ranks=ranks))  # type: ignore[arg-type]
+            key = placed_key(f"run/xfer/t{t}/s0", t, home)
+            assert home(key) == t
+    assert placed_key("run/xfer/t1/s0", 1, lambda k: None) == "run/xfer/t1/s0"  # a shared store
 
 
 class FakeFlippingPosix(PosixBackend):

@@ -170,7 +170,7 @@ def _print_table(summary: dict[str, Any]) -> None:
     )
 
 
-RUN_HELP = """usage: dlio-ext run workload=<name>[/<preset>] storage=<posix|s3> [key=value | ++key=value ...]
+RUN_HELP = """usage: dlio-ext run workload=<name>[/<preset>] storage=<backend> [key=value | ++key=value ...]
 
 workloads: {workloads}
 storage:   {storage}

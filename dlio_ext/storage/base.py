@@ -558,6 +558,12 @@ class Backend(abc.ABC):
 
         return aligned_buffer(nbytes)
 
+    def home(self, key: str) -> int | None:
+        """The rank whose memory holds `key` (a tier spread over the ranks), or None where every
+        rank reaches the data alike (a file system, an object store). A workload that means to
+        cross between ranks (rank r reads what lives at rank t) names its keys by it."""
+        return None
+
     # caches and durability: what the medium can do, never which workload asks
     def local_root(self) -> str | None:
         """The local directory holding the data (to find its block device), or None if remote."""

@@ -7,10 +7,10 @@ rank, rank 0 included, against rank 0's keys). `batch_size` blocks are in flight
 thread each, with its own registered buffer), and the blocks of a size cycle over `batch_size`
 keys per rank, as nixlbench reuses its target buffers: block i goes to key i % batch_size.
 
-"Rank t's keys" are names under `t{target}/`; they are also chosen so that a store placing a
-key by crc32(key) mod ranks (storage=nixl medium=memory) holds them in rank t's memory, so a
-READ or WRITE there really crosses from rank r to rank t. On posix and s3 the names only group
-the keys (the data lives in the shared store).
+"Rank t's keys" are names under `t{target}/`; on a store spread over the ranks' memory
+(storage=nixl medium=memory) they are also chosen so that the backend says rank t holds them
+(`Backend.home`), so a READ or WRITE there really crosses from rank r to rank t. On posix and s3
+(`home` is None) the names only group the keys (the data lives in the shared store).
 
 Every block carries its writer rank and key slot in its first 16 bytes and a body of the
 writer's own (workloads/content.py: HeadStamped); a read is verified against what that rank
@@ -24,7 +24,6 @@ transfer time is not reported: no Backend verb gives it (see `POST_VS_TRANSFER`)
 from __future__ import annotations
 
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,13 +111,15 @@ def target_of(pattern: str, rank: int, ranks: int) -> int:
     return peer if peer < ranks else (rank + 1) % ranks
 
 
-def placed_key(name: str, target: int, ranks: int) -> str:
-    """`name` with the shortest "-p<n>" suffix that makes crc32(key) mod ranks == target: where a
-    hash-placing store (nixl memory) keeps it. Untimed: about `ranks` tries a key."""
+def placed_key(name: str, target: int, home: Callable[[str], int | None]) -> str:
+    """`name` with the shortest "-p<n>" suffix that the backend places at rank `target`
+    (`Backend.home`); `name` itself where no rank holds data. Untimed: about `ranks` tries a key."""
+    if home(name) is None:
+        return name
     n = 0
     while True:
         key = f"{name}-p{n}"
-        if zlib.crc32(key.encode()) % ranks == target:
+        if home(key) == target:
             return key
         n += 1
 
@@ -194,7 +195,7 @@ class TransferSweep(Workload):
     def keys(self, size: int, slots: int) -> list[str]:
         """This rank's keys of one size, in the target's name space and (hash) placement."""
         base = f"{self.ctx.run_id}/xfer/t{self.target:05d}/w{self.rank:05d}/b{size}"
-        return [placed_key(f"{base}/s{s:04d}", self.target, self.ctx.size) for s in range(slots)]
+        return [placed_key(f"{base}/s{s:04d}", self.target, self.ctx.backend.home) for s in range(slots)]
 
     def run(self) -> list[PhaseResult]:
         results: list[PhaseResult] = []

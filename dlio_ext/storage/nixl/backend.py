@@ -85,6 +85,9 @@ class NixlBackend(Backend):
     def durability(self) -> Durability:
         return self.medium.durability()
 
+    def home(self, key: str) -> int | None:
+        return self.medium.home(key)
+
     def ask_durable(self, source: str) -> Durability:
         return self.medium.ask_durable(source)
 

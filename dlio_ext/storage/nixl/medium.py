@@ -103,6 +103,9 @@ class MediumDefaults:
     """The answers of a medium that has no health check, no fsync policy, no page cache and no
     tallies of its own (base.Backend's defaults): a medium class inherits what it does not do."""
 
+    def home(self, key: str) -> int | None:
+        return None  # files and objects: every rank reaches them alike
+
     def check(self) -> None:
         return None
 

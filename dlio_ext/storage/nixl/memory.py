@@ -270,6 +270,9 @@ class MemoryMedium(MediumDefaults):
     def owner(self, key: str) -> int:
         return zlib.crc32(key.encode()) % self.ranks
 
+    def home(self, key: str) -> int | None:
+        return self.owner(key)
+
     def _pump(self) -> bool:
         """Take every notification that arrived and act on it: answer requests, hand answers to
         the calls waiting for them. One thread at a time; True if anything arrived."""
