@@ -22,7 +22,9 @@ from dlio_ext.errors import UsageError
 from dlio_ext.storage import open_backend
 from dlio_ext.storage.nixl import agent as nixl_agent
 from dlio_ext.storage.nixl.agent import INSTALL, is_rdma, transports
-from dlio_ext.storage.nixl.memory import Extents
+from dlio_ext.storage.nixl.memory import Extents, MemoryMedium
+from dlio_ext.storage.nixl.settings import NixlSettings
+from dlio_ext.world import SoloWorld
 
 pytest.importorskip("nixl_cu12")
 
@@ -364,3 +366,54 @@ def test_first_fit_allocation_merges_what_is_freed() -> None:
     assert ext.free == [(0, 192), (256, 768)]
     ext.give(c, 1)
     assert ext.free == [(0, 1024)] and ext.take(1024) == 0
+
+
+class FakeNixl:
+    """A NIXL agent whose notification queue we fill by hand (to inject a foreign notification and
+    a peer that left), recording what it sends. The only NIXL calls the control plane makes."""
+
+    def __init__(self, notifs: dict[str, list[bytes]], gone: set[str]):
+        self.notifs, self.gone = notifs, gone
+        self.sent: list[tuple[str, list[Any]]] = []
+
+    def get_new_notifs(self) -> dict[str, list[bytes]]:
+        out, self.notifs = self.notifs, {}
+        return out
+
+    def send_notif(self, peer: str, msg: bytes) -> None:
+        if peer in self.gone:
+            raise ConnectionError(f"fake_disconnect: {peer} left")
+        self.sent.append((peer, json.loads(msg)))
+
+
+class FakeAgent:
+    name = "fake-r0"
+
+    def __init__(self, nixl: FakeNixl):
+        self.agent = nixl
+
+
+def _fake_medium(nixl: FakeNixl) -> MemoryMedium:
+    agent: Any = FakeAgent(nixl)
+    return MemoryMedium(NixlSettings(pool_bytes=1 << 20), SoloWorld(), agent, memoryview(bytearray(64)))
+
+
+def test_one_bad_notification_loses_no_other_request() -> None:
+    """One poll hands over every notification that arrived. A foreign one (valid JSON, not ours) and
+    an answer to a peer that has left must not drop the requests after them in the same batch (an
+    unpin lost so pins its bytes for good; a lookup lost leaves its asker waiting a minute), nor
+    raise out of the poll (the poller may be this rank's own thread inside an unrelated get)."""
+    q = lambda rid, op, *args: json.dumps(["q", rid, op, list(args)]).encode()  # noqa: E731
+    nixl = FakeNixl(
+        {
+            "gone": [q(1, "reserve", 100)],
+            "other": [b"7", b'{"x": 1}', b"[]", q(2, "reserve", 100), q(3, "lookup", "k", True)],
+            "third": [q(4, "commit", "k", 0, 100)],
+        },
+        gone={"gone"},
+    )
+    m = _fake_medium(nixl)
+    assert m._pump()  # raises nothing
+    answered = {(peer, msg[1]) for peer, msg in nixl.sent}
+    assert answered == {("other", 2), ("other", 3), ("third", 4)}, nixl.sent
+    assert m.serve_error and "gone" in m.serve_error
