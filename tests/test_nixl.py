@@ -134,9 +134,9 @@ VERBS = textwrap.dedent(
 )
 
 
-def _mpi_script(tmp_path: Path, np: int, settings: dict[str, object]) -> list[dict]:
-    script = tmp_path / "verbs.py"
-    script.write_text(VERBS)
+def _mpi_script(tmp_path: Path, np: int, settings: dict[str, object], source: str = VERBS) -> list[dict]:
+    script = tmp_path / "script.py"
+    script.write_text(source)
     cmd, env = mpi_cmd(np, [PY, str(script), json.dumps(settings), str(tmp_path)])
     env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
@@ -417,3 +417,74 @@ def test_one_bad_notification_loses_no_other_request() -> None:
     answered = {(peer, msg[1]) for peer, msg in nixl.sent}
     assert answered == {("other", 2), ("other", 3), ("third", 4)}, nixl.sent
     assert m.serve_error and "gone" in m.serve_error
+
+
+# rank 0 overwrites and deletes one key as fast as it can, in a pool so small that freed bytes are
+# handed out again soon; rank 1 reads that key meanwhile. Every read must be one whole version
+# (or NotFound): a read that raced an overwrite or delete must never see bytes of the next put.
+RACE = textwrap.dedent(
+    """
+    import json, sys, time
+    from dlio_ext.storage import open_backend
+    from dlio_ext.storage.base import NotFound
+    from dlio_ext.world import get_world
+
+    world = get_world()
+    r = world.rank
+    b = open_backend({"type": "nixl", "pool_bytes": 2 << 20, **json.loads(sys.argv[1])}, sys.argv[2])
+    # 8 of them fill the pool (first fit): every put reuses bytes some earlier version had; room
+    # for the live version, the one being written, the one the reader pins, and the gaps
+    N = 256 << 10
+    key = next(f"race/{i}" for i in range(100) if b.home(f"race/{i}") == 0)
+
+    def version(i):
+        # sizes differ from one version to the next: bytes of a later put read under an earlier
+        # version's lookup show, even when that put landed whole before the read
+        return i.to_bytes(8, "little") + bytes([i % 251]) * (N - 8 - 64 * (i % 3))
+
+    b.put(key, version(0))
+    world.barrier()
+    out = {"rank": r}
+    if r == 0:
+        i, deadline = 0, time.monotonic() + 120
+        while time.monotonic() < deadline:
+            i += 1
+            if i % 7 == 0:
+                b.delete(key)
+            b.put(key, version(i))
+            if i % 16 == 0:
+                try:
+                    b.stat("race/done")
+                    break
+                except NotFound:
+                    pass
+        out["puts"] = i
+    else:
+        buf = b.alloc(N)
+        whole, missing, torn = 0, 0, []
+        for _ in range(1000):
+            try:
+                n = b.get(key, buf)
+            except NotFound:
+                missing += 1
+                continue
+            i = int.from_bytes(buf[:8], "little")
+            if bytes(buf[:n]) == version(i):
+                whole += 1
+            else:
+                torn.append(i)
+        b.put("race/done", b"")
+        out.update(whole=whole, missing=missing, torn=torn[:5], torn_count=len(torn))
+    world.barrier()
+    b.close()
+    print("RESULT " + json.dumps(out), flush=True)
+    """
+)
+
+
+def test_a_read_racing_overwrites_and_deletes_gets_one_whole_version(tmp_path: Path) -> None:
+    rows = _mpi_script(tmp_path, 2, {}, RACE)
+    writer, reader = rows
+    assert reader["torn_count"] == 0, rows
+    assert reader["whole"] + reader["missing"] == 1000 and reader["whole"] > 0, rows
+    assert writer["puts"] > 1, rows
