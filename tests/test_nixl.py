@@ -85,6 +85,10 @@ VERBS = textwrap.dedent(
         out["too_small"] = "no error"
     except Exception as exc:
         out["too_small"] = type(exc).__name__
+    try:  # before the key's first byte lie other keys' bytes
+        out["before_start"] = b.get_range(f"chunk/{peer}", -100, memoryview(part))
+    except Exception as exc:
+        out["before_start"] = type(exc).__name__
     world.barrier()
 
     # every rank writes one key at once, again and again: the last commit wins, whole
@@ -160,7 +164,7 @@ def test_every_verb_across_two_ranks(tmp_path: Path, medium: str) -> None:
         assert row["list"] == ["chunk/0", "chunk/1"]
         assert row["top"] == ["chunk/", "empty/", "small/", "stream/"]
         assert len(row["same_whole"]) == 1 and row["same_whole"] == rows[0]["same_whole"]
-        assert row["too_small"] == "StorageError"
+        assert row["too_small"] == "StorageError" and row["before_start"] == "StorageError"
         assert row["stat_deleted"] == "NotFound" and row["delete_deleted"] == "NotFound"
         assert row["plugins"] == {"read": ["UCX"], "write": ["UCX"]}
         assert set(row["transports"]) == {"read", "write"}, row

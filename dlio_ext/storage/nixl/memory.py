@@ -453,6 +453,8 @@ class MemoryMedium(MediumDefaults):
         self.store(key, memoryview(data).cast("B"))
 
     def _read(self, key: str, offset: int, into: memoryview, whole: bool) -> int:
+        if offset < 0:  # the READ would start in the bytes before the key's: another key's data
+            raise StorageError(f"{key}: offset {offset} is negative", key)
         owner = self.owner(key)
         found = self._ask(owner, "lookup", key, True)
         if found is None:
