@@ -10,6 +10,8 @@ its pool and holds the index of its keys, so no two ranks ever hand out the same
 reach it with small JSON requests sent as NIXL notifications; whichever thread of the owner is
 polling NIXL answers (a control thread per rank, or a thread of the owner waiting for an answer
 itself), so an owner busy in its workload, or blocked in an MPI barrier, still serves its peers.
+A notification that is not ours, or an answer that cannot be sent (its asker left), is skipped and
+the rest of what arrived with it is served.
 - put: "reserve" n bytes (or NoSpace: the owner's pool has no room; nothing is overwritten or
   evicted), WRITE, then "commit" the key to those bytes; the reply comes after the index holds
   it, so once put returns every rank finds the key. A key written again points at new bytes; its
