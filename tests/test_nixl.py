@@ -22,7 +22,9 @@ from dlio_ext.errors import UsageError
 from dlio_ext.storage import open_backend
 from dlio_ext.storage.nixl import agent as nixl_agent
 from dlio_ext.storage.nixl.agent import INSTALL, is_rdma, transports
-from dlio_ext.storage.nixl.memory import Extents
+from dlio_ext.storage.nixl.memory import Extents, MemoryMedium
+from dlio_ext.storage.nixl.settings import NixlSettings
+from dlio_ext.world import SoloWorld
 
 pytest.importorskip("nixl_cu12")
 
@@ -83,6 +85,10 @@ VERBS = textwrap.dedent(
         out["too_small"] = "no error"
     except Exception as exc:
         out["too_small"] = type(exc).__name__
+    try:  # before the key's first byte lie other keys' bytes
+        out["before_start"] = b.get_range(f"chunk/{peer}", -100, memoryview(part))
+    except Exception as exc:
+        out["before_start"] = type(exc).__name__
     world.barrier()
 
     # every rank writes one key at once, again and again: the last commit wins, whole
@@ -132,9 +138,9 @@ VERBS = textwrap.dedent(
 )
 
 
-def _mpi_script(tmp_path: Path, np: int, settings: dict[str, object]) -> list[dict]:
-    script = tmp_path / "verbs.py"
-    script.write_text(VERBS)
+def _mpi_script(tmp_path: Path, np: int, settings: dict[str, object], source: str = VERBS) -> list[dict]:
+    script = tmp_path / "script.py"
+    script.write_text(source)
     cmd, env = mpi_cmd(np, [PY, str(script), json.dumps(settings), str(tmp_path)])
     env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
@@ -158,7 +164,7 @@ def test_every_verb_across_two_ranks(tmp_path: Path, medium: str) -> None:
         assert row["list"] == ["chunk/0", "chunk/1"]
         assert row["top"] == ["chunk/", "empty/", "small/", "stream/"]
         assert len(row["same_whole"]) == 1 and row["same_whole"] == rows[0]["same_whole"]
-        assert row["too_small"] == "StorageError"
+        assert row["too_small"] == "StorageError" and row["before_start"] == "StorageError"
         assert row["stat_deleted"] == "NotFound" and row["delete_deleted"] == "NotFound"
         assert row["plugins"] == {"read": ["UCX"], "write": ["UCX"]}
         assert set(row["transports"]) == {"read", "write"}, row
@@ -364,3 +370,125 @@ def test_first_fit_allocation_merges_what_is_freed() -> None:
     assert ext.free == [(0, 192), (256, 768)]
     ext.give(c, 1)
     assert ext.free == [(0, 1024)] and ext.take(1024) == 0
+
+
+class FakeNixl:
+    """A NIXL agent whose notification queue we fill by hand (to inject a foreign notification and
+    a peer that left), recording what it sends. The only NIXL calls the control plane makes."""
+
+    def __init__(self, notifs: dict[str, list[bytes]], gone: set[str]):
+        self.notifs, self.gone = notifs, gone
+        self.sent: list[tuple[str, list[Any]]] = []
+
+    def get_new_notifs(self) -> dict[str, list[bytes]]:
+        out, self.notifs = self.notifs, {}
+        return out
+
+    def send_notif(self, peer: str, msg: bytes) -> None:
+        if peer in self.gone:
+            raise ConnectionError(f"fake_disconnect: {peer} left")
+        self.sent.append((peer, json.loads(msg)))
+
+
+class FakeAgent:
+    name = "fake-r0"
+
+    def __init__(self, nixl: FakeNixl):
+        self.agent = nixl
+
+
+def _fake_medium(nixl: FakeNixl) -> MemoryMedium:
+    agent: Any = FakeAgent(nixl)
+    return MemoryMedium(NixlSettings(pool_bytes=1 << 20), SoloWorld(), agent, memoryview(bytearray(64)))
+
+
+def test_one_bad_notification_loses_no_other_request() -> None:
+    """One poll hands over every notification that arrived. A foreign one (valid JSON, not ours) and
+    an answer to a peer that has left must not drop the requests after them in the same batch (an
+    unpin lost so pins its bytes for good; a lookup lost leaves its asker waiting a minute), nor
+    raise out of the poll (the poller may be this rank's own thread inside an unrelated get)."""
+    q = lambda rid, op, *args: json.dumps(["q", rid, op, list(args)]).encode()  # noqa: E731
+    nixl = FakeNixl(
+        {
+            "gone": [q(1, "reserve", 100)],
+            "other": [b"7", b'{"x": 1}', b"[]", q(2, "reserve", 100), q(3, "lookup", "k", True)],
+            "third": [q(4, "commit", "k", 0, 100)],
+        },
+        gone={"gone"},
+    )
+    m = _fake_medium(nixl)
+    assert m._pump()  # raises nothing
+    answered = {(peer, msg[1]) for peer, msg in nixl.sent}
+    assert answered == {("other", 2), ("other", 3), ("third", 4)}, nixl.sent
+    assert m.serve_error and "gone" in m.serve_error
+
+
+# rank 0 overwrites and deletes one key as fast as it can, in a pool so small that freed bytes are
+# handed out again soon; rank 1 reads that key meanwhile. Every read must be one whole version
+# (or NotFound): a read that raced an overwrite or delete must never see bytes of the next put.
+RACE = textwrap.dedent(
+    """
+    import json, sys, time
+    from dlio_ext.storage import open_backend
+    from dlio_ext.storage.base import NotFound
+    from dlio_ext.world import get_world
+
+    world = get_world()
+    r = world.rank
+    b = open_backend({"type": "nixl", "pool_bytes": 2 << 20, **json.loads(sys.argv[1])}, sys.argv[2])
+    # 8 of them fill the pool (first fit): every put reuses bytes some earlier version had; room
+    # for the live version, the one being written, the one the reader pins, and the gaps
+    N = 256 << 10
+    key = next(f"race/{i}" for i in range(100) if b.home(f"race/{i}") == 0)
+
+    def version(i):
+        # sizes differ from one version to the next: bytes of a later put read under an earlier
+        # version's lookup show, even when that put landed whole before the read
+        return i.to_bytes(8, "little") + bytes([i % 251]) * (N - 8 - 64 * (i % 3))
+
+    b.put(key, version(0))
+    world.barrier()
+    out = {"rank": r}
+    if r == 0:
+        i, deadline = 0, time.monotonic() + 120
+        while time.monotonic() < deadline:
+            i += 1
+            if i % 7 == 0:
+                b.delete(key)
+            b.put(key, version(i))
+            if i % 16 == 0:
+                try:
+                    b.stat("race/done")
+                    break
+                except NotFound:
+                    pass
+        out["puts"] = i
+    else:
+        buf = b.alloc(N)
+        whole, missing, torn = 0, 0, []
+        for _ in range(1000):
+            try:
+                n = b.get(key, buf)
+            except NotFound:
+                missing += 1
+                continue
+            i = int.from_bytes(buf[:8], "little")
+            if bytes(buf[:n]) == version(i):
+                whole += 1
+            else:
+                torn.append(i)
+        b.put("race/done", b"")
+        out.update(whole=whole, missing=missing, torn=torn[:5], torn_count=len(torn))
+    world.barrier()
+    b.close()
+    print("RESULT " + json.dumps(out), flush=True)
+    """
+)
+
+
+def test_a_read_racing_overwrites_and_deletes_gets_one_whole_version(tmp_path: Path) -> None:
+    rows = _mpi_script(tmp_path, 2, {}, RACE)
+    writer, reader = rows
+    assert reader["torn_count"] == 0, rows
+    assert reader["whole"] + reader["missing"] == 1000 and reader["whole"] > 0, rows
+    assert writer["puts"] > 1, rows

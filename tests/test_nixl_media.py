@@ -26,9 +26,19 @@ def _data(n: int, seed: int) -> bytes:
     return np.random.default_rng(seed).bytes(n)
 
 
+#: what load_nixl puts in this process's environment (UCX_LOG_FILE: a log under /tmp, no run dir)
+NIXL_ENV = ("NIXL_LOG_LEVEL", "UCX_MODULES", "UCX_PROTO_INFO", "UCX_LOG_FILE")
+
+
 @pytest.fixture
-def opened() -> Iterator[Callable[[dict[str, Any]], Backend]]:
-    """Open nixl backends from storage configs (check() run first), closing them all at the end."""
+def opened(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[dict[str, Any]], Backend]]:
+    """Open nixl backends from storage configs (check() run first), closing them all at the end.
+    The environment NIXL was loaded with is taken back at the end: the CLI runs of later tests
+    inherit os.environ, and would write their UCX logs to /tmp instead of their run directory."""
+    for var in NIXL_ENV:  # monkeypatch restores what it set, absent variables included
+        monkeypatch.setenv(var, os.environ.get(var, ""))
+        if not os.environ[var]:
+            monkeypatch.delenv(var)
     backends: list[Backend] = []
 
     def make(cfg: dict[str, Any]) -> Backend:

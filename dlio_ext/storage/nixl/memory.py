@@ -10,6 +10,8 @@ its pool and holds the index of its keys, so no two ranks ever hand out the same
 reach it with small JSON requests sent as NIXL notifications; whichever thread of the owner is
 polling NIXL answers (a control thread per rank, or a thread of the owner waiting for an answer
 itself), so an owner busy in its workload, or blocked in an MPI barrier, still serves its peers.
+A notification that is not ours, or an answer that cannot be sent (its asker left), is skipped and
+the rest of what arrived with it is served.
 - put: "reserve" n bytes (or NoSpace: the owner's pool has no room; nothing is overwritten or
   evicted), WRITE, then "commit" the key to those bytes; the reply comes after the index holds
   it, so once put returns every rank finds the key. A key written again points at new bytes; its
@@ -218,6 +220,7 @@ class MemoryMedium(MediumDefaults):
         self._calls: dict[int, _Call] = {}
         #: threads of this rank now waiting in _ask (they poll NIXL themselves)
         self._waiting = 0
+        self._waiting_lock = threading.Lock()
         self._pump_lock = threading.Lock()
         self._local = threading.local()
         self._stop = threading.Event()
@@ -282,7 +285,16 @@ class MemoryMedium(MediumDefaults):
             notifs = self.agent.agent.get_new_notifs()
             for peer, msgs in notifs.items():
                 for raw in msgs:
-                    self._dispatch(peer, raw)
+                    try:
+                        self._dispatch(peer, raw)
+                    except Exception as exc:
+                        # an answer that could not be sent (its asker is gone): that asker's own
+                        # call reports it. The poller carries on: the rest of this batch (other
+                        # ranks' requests, unpins, answers to our own calls) would be lost with it,
+                        # and the poller may be this rank's thread inside an unrelated verb.
+                        self.serve_error = (
+                            self.serve_error or f"answering {peer}: {type(exc).__name__}: {exc}"
+                        )
             return bool(notifs)
         finally:
             self._pump_lock.release()
@@ -292,6 +304,8 @@ class MemoryMedium(MediumDefaults):
             msg = json.loads(raw)
         except ValueError:
             return  # not one of ours (a notification some other NIXL user sent this agent)
+        if not isinstance(msg, list) or len(msg) != 4 or msg[0] not in ("a", "q"):
+            return  # JSON, but not one of ours either
         if msg[0] == "a":
             call = self._calls.get(msg[1])
             if call is not None:
@@ -319,8 +333,8 @@ class MemoryMedium(MediumDefaults):
             try:
                 busy = self._pump()
             except Exception as exc:
-                # an answer that could not be sent (its asker is gone): the asker's own call
-                # reports that; this thread keeps serving the others
+                # NIXL could not hand over notifications (_pump survives any one message's
+                # failure): keep serving, the next poll may succeed
                 self.serve_error = self.serve_error or f"{type(exc).__name__}: {exc}"
                 busy = False
             now = time.perf_counter()
@@ -351,7 +365,11 @@ class MemoryMedium(MediumDefaults):
             return None
         deadline = time.perf_counter() + ANSWER_TIMEOUT_S
         spins = 0
-        self._waiting += 1  # under the GIL: a lost update would only make the thread poll too
+        # counted under a lock: one lost increment (threads of a rank asking at once) would leave
+        # the count at -1 once they are done, and the control thread, seeing it non-zero, would
+        # never serve peers again
+        with self._waiting_lock:
+            self._waiting += 1
         try:
             while not call.done:
                 if not self._pump():
@@ -363,7 +381,8 @@ class MemoryMedium(MediumDefaults):
                         f"rank {owner} did not answer a {op} request within {ANSWER_TIMEOUT_S:g} s"
                     )
         finally:
-            self._waiting -= 1
+            with self._waiting_lock:
+                self._waiting -= 1
             self._calls.pop(rid, None)
         if call.failure:
             raise StorageError(f"rank {owner} refused a {op} request: {call.failure}")
@@ -436,6 +455,8 @@ class MemoryMedium(MediumDefaults):
         self.store(key, memoryview(data).cast("B"))
 
     def _read(self, key: str, offset: int, into: memoryview, whole: bool) -> int:
+        if offset < 0:  # the READ would start in the bytes before the key's: another key's data
+            raise StorageError(f"{key}: offset {offset} is negative", key)
         owner = self.owner(key)
         found = self._ask(owner, "lookup", key, True)
         if found is None:
