@@ -5,6 +5,7 @@ Only what the harness needs: rank, size, barrier, gather/bcast of small Python o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Any
@@ -20,10 +21,9 @@ def env_rank() -> int:
     """This process's rank as the launcher tells it, before (or without) MPI init."""
     for var in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"):
         if var in os.environ:
-            try:
+            # not a number (a launcher's odd value): the next launcher's variable may say it
+            with contextlib.suppress(ValueError):
                 return int(os.environ[var])
-            except ValueError:
-                pass
     return 0
 
 

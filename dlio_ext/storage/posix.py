@@ -671,5 +671,7 @@ class _PosixWriter(Writer):
         os.close(self.fd)
         try:
             os.unlink(self.b.path(self.key))
-        except OSError:
+        except FileNotFoundError:  # nothing of it is left
             pass
+        except OSError:
+            self.b.leftovers.add([self.key])

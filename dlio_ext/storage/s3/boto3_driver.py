@@ -8,6 +8,7 @@ checksum, so there a GET stays one plain request.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import http.client
 import io
@@ -153,11 +154,10 @@ def _raw_fp(body: Any) -> Any:
 def _drop_connection(raw: Any) -> None:
     """Close a half-read response's connection, and give its slot back to the pool (urllib3
     reconnects a closed pooled connection on its next use, as after its own read errors)."""
-    try:
+    # best effort on a connection already in trouble: a failure here leaves urllib3 to drop it
+    with contextlib.suppress(Exception):
         raw.close()
         raw.release_conn()
-    except Exception:
-        pass
 
 
 def _discard(body: Any) -> None:

@@ -71,13 +71,11 @@ def _peak_rss() -> int:
     """This process image's peak RSS. VmHWM, not getrusage's ru_maxrss: on Linux the latter also
     keeps the peak of the process that forked us before exec (a launcher, or pytest), which is
     not ours to count."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    # no /proc (not Linux, a locked-down container): getrusage's figure, with the caveat above
+    with contextlib.suppress(OSError), open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 

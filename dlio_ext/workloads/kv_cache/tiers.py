@@ -264,8 +264,8 @@ class StorageTier:
         except BaseException:
             try:
                 self.backend.delete(tmp)
-            except Exception:
-                pass
+            except Exception:  # the rename's error is the one to raise; the leftover is listed
+                self.backend.leftovers.add([tmp])
             raise
 
     def delete(self, key: str) -> None:

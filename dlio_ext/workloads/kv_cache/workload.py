@@ -204,8 +204,8 @@ class KVCache(Workload):
                     ctx.backend.delete(p)
                     deleted += 1
                     live.ok()
-                except NotFound:
-                    pass
+                except NotFound:  # gone already (evicted, or deleted by its writer): nothing left
+                    live.ok()
                 except StorageError as exc:
                     failed += 1
                     ctx.backend.leftovers.add([p])
