@@ -45,6 +45,8 @@ $PIP install --no-deps "dlio-benchmark==2.0.0"
 # numpy (its other need) comes with the project. Its import name is nixl_cu12.
 $PIP install --no-deps "nixl-cu12==1.5.1"
 
-"$VENV/bin/python" -c "import dlio_ext, dlio_benchmark.main, mpi4py, torch, nixl_cu12" >/dev/null
+"$VENV/bin/python" -c "import dlio_ext, dlio_benchmark.main, mpi4py, torch" >/dev/null
+# apart: NIXL's bundled gRPC aborts the process when tensorflow's (DLIO's) was loaded first
+"$VENV/bin/python" -c "import nixl_cu12" >/dev/null
 echo "$want" > "$stamp"
 echo "setup: done ($VENV)"
