@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import PY, ROOT, Done, mpi_cmd, run_cli
+from helpers import KV_SMALL, PY, ROOT, Done, mpi_cmd, run_cli
 
 from dlio_ext.errors import UsageError
 from dlio_ext.storage import open_backend
@@ -492,3 +492,24 @@ def test_a_read_racing_overwrites_and_deletes_gets_one_whole_version(tmp_path: P
     assert reader["torn_count"] == 0, rows
     assert reader["whole"] + reader["missing"] == 1000 and reader["whole"] > 0, rows
     assert writer["puts"] > 1, rows
+
+
+def test_kv_cache_on_the_memory_tier_reads_across_ranks(tmp_path: Path) -> None:
+    """kv_cache with the nixl memory tier as its shared storage tier (issue #12 item 3's base
+    case): chunks one rank stored are loaded by the other, one-sidedly, every byte verified."""
+    done = run_cli(
+        "run",
+        *KV_SMALL,
+        "storage=nixl",
+        "storage.pool_bytes=67108864",
+        f"run.dir={tmp_path / 'kv'}",
+        np=2,
+    )
+    assert done.code == 0, done.out + done.err
+    s = done.summary()
+    k = s["kv_cache"]
+    assert s["valid"] and s["errors"] == 0
+    assert k["integrity"]["corrupt"] == 0 and k["integrity"]["chunks_verified"] > 0
+    assert k["cross_rank_reads"] > 0, k
+    st = s["storage"]
+    assert st["backend"] == "nixl" and st["medium"] == "memory" and st["nixl_plugins"]["read"] == ["UCX"]
