@@ -5,6 +5,7 @@ module's `open(settings, run_dir, world)`. The backend holds no medium's logic: 
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 from collections.abc import Iterable, Iterator
@@ -99,12 +100,10 @@ class Medium(Protocol):
         ...
 
 
-class MediumDefaults:
+class MediumDefaults(abc.ABC):
     """The answers of a medium that has no health check, no fsync policy, no page cache and no
-    tallies of its own (base.Backend's defaults): a medium class inherits what it does not do."""
-
-    def home(self, key: str) -> int | None:
-        return None  # files and objects: every rank reaches them alike
+    tallies of its own (base.Backend's defaults): a medium class inherits what it does not do.
+    (The file and obj media inherit these from the posix and s3 backends they extend.)"""
 
     def check(self) -> None:
         return None
@@ -112,8 +111,9 @@ class MediumDefaults:
     def ask_durable(self, source: str) -> Durability:
         return self.durability()
 
+    @abc.abstractmethod
     def durability(self) -> Durability:
-        raise NotImplementedError  # every medium says its own
+        """What a completed put means on this medium: each says its own."""
 
     def local_root(self) -> str | None:
         return None
