@@ -52,7 +52,7 @@ def compose(overrides: Sequence[str]) -> DictConfig:
         if "=" not in ov:
             raise UsageError(f"argument {ov!r} is not key=value; e.g. workload=storage_sweep storage=posix")
         key, _, value = ov.lstrip("+~").partition("=")
-        if key in ("workload", "storage") and value not in choices(key):
+        if key in ("workload", "storage", "tier0") and value not in choices(key):
             raise UsageError(f"{key}={value!r} is unknown; choose one of: {', '.join(choices(key))}")
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base=None, job_name="dlio_ext"):
@@ -95,7 +95,7 @@ def _check_section(section: str, schema: type, node: Mapping[str, Any]) -> Any:
 
 
 def _type_name(t: object) -> str:
-    s = str(t).replace("typing.", "")
+    s = t.__name__ if isinstance(t, type) else str(t).replace("typing.", "")
     return {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}.get(s, s)
 
 
@@ -108,6 +108,8 @@ class RunConfig:
     storage: Any
     workload: Any
     workload_name: str
+    #: the tier-0 backend's settings (the `tier0` group), None for tier0=none
+    tier0: Any = None
 
     def resolved(self) -> dict[str, Any]:
         return OmegaConf.to_container(self.raw, resolve=True)  # type: ignore[return-value]
@@ -148,14 +150,25 @@ def load(
     wl_node = OmegaConf.to_container(cfg.workload, resolve=True)
     st_node = OmegaConf.to_container(cfg.storage, resolve=True)
     run_node = OmegaConf.to_container(cfg.run, resolve=True)
+    t0_node = OmegaConf.to_container(cfg.tier0, resolve=True) if "tier0" in cfg else {"type": "none"}
     assert isinstance(wl_node, dict) and isinstance(st_node, dict) and isinstance(run_node, dict)
+    assert isinstance(t0_node, dict)
     name = str(wl_node.get("name"))
     wl_schema = workload_schema(name)
     st_schema = storage_schema(str(st_node.get("type")))
+    tier0 = None
+    if t0_node.get("type", "none") != "none":
+        tier0 = _check_section("tier0", storage_schema(str(t0_node.get("type"))), t0_node)
+    elif len(t0_node) > 1:
+        extra = sorted(k for k in t0_node if k != "type")
+        raise UsageError(
+            f"tier0.{extra[0]} is set but there is no tier-0: choose one with tier0=<{'|'.join(choices('tier0'))}>"
+        )
     return RunConfig(
         raw=cfg,
         run=_check_section("run", RUN_SCHEMA, run_node),
         storage=_check_section("storage", st_schema, st_node),
         workload=_check_section("workload", wl_schema, wl_node),
         workload_name=name,
+        tier0=tier0,
     )

@@ -37,6 +37,7 @@ from dlio_ext.run.lifecycle import (
 from dlio_ext.storage import open_backend, storage_schema
 from dlio_ext.storage.base import Backend, StorageError, StoreGone, kind_text
 from dlio_ext.workloads.base import Workload, workload_class
+from dlio_ext.workloads.base import known as known_workloads
 from dlio_ext.workloads.context import Context
 from dlio_ext.workloads.phases import PhaseRunner
 from dlio_ext.world import SoloWorld, get_world
@@ -142,11 +143,36 @@ def _logger(run_dir: Path, rank: int) -> logging.Logger:
     return log
 
 
-def _backend(cfg: RunConfig, run_dir: Path, world: SoloWorld) -> Backend:
-    backend = on_every_rank(world, lambda: open_backend(dataclasses.asdict(cfg.storage), str(run_dir)))
+def _backend(settings: Any, run_dir: Path, world: SoloWorld) -> Backend:
+    backend = on_every_rank(world, lambda: open_backend(dataclasses.asdict(settings), str(run_dir)))
     on_rank0(world, backend.check)
     world.barrier()
     return backend
+
+
+def _tier0(
+    cfg: RunConfig, kind: type[Workload], run_dir: Path, world: SoloWorld, storage: Backend
+) -> Backend | None:
+    """The tier-0 in front of `storage`, when the run names one and its workload takes one. Its
+    defaults live under <run dir>/tier0 (a posix tier-0 never lands on the durable files)."""
+    if cfg.tier0 is None:
+        return None
+    if not kind.tier0_use:
+        takers = ", ".join(n for n in known_workloads() if workload_class(n).tier0_use)
+        raise UsageError(
+            f"workload={cfg.workload_name} takes no tier-0; drop tier0={cfg.tier0.type} (the workloads "
+            f"that take one: {takers})"
+        )
+    home = run_dir / "tier0"
+    home.mkdir(exist_ok=True)  # on every rank: a backend may keep its logs there (NIXL's UCX does)
+    tier0 = _backend(cfg.tier0, home, world)
+    if tier0.where() == storage.where():
+        tier0.close()
+        raise UsageError(
+            f"tier0 and storage are the same place ({storage.where()}): give the tier-0 its own "
+            f"(e.g. tier0.root=... or tier0.prefix=...)"
+        )
+    return tier0
 
 
 def _print_table(summary: dict[str, Any]) -> None:
@@ -221,10 +247,18 @@ def _run(
 ) -> int:
     log = ending.log = _logger(run_dir, world.rank)
     started = datetime.now(timezone.utc)
-    backend = _backend(cfg, run_dir, world)
+    backend = _backend(cfg.storage, run_dir, world)
     backend.liveness.timeout_s = cfg.run.store_timeout_s
     ending.data_where = backend.where
     kind = workload_class(cfg.workload_name)
+    try:
+        tier0 = _tier0(cfg, kind, run_dir, world, backend)
+    except UsageError:
+        backend.close()
+        raise
+    if tier0 is not None:
+        tier0.liveness.timeout_s = cfg.run.store_timeout_s
+        ending.data_where = lambda: f"{backend.where()} (tier-0: {tier0.where()})"
     local_ranks = world.ranks_on_host()
     try:
         on_rank0(
@@ -234,14 +268,15 @@ def _run(
             ),
         )
     except UsageError:
-        backend.close()
+        _close(backend, tier0)
         raise
     if world.rank == 0:
         log.info(
-            "dlio-ext %s: workload %s on %s, %d rank(s), results in %s",
+            "dlio-ext %s: workload %s on %s%s, %d rank(s), results in %s",
             __version__,
             cfg.workload_name,
             cfg.storage.type,
+            f" behind a {cfg.tier0.type} tier-0" if tier0 is not None else "",
             world.size,
             run_dir,
         )
@@ -256,8 +291,10 @@ def _run(
         run_id=run_id,
         seed=cfg.run.seed,
         log=log,
+        tier0=tier0,
     )
     workload = kind(ctx)
+    ending.status = workload.status
     t0 = time.perf_counter()
     gone: StoreGone | None = None
     try:
@@ -268,7 +305,7 @@ def _run(
         # raised on every rank at the same point: keep what was measured, end invalid (exit 1)
         gone, phases, extra = exc, ctx.runner.results, {}
     finally:
-        backend.close()
+        _close(backend, tier0)
     wall = time.perf_counter() - t0
     mine = {
         "rank": world.rank,
@@ -279,12 +316,14 @@ def _run(
         "metrics": extra,
         "leftovers": backend.leftovers.as_dict(),
     }
+    if tier0 is not None:
+        mine["tier0_counters"] = tier0.counters.as_dict()
     gathered = world.gather(mine)
     if world.rank != 0:
         ending.finished = True
         return 0
     assert gathered is not None
-    summary = _summarize(cfg, workload, backend, gathered, started, gone)
+    summary = _summarize(cfg, workload, backend, gathered, started, gone, tier0)
     for r in gathered:
         res.write_json(run_dir / f"rank-{r['rank']:05d}.json", _rank_record(r))
     res.write_phases_csv(run_dir / "phases.csv", summary["phases"])
@@ -339,18 +378,11 @@ def _summarize(
     gathered: list[dict[str, Any]],
     started: datetime,
     gone: StoreGone | None = None,
+    tier0: Backend | None = None,
 ) -> dict[str, Any]:
     names = [p["name"] for p in gathered[0]["phases"]]
     phases = {n: res.merge_phase([r["phases"][i] for r in gathered]) for i, n in enumerate(names)}
-    counters: dict[str, Any] = {}
-    for r in gathered:
-        for k, v in r["counters"].items():
-            if isinstance(v, dict):
-                d = counters.setdefault(k, {})
-                for kk, vv in v.items():
-                    d[kk] = d.get(kk, 0) + vv
-            else:
-                counters[k] = counters.get(k, 0) + v
+    counters = _sum_counters([r["counters"] for r in gathered])
     errors = sum(p["errors"] for p in phases.values())
     kinds: dict[str, int] = {}
     for p in phases.values():
@@ -375,6 +407,8 @@ def _summarize(
     cold_reasons, warnings = res.cold_check(phases, cfg.run.max_cache_fraction)
     reasons += cold_reasons
     reasons += backend.invalid_reasons()
+    if tier0 is not None:
+        reasons += [f"tier-0: {r}" for r in tier0.invalid_reasons()]
     if gone is not None:
         reasons.insert(0, gone.reason)
     summary: dict[str, Any] = {
@@ -396,11 +430,36 @@ def _summarize(
         "phases": phases,
         "cleanup": _cleanup(backend, gathered),
     }
+    if tier0 is not None:
+        summary["tier0"] = tier0.describe() | {"use": workload.tier0_use}
+        summary["tier0_counters"] = _sum_counters([r["tier0_counters"] for r in gathered])
     if gone is not None:
         summary["store_gone"] = gone.reason
+        status = workload.status()  # what the data's state is, e.g. which checkpoints are durable
+        if status:
+            summary["data_status"] = status
     else:  # a stopped run has no workload state to summarize
         summary.update(workload.summarize(phases, [r["metrics"] for r in gathered]))
     return summary
+
+
+def _sum_counters(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+    counters: dict[str, Any] = {}
+    for c in per_rank:
+        for k, v in c.items():
+            if isinstance(v, dict):
+                d = counters.setdefault(k, {})
+                for kk, vv in v.items():
+                    d[kk] = d.get(kk, 0) + vv
+            else:
+                counters[k] = counters.get(k, 0) + v
+    return counters
+
+
+def _close(backend: Backend, tier0: Backend | None) -> None:
+    if tier0 is not None:
+        tier0.close()
+    backend.close()
 
 
 def _cleanup(backend: Backend, gathered: list[dict[str, Any]]) -> dict[str, Any]:
@@ -414,6 +473,8 @@ def _print_ends(summary: dict[str, Any]) -> None:
     """One line each for why a run stopped early and what it left behind."""
     if "store_gone" in summary:
         print(f"dlio-ext: run stopped: {summary['store_gone']}", file=sys.stderr, flush=True)
+    if "data_status" in summary:
+        print(f"dlio-ext: {summary['data_status']}", file=sys.stderr, flush=True)
     c = summary["cleanup"]
     if c["failed"]:
         shown = ", ".join(c["left_behind"][:3])

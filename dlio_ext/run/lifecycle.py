@@ -113,6 +113,8 @@ class Ending:
         self.data_where: Callable[[], str] | None = None
         #: the phase under way, if the runner says
         self.phase: Callable[[], str | None] = lambda: None
+        #: what the workload must say about its data beyond where it is (Workload.status)
+        self.status: Callable[[], str] = lambda: ""
         #: set once this rank's results are safe: a late signal then only ends the process
         self.finished = False
         self._ending = threading.Lock()
@@ -125,6 +127,10 @@ class Ending:
         if self.data_where is not None:
             with contextlib.suppress(Exception):  # describing the backend must not stop the ending
                 parts.append(f"its data is left in {self.data_where()}")
+        with contextlib.suppress(Exception):  # a workload's account must not stop the ending
+            status = self.status()
+            if status:
+                parts.append(status)
         if self.run_dir is not None:
             parts.append(f"partial results in {self.run_dir}")
         return "; ".join(parts)

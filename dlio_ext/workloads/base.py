@@ -39,6 +39,9 @@ class Workload(abc.ABC):
     name: ClassVar[str]
     #: the dataclass of its keys (see WorkloadConfig)
     Config: ClassVar[type]
+    #: what it does with a tier-0 (`tier0=...`, handed in as ctx.tier0); "" = it takes none, and a
+    #: run that names one is refused
+    tier0_use: ClassVar[str] = ""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -71,6 +74,12 @@ class Workload(abc.ABC):
     def prepare(self) -> None:
         """Untimed set-up before the first phase (nothing here is measured)."""
         return None
+
+    def status(self) -> str:
+        """What a run ended now (a signal, a rank lost) must say about the data it wrote beyond
+        where it is: e.g. which checkpoints were durable. "" when there is nothing to add. Called
+        from the signal thread: it must only read state, never wait."""
+        return ""
 
     @abc.abstractmethod
     def run(self) -> list[PhaseResult]:

@@ -22,6 +22,8 @@ class Context:
     run_id: str
     seed: int
     log: logging.Logger
+    #: the tier-0 in front of `backend` (tier0=...), for the workloads that take one
+    tier0: Backend | None = None
 
     @property
     def rank(self) -> int:

@@ -907,8 +907,11 @@ class FilePhase:
         cold: str | None,
         fsync: Callable[[], tuple[int, float]] | None,
         where: str | None = None,
+        liveness: Liveness | None = None,
     ):
         self.runner, self.name, self.t0, self.planned = runner, name, t0, planned
+        #: the liveness of the store this phase's files go to (default: the runner's backend's)
+        self.liveness = liveness if liveness is not None else runner.liveness
         #: what the store-gone reason says was running
         self.where = where or f"phase {name}"
         self.io, self.cold, self._fsync = io, cold, fsync
@@ -931,7 +934,7 @@ class FilePhase:
         """Files 0..n-1 on `threads` threads; thread t takes files t, t+T, ... (fixed, so a writer
         thread only ever touches the buffers it owns). Each file's outcome counts towards the
         store's liveness: once the store is gone, no further file is started."""
-        live = self.runner.liveness
+        live = self.liveness
         out: list[list[FileEvent]] = [[] for _ in range(max(threads, 1))]
 
         def work(t: int, mine: range) -> None:
@@ -952,7 +955,7 @@ class FilePhase:
         """One file done outside `run` (a file written once the others are down, or by a
         background thread), told to the store's liveness like the others."""
         self.events.append(ev)
-        _tell(self.runner.liveness, ev, self.where)
+        _tell(self.liveness, ev, self.where)
 
     def span(self, start: float, end: float, nbytes: int) -> None:
         """A phase whose one op is a stretch of this rank's own time (async's stall: the copy of
@@ -1017,6 +1020,7 @@ class FilePhase:
         fsync: Callable[[], tuple[int, float]] | None = None,
         start: float | None = None,
         where: str | None = None,
+        liveness: Liveness | None = None,
     ) -> FilePhase:
         """Begin a phase of `planned` files on `runner`. Collective: every rank enters, leaves a
         barrier, and starts its clock and counters. With `start` (an absolute perf_counter time):
@@ -1024,14 +1028,15 @@ class FilePhase:
         persist, with its stall); it then calls `measure` itself, on the thread doing its I/O.
         `cold` is how the caller made the reads cold (a CacheControl method, "drop_caches"),
         checked against the kernel's counters as `run_chunks`' claim is; `where` names what runs
-        in the store-gone reason (default "phase <name>"). End it with `finish`
+        in the store-gone reason (default "phase <name>"); `liveness`, the store its files go
+        to when that is not the runner's backend (a tier-0). End it with `finish`
         (in the background: `stop(collective=False)`, then `result`)."""
         runner.current = name
         if start is not None:
-            return cls(runner, name, start, planned, io, cold, fsync, where)
+            return cls(runner, name, start, planned, io, cold, fsync, where, liveness)
         mark = runner.kernel_start()  # before the barrier, as run_chunks does
         runner.world.barrier()
-        phase = cls(runner, name, time.perf_counter(), planned, io, cold, fsync, where)
+        phase = cls(runner, name, time.perf_counter(), planned, io, cold, fsync, where, liveness)
         phase.measure(mark)
         return phase
 

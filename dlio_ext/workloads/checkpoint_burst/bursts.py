@@ -18,6 +18,7 @@ from typing import Any
 
 import xxhash
 
+from dlio_ext.errors import UsageError
 from dlio_ext.storage.base import (
     Backend,
     NotFound,
@@ -34,6 +35,7 @@ from dlio_ext.workloads.checkpoint_burst.content import Content
 from dlio_ext.workloads.checkpoint_burst.engine import Engine, abort
 from dlio_ext.workloads.checkpoint_burst.plan import Plan, PlannedFile
 from dlio_ext.workloads.checkpoint_burst.summary import Burst
+from dlio_ext.workloads.checkpoint_burst.tier0 import Drainer, DrainLog, account
 from dlio_ext.workloads.content import StreamHash
 from dlio_ext.workloads.context import Context
 from dlio_ext.workloads.phases import FileEvent, FilePhase, PhaseResult
@@ -166,16 +168,29 @@ class Bursts:
         self._metadata: dict[int, bytes] = {}
         #: rank 0's log for the burst lines; None on the other ranks
         self.log: Any = ctx.log if ctx.rank == 0 else None
+        #: the tier-0 in front of the durable store (tier0=...), its drain and this rank's account
+        self.tier0: Backend | None = ctx.tier0
+        self.drainer: Drainer | None = None
+        self.drain_log: DrainLog | None = None
+        #: checkpoints whose files of this rank the tier-0 holds whole, oldest first
+        self.in_tier0: list[int] = []
+        #: (restore index, checkpoint, where it was served from), in order
+        self.served: list[tuple[int, int, str]] = []
 
     # set-up ---------------------------------------------------------------------------------------
     def prepare(self) -> None:
         """The plan, the content pool and the read buffers, before any clock."""
-        ctx, cfg, b = self.ctx, self.cfg, self.b
+        ctx, cfg, b, tier0 = self.ctx, self.cfg, self.b, self.tier0
         baseline = _rss_now()
         self.plan = plan = Plan(cfg, ctx)
         self.me = me = plan.roles[ctx.rank]
-        self.content = Content(ctx.seed, cfg.chunk_size, cfg.buffer_pool_bytes, cfg.io_threads, b.alloc)
+        if tier0 is not None:
+            self._check_tier0(tier0)
+        # with a tier-0 the stall's bytes go there: its buffers (registered, for RDMA) serve both
+        alloc = tier0.alloc if tier0 is not None else b.alloc
+        self.content = Content(ctx.seed, cfg.chunk_size, cfg.buffer_pool_bytes, cfg.io_threads, alloc)
         self.engine = Engine(b, self.content, cfg.verify)
+        self.t0_engine = Engine(tier0, self.content, cfg.verify) if tier0 is not None else None
         self.cold = cold = ColdRestore(ctx, cfg.cold_restore)
         shift = cfg.restore_rank_shift
         if shift < 0:
@@ -193,10 +208,38 @@ class Bursts:
             "pool_bytes": self.content.nbytes,
         }
         # two read buffers per I/O thread: one being verified while the next chunk lands in the other
-        self.rbufs = [[b.alloc(cfg.chunk_size), b.alloc(cfg.chunk_size)] for _ in range(cfg.io_threads)]
+        self.rbufs = [[alloc(cfg.chunk_size), alloc(cfg.chunk_size)] for _ in range(cfg.io_threads)]
+        if tier0 is not None:
+            self.drain_log = DrainLog(ctx.run_dir, ctx.rank)
+            self.drainer = Drainer(tier0, b, [alloc(cfg.chunk_size)], cfg.drain_mbps, self.drain_log)
         self.dcp = cfg.layout == "dcp"
         #: this rank writes DCP's .metadata (rank 0, once a checkpoint's data is down)
         self.writes_metadata = self.dcp and ctx.rank == 0
+
+    def _check_tier0(self, tier0: Backend) -> None:
+        """A tier-0 run that cannot work is refused before anything is written (every rank
+        reaches the same verdict)."""
+        cfg, plan = self.cfg, self.plan
+        if cfg.mode != "sync":
+            raise UsageError(
+                f"workload.mode={cfg.mode} with a tier-0: the tier-0 write is the stall already; use mode=sync"
+            )
+        per_ckpt = sum(f.nbytes for role in plan.roles for f in plan.files(role, 0))
+        need, free = per_ckpt * cfg.tier0_keep, tier0.free_bytes()
+        if free is not None and need > free:
+            where, fix = tier0.room()
+            raise UsageError(
+                f"the tier-0 ({where}) has room for {free} bytes but workload.tier0_keep={cfg.tier0_keep} "
+                f"checkpoint(s) of {per_ckpt} bytes need {need}: {fix}, or lower workload.tier0_keep or "
+                "workload.scale"
+            )
+
+    def status(self) -> str:
+        """Which checkpoints are durable, for a run that ends now (rank 0, from every rank's
+        DrainLog); '' without a tier-0."""
+        if self.tier0 is None or self.ctx.rank != 0 or self.drain_log is None:
+            return ""
+        return account(self.ctx.run_dir, self.ctx.size, self.tier0.where())
 
     # DCP's .metadata --------------------------------------------------------------------------------
     def dcp_metadata(self, ckpt: int) -> bytes:
@@ -216,11 +259,11 @@ class Bursts:
             self._metadata[ckpt] = json.dumps(doc, sort_keys=True).encode()
         return self._metadata[ckpt]
 
-    def write_metadata(self, ckpt: int, kind: str) -> FileEvent:
+    def write_metadata(self, ckpt: int, kind: str, backend: Backend | None = None) -> FileEvent:
         data = self.dcp_metadata(ckpt)
         ev = FileEvent(kind, ckpt, ".metadata", len(data), time.perf_counter())
         try:
-            self.b.put(self.plan.metadata_key(ckpt), data)
+            (backend or self.b).put(self.plan.metadata_key(ckpt), data)
             ev.opened = ev.first_byte = time.perf_counter()
             ev.ok = True
         except StorageError as exc:
@@ -228,10 +271,12 @@ class Bursts:
         ev.end = time.perf_counter()
         return ev
 
-    def read_metadata(self, ckpt: int, expect: Sequence[PlannedFile]) -> tuple[FileEvent, dict[str, Any]]:
+    def read_metadata(
+        self, ckpt: int, expect: Sequence[PlannedFile], backend: Backend | None = None
+    ) -> tuple[FileEvent, dict[str, Any]]:
         """DCP's .metadata of a checkpoint, read and checked against the files it must describe:
         (its event, the document; {} when it failed)."""
-        b, key = self.b, self.plan.metadata_key(ckpt)
+        b, key = backend or self.b, self.plan.metadata_key(ckpt)
         ev = FileEvent("restore", ckpt, ".metadata", 0, time.perf_counter())
         doc: dict[str, Any] = {}
         try:
@@ -305,14 +350,19 @@ class Bursts:
             )
         ctx.world.barrier()
         self.T0 = time.perf_counter()
-        results = self._sync() if cfg.mode == "sync" else self._async()
+        if self.tier0 is not None:
+            results = self._tier0_sync()
+        else:
+            results = self._sync() if cfg.mode == "sync" else self._async()
         retained = [k for k in self.written if k not in self.deleted]
         results += self._restores(retained)
+        self.info["served"] = [list(t) for t in self.served]
         ctx.world.barrier()
         self.info["peak_rss_bytes"] = _peak_rss()
         self.info["checkpoints_on_storage_at_end"] = len(retained)
         if cfg.cleanup:
             self._cleanup(retained)
+            self._leave_tier0(0)
         return results
 
     def _keep_within_limit(self) -> None:
@@ -356,37 +406,70 @@ class Bursts:
                 time.sleep(cfg.compute_seconds)
         return results
 
+    def _sources(self, retained: list[int]) -> list[tuple[int, str]]:
+        """(checkpoint, where it is restored from) for every restore. Without a tier-0: the
+        durable store's retained checkpoints in turn. With one (restore_from=auto): the tier-0
+        when every rank holds that checkpoint there whole, else the durable store when every rank
+        drained it; a checkpoint in neither is never offered."""
+        cfg = self.cfg
+        if self.tier0 is None:
+            return [(retained[j % len(retained)], "durable") for j in range(cfg.restores)] if retained else []
+        held = self.ctx.world.allgather(list(self.in_tier0))
+        in_tier0 = set.intersection(*(set(h) for h in held)) if held else set()
+        on_durable = set(retained) if cfg.restore_from != "tier0" else set()
+        if cfg.restore_from == "durable":
+            in_tier0 = set()
+        offered = sorted(in_tier0 | on_durable)
+        out = []
+        for j in range(cfg.restores if offered else 0):
+            k = offered[j % len(offered)]
+            out.append((k, "tier0" if k in in_tier0 else "durable"))
+        return out
+
     def _restores(self, retained: list[int]) -> list[PhaseResult]:
-        ctx, cfg, b, cold = self.ctx, self.cfg, self.b, self.cold
+        ctx, cfg, cold = self.ctx, self.cfg, self.cold
         assert cold is not None
         results: list[PhaseResult] = []
-        for j in range(cfg.restores):
-            k = retained[j % len(retained)]
+        sources = self._sources(retained)
+        if cfg.restores and not sources and self.log:
+            self.log.warning("no restore: no checkpoint is whole on the tier-0 or durable on storage")
+        for j, (k, source) in enumerate(sources):
+            from_tier0 = source == "tier0"
+            b = self.tier0 if from_tier0 and self.tier0 is not None else self.b
+            engine = self.t0_engine if from_tier0 and self.t0_engine is not None else self.engine
             files = self.plan.files(self.src_role, k)
             keys = [f.key for f in files] + ([self.plan.metadata_key(k)] if self.dcp else [])
             ctx.world.barrier()  # every write (and persist) is done before caches are dropped
-            cold.prepare(keys)
+            if not from_tier0:  # memory has no slower medium to be cold against
+                cold.prepare(keys)
             phase = FilePhase.begin(
                 ctx.runner,
                 f"restore_{j}",
                 len(files) + self.dcp,
-                io="read",
-                cold=cold.claimed,
+                io=None if from_tier0 else "read",  # the kernel meter watches the durable store's device
+                cold=None if from_tier0 else cold.claimed,
                 fsync=b.fsync_counters,
                 where=WHERE,
+                liveness=b.liveness,
             )
             burst = Burst("restore", k, phase)
             self.bursts.append(burst)
+            self.served.append((j, k, source))
             doc: dict[str, Any] = {}
             if self.dcp:
-                ev, doc = self.read_metadata(k, files)
+                ev, doc = self.read_metadata(k, files, b)
                 phase.add(ev)
             want = {n: e.get("xxh3_chunked") for n, e in doc.get("files", {}).items()} if cfg.verify else {}
 
             def restore(
-                i: int, t: int, k: int = k, files: list[PlannedFile] = files, want: dict[str, Any] = want
+                i: int,
+                t: int,
+                k: int = k,
+                files: list[PlannedFile] = files,
+                want: dict[str, Any] = want,
+                engine: Engine = engine,
             ) -> FileEvent:
-                ev = self.engine.read_file(files[i], k, self.rbufs[t])
+                ev = engine.read_file(files[i], k, self.rbufs[t])
                 expected = want.get(ev.name)
                 if ev.ok and expected and expected != ev.digest:
                     ev.ok, ev.error_kind = False, "corrupt"
@@ -412,6 +495,133 @@ class Bursts:
             for d in dirs:
                 with contextlib.suppress(StorageError):  # not empty (another run's files) or gone: left
                     b.rmdir(d)
+
+    def _tier0_sync(self) -> list[PhaseResult]:
+        """Each burst to the tier-0 (the stall, between two barriers), then drained to the durable
+        store in the background while training computes; the drains run in order, one rank's
+        at a time, and end before the restores."""
+        ctx, cfg, n_ck = self.ctx, self.cfg, self.cfg.checkpoints
+        tier0, b, drainer, dlog = self.tier0, self.b, self.drainer, self.drain_log
+        assert tier0 is not None and drainer is not None and dlog is not None and self.t0_engine is not None
+        t0_engine = self.t0_engine
+        drainer.start()
+        pairs: list[tuple[Burst, Burst]] = []
+        results: list[PhaseResult] = []
+        try:
+            for k in range(n_ck):
+                files = self.plan.files(self.me, k)
+                to_drain = list(files)
+                if self.writes_metadata:
+                    data = self.dcp_metadata(k)
+                    to_drain.append(
+                        PlannedFile(self.plan.metadata_key(k), ".metadata", len(data), -1, -1, "metadata")
+                    )
+                stall_phase = FilePhase.begin(
+                    ctx.runner,
+                    f"stall_{k}",
+                    len(to_drain),
+                    io=None,  # the kernel meter watches the durable store's device, not the tier-0
+                    fsync=tier0.fsync_counters,
+                    where=f"{WHERE} (tier-0)",
+                    liveness=tier0.liveness,
+                )
+                stall = Burst("stall", k, stall_phase)
+                self.bursts.append(stall)
+                # room first: what the tier-0 must let go of leaves once drained (a wait the
+                # training sees, so it is inside the stall)
+                self._leave_tier0(cfg.tier0_keep - 1)
+                stall_phase.run(
+                    len(files),
+                    lambda i, _t, k=k, files=files: t0_engine.write_file(files[i], k),
+                    cfg.io_threads,
+                )
+                if self.writes_metadata:
+                    stall_phase.add(self.write_metadata(k, "write", tier0))
+                whole = all(e.ok for e in stall_phase.events) and len(stall_phase.events) == len(to_drain)
+                if whole:
+                    self.in_tier0.append(k)
+                    dlog.in_tier0 = list(self.in_tier0)
+                    dlog.save()
+                # the closing barrier: training resumes when the slowest rank's shard is in the tier-0
+                with self.leftovers_if_gone(k):
+                    stall.result = res = stall_phase.finish()
+                results.append(res)
+                drain_phase = FilePhase.begin(
+                    ctx.runner,
+                    f"drain_{k}",
+                    len(to_drain),
+                    io="write",
+                    fsync=b.fsync_counters,
+                    where=f"{WHERE} (drain)",
+                    start=stall_phase.t0,
+                )
+                drain = Burst("drain", k, drain_phase)
+                self.bursts.append(drain)
+                pairs.append((stall, drain))
+                if whole:
+                    drainer.submit(k, to_drain, drain_phase)
+                else:  # what never reached the tier-0 cannot be drained: every file counts as failed
+                    self._undrainable(k, to_drain, drain_phase)
+                if self.log:
+                    _log_burst(self.log, f"checkpoint {k + 1}/{n_ck} to the tier-0", "written", res)
+                if k < n_ck - 1 and cfg.compute_seconds > 0:
+                    time.sleep(cfg.compute_seconds)
+        finally:
+            for _, drain in pairs:
+                if drain.ckpt in drainer.done:
+                    drainer.done[drain.ckpt].wait()
+            drainer.finish()
+        for _, drain in pairs:
+            drain.result = drain.phase.result()
+            results.append(drain.result)
+            if drainer.ok.get(drain.ckpt):
+                self.written.append(drain.ckpt)
+        self.info["drained"] = list(dlog.drained)
+        self.info["drain_failed"] = {str(k): v for k, v in dlog.failed.items()}
+        self.info["in_tier0_at_end"] = list(self.in_tier0)
+        if self.log:
+            for _, drain in pairs:
+                if drain.result is not None:
+                    _log_burst(
+                        self.log, f"checkpoint {drain.ckpt + 1}/{n_ck} drain", "made durable", drain.result
+                    )
+        with self.leftovers_if_gone(n_ck - 1):
+            ctx.runner.stop_if_gone()
+        self._keep_within_limit()
+        return results
+
+    def _undrainable(self, ckpt: int, files: Sequence[PlannedFile], phase: FilePhase) -> None:
+        assert self.drain_log is not None
+        phase.measure()
+        for f in files:
+            ev = FileEvent("drain", ckpt, f.name, f.nbytes, time.perf_counter())
+            ev.error, ev.error_kind = (
+                f"{f.key}: not drained: the tier-0 write of checkpoint {ckpt} failed",
+                "error",
+            )
+            ev.end = ev.start
+            phase.add(ev)
+        phase.stop(collective=False)
+        self.drain_log.failed[ckpt] = "its tier-0 write failed: nothing to drain"
+        self.drain_log.save()
+
+    def _leave_tier0(self, keep: int) -> None:
+        """This rank's oldest checkpoints leave the tier-0 until it holds `keep`, each once its
+        drain is over (a failed drain leaves it too: the tier-0 copy is then the only one, and
+        the account says so)."""
+        tier0, drainer = self.tier0, self.drainer
+        if tier0 is None or drainer is None:
+            return
+        while len(self.in_tier0) > keep:
+            k = self.in_tier0.pop(0)
+            if k in drainer.done:
+                drainer.done[k].wait()
+            for key in self.ckpt_keys(k):
+                with contextlib.suppress(StorageError):  # gone already (a wiped tier): nothing to free
+                    tier0.delete(key)
+            if self.drain_log is not None:
+                self.drain_log.in_tier0 = list(self.in_tier0)
+                self.drain_log.save()
 
     def _async(self) -> list[PhaseResult]:
         """Snapshot (blocking: host-memory copies into a ring of slots) then persist in the

@@ -1,5 +1,5 @@
 """checkpoint_burst's keys: which model and layout, how many checkpoints and restores, how the
-bytes stream (chunk, pool, threads), sync or async. Presets are workload_configs/workload/
+bytes stream (chunk, pool, threads), sync or async, and what a tier-0 in front of storage does. Presets are workload_configs/workload/
 checkpoint_burst/*.yaml; the models behind them are layout.PRESETS."""
 
 from __future__ import annotations
@@ -53,6 +53,11 @@ class Config:
     folder: str = "checkpoints"
     mtbf_hours: float = 0.0
     accelerator_mttf_hours: float = 50000.0
+    # with a tier-0 (tier0=...): the newest checkpoints it holds per rank (older ones leave it once
+    # drained), where restores come from, and a cap on each rank's drain (MB/s, 0 = none)
+    tier0_keep: int = 1
+    restore_from: str = "auto"
+    drain_mbps: float = 0.0
 
     def validate(self) -> str | None:
         custom_model = self.preset == "custom" and self.num_layers > 0
@@ -95,6 +100,9 @@ class Config:
             positive("keep_checkpoints", self.keep_checkpoints, allow_zero=True),
             positive("mtbf_hours", self.mtbf_hours, allow_zero=True),
             positive("accelerator_mttf_hours", self.accelerator_mttf_hours),
+            positive("tier0_keep", self.tier0_keep),
+            one_of("restore_from", self.restore_from, ("auto", "tier0", "durable")),
+            positive("drain_mbps", self.drain_mbps, allow_zero=True),
             f"chunk_size={self.chunk_size} must be a positive multiple of {ALIGN}"
             if self.chunk_size <= 0 or self.chunk_size % ALIGN
             else None,

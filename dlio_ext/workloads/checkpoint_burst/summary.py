@@ -227,6 +227,73 @@ def goodput(checkpoint_s: float, restart_s: float, mtbf_s: float) -> dict[str, f
     }
 
 
+def tier0_section(
+    ctx: Context,
+    out: dict[str, Any],
+    by_phase: dict[str, list[dict[str, Any]]],
+    per_rank: list[dict[str, Any]],
+    restart_s: float,
+    mtbf_h: float,
+) -> dict[str, Any]:
+    """Per burst through a tier-0: the stall, the time until durable (the burst's start to the
+    last rank's last drained file; None when not every rank drained it), the drain's GB/s, and
+    goodput at both costs; which restores the tier-0 served; which checkpoints are not durable."""
+    assert ctx.tier0 is not None
+    cfg: Config = ctx.config
+    stalls = {p["checkpoint"]: p for p in out["stall"]["per_checkpoint"]}
+    drains = {p["checkpoint"]: p for p in out["write"]["per_checkpoint"]}
+    drained_by = [set(m.get("drained", [])) for m in per_rank]
+    failed = {
+        k: f"rank {r}: {why}" for r, m in enumerate(per_rank) for k, why in m.get("drain_failed", {}).items()
+    }
+    rows, not_durable = [], []
+    for k in sorted(stalls):
+        durable = all(k in d for d in drained_by)
+        recs = by_phase.get(f"drain_{k}", [])
+        row: dict[str, Any] = {
+            "checkpoint": k,
+            "stall_s": stalls[k]["burst_seconds"],
+            "durable": durable,
+            "durable_s": round(max(r["end"] for r in recs), 6) if durable and recs else None,
+            "drain_GBps": drains[k]["GBps"] if k in drains else 0.0,
+            "drain_seconds": drains[k]["burst_seconds"] if k in drains else 0.0,
+        }
+        if not durable:
+            row["reason"] = failed.get(str(k)) or "not every rank drained it"
+            not_durable.append(k)
+        rows.append(row)
+    durable_s = [r["durable_s"] for r in rows if r["durable_s"] is not None]
+    stall_mean = statistics.fmean(r["stall_s"] for r in rows) if rows else 0.0
+    durable_mean = statistics.fmean(durable_s) if durable_s else 0.0
+    restores = {}
+    for m in per_rank[:1]:  # every rank restores the same checkpoint from the same tier in a phase
+        for j, _k, source in m.get("served", []):
+            restores[f"restore_{j}"] = source
+    return {
+        "keep": cfg.tier0_keep,
+        "restore_from": cfg.restore_from,
+        "drain_mbps_cap": cfg.drain_mbps,
+        "durability": ctx.tier0.durability().policy,
+        "per_checkpoint": rows,
+        "stall_s": _dist([r["stall_s"] for r in rows]),
+        "durable_s": _dist(durable_s),
+        "drain_GBps": out["write"]["overall"].get("GBps", 0.0),
+        "not_durable": not_durable,
+        "restores": restores,
+        "goodput": {
+            "at_stall": goodput(stall_mean, restart_s, mtbf_h * 3600),
+            "at_durable": goodput(durable_mean, restart_s, mtbf_h * 3600),
+        },
+        "definitions": {
+            "stall_s": "the tier-0 write: the first rank's first file to the last rank's last (training waits for this)",
+            "durable_s": "the burst's start to the last rank's last file drained to storage; None when not durable",
+            "drain_GBps": "bytes drained / the drain's span (first drained file's start to the last one's end)",
+            "goodput": "Young/Daly at the stall (what training pays) and at the time until durable (what a "
+            "checkpoint written straight to storage would make it pay)",
+        },
+    }
+
+
 def summarize(
     ctx: Context, phases: dict[str, dict[str, Any]], per_rank: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -273,7 +340,9 @@ def summarize(
     def records(kind: str) -> list[dict[str, Any]]:
         return [r for recs in by_phase.values() for r in recs if r["kind"] == kind]
 
-    write_kind = "write" if cfg.mode == "sync" else "persist"
+    tiered = ctx.tier0 is not None
+    # "write" is always what reached the durable store: the burst, async's persist, or the drain
+    write_kind = "drain" if tiered else "write" if cfg.mode == "sync" else "persist"
     writes, restores = series(write_kind), series("restore")
     out: dict[str, Any] = {
         "model": model,
@@ -310,9 +379,10 @@ def summarize(
     methods = {json.dumps(m_.get("cold_restore", {}).get("method")) for m_ in per_rank}
     if len(methods) > 1:
         out["cold_restore"] = {"method": "mixed", "per_rank": [m_.get("cold_restore") for m_ in per_rank]}
-    if cfg.mode == "async":
+    if cfg.mode == "async" or tiered:
         stalls = series("stall")
         out["stall"] = {"per_checkpoint": stalls, "overall": _overall(stalls, records("stall"))}
+    if cfg.mode == "async":
         out["host_buffer_bytes"] = per_rank[0].get("host_buffer_bytes")
         out["async_note"] = (
             "stall: copy of the shard into host buffers (blocking training); persist: those buffers "
@@ -332,12 +402,16 @@ def summarize(
         "per chunk: xxh3-64 of the body; per file: xxh3-64 over both",
         "corrupt": corrupt,
     }
-    # goodput: checkpoint cost is what training waits for (the burst, or the async stall)
-    stall_src = out["stall"]["overall"] if cfg.mode == "async" else out["write"]["overall"]
+    # goodput: checkpoint cost is what training waits for (the burst, or the async or tier-0 stall)
+    stall_src = out["stall"]["overall"] if "stall" in out else out["write"]["overall"]
     delta = stall_src.get("burst_seconds", {}).get("mean", 0.0) if stall_src else 0.0
     restart = out["restore"]["overall"].get("burst_seconds", {}).get("mean", 0.0) if restores else 0.0
     layout_ranks = layout.ranks
     mtbf_h = cfg.mtbf_hours or cfg.accelerator_mttf_hours / layout_ranks
+    if tiered:
+        out["tier0"] = tier0_section(ctx, out, by_phase, per_rank, restart, mtbf_h)
+        for entry in out["restore"]["per_checkpoint"]:
+            entry["served_from"] = out["tier0"]["restores"].get(entry["phase"], "durable")
     out["goodput"] = {
         "mtbf_hours": round(mtbf_h, 4),
         "mtbf_source": "workload.mtbf_hours"

@@ -19,6 +19,10 @@ class CheckpointBurst(Workload):
 
     name = "checkpoint_burst"
     Config = Config
+    tier0_use = (
+        "each checkpoint is written to the tier-0 (the stall), then drained to storage in the background; "
+        "restores come from the tier-0 while it holds the checkpoint"
+    )
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
@@ -41,6 +45,9 @@ class CheckpointBurst(Workload):
         if not self._prepared:  # a caller without the harness (a test) may skip prepare
             self.prepare()
         return self.bursts.run()
+
+    def status(self) -> str:
+        return self.bursts.status()
 
     def rank_metrics(self) -> dict[str, Any]:
         st = self.bursts
