@@ -77,6 +77,28 @@ CASES = {
         ["workload=checkpoint_burst/llama3_8b", "workload.folder=../up"],
         ["folder", "'../up'"],
     ),
+    # a tier-0 only where a workload takes one, and one that can work
+    "tier0-not-taken": (
+        ["workload=metadata/easy", "tier0=nixl"],
+        ["metadata", "tier0=nixl", "checkpoint_burst"],
+    ),
+    "tier0-unknown": (["workload=checkpoint_burst/llama3_8b", "tier0=dram"], ["tier0", "'dram'", "nixl"]),
+    "tier0-key-without-tier0": (
+        ["workload=checkpoint_burst/llama3_8b", "++tier0.root=x"],
+        ["tier0.root", "tier0=<"],
+    ),
+    "tier0-async": (
+        ["workload=checkpoint_burst/llama3_8b", "workload.mode=async", "tier0=nixl"],
+        ["mode=async", "tier-0", "sync"],
+    ),
+    "tier0-too-small": (
+        ["workload=checkpoint_burst/llama3_8b", "tier0=nixl", "tier0.pool_bytes=1048576"],
+        ["tier-0", "1048576", "tier0_keep=1", "tier0.pool_bytes"],
+    ),
+    "tier0-restore-bad": (
+        ["workload=checkpoint_burst/llama3_8b", "workload.restore_from=peer"],
+        ["restore_from", "tier0", "durable"],
+    ),
     "s3-prefix-parent": (["storage=s3", "storage.bucket=b", "storage.prefix=a/../b"], ["prefix", "'a/../b'"]),
     "s3-quota-negative": (
         ["storage=s3", "storage.bucket=b", "storage.quota_bytes=-5"],

@@ -267,6 +267,8 @@ def _run(
                 kind, cfg.workload, backend, world.size, local_ranks, disk=cfg.run.preflight
             ),
         )
+        if tier0 is not None:
+            on_rank0(world, lambda: kind.check_tier0(cfg.workload, tier0, world.size))
     except UsageError:
         _close(backend, tier0)
         raise

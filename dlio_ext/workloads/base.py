@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from dlio_ext.registry import Registry
+from dlio_ext.storage.base import Backend
 from dlio_ext.workloads.context import Context
 from dlio_ext.workloads.phases import PhaseResult
 
@@ -70,6 +71,12 @@ class Workload(abc.ABC):
             beside.append(code.with_name("summary.schema.json"))
         found = next((p for p in beside if p.is_file()), None)
         return None if found is None else json.loads(found.read_text())
+
+    @classmethod
+    def check_tier0(cls, cfg: Any, tier0: Backend, ranks: int) -> None:
+        """Refuse (UsageError, one line) a tier-0 this run cannot use: too small, or a mode that
+        has no place for it. Called on rank 0 before anything is written."""
+        return None
 
     def prepare(self) -> None:
         """Untimed set-up before the first phase (nothing here is measured)."""

@@ -18,7 +18,6 @@ from typing import Any
 
 import xxhash
 
-from dlio_ext.errors import UsageError
 from dlio_ext.storage.base import (
     Backend,
     NotFound,
@@ -184,8 +183,6 @@ class Bursts:
         baseline = _rss_now()
         self.plan = plan = Plan(cfg, ctx)
         self.me = me = plan.roles[ctx.rank]
-        if tier0 is not None:
-            self._check_tier0(tier0)
         # with a tier-0 the stall's bytes go there: its buffers (registered, for RDMA) serve both
         alloc = tier0.alloc if tier0 is not None else b.alloc
         self.content = Content(ctx.seed, cfg.chunk_size, cfg.buffer_pool_bytes, cfg.io_threads, alloc)
@@ -215,24 +212,6 @@ class Bursts:
         self.dcp = cfg.layout == "dcp"
         #: this rank writes DCP's .metadata (rank 0, once a checkpoint's data is down)
         self.writes_metadata = self.dcp and ctx.rank == 0
-
-    def _check_tier0(self, tier0: Backend) -> None:
-        """A tier-0 run that cannot work is refused before anything is written (every rank
-        reaches the same verdict)."""
-        cfg, plan = self.cfg, self.plan
-        if cfg.mode != "sync":
-            raise UsageError(
-                f"workload.mode={cfg.mode} with a tier-0: the tier-0 write is the stall already; use mode=sync"
-            )
-        per_ckpt = sum(f.nbytes for role in plan.roles for f in plan.files(role, 0))
-        need, free = per_ckpt * cfg.tier0_keep, tier0.free_bytes()
-        if free is not None and need > free:
-            where, fix = tier0.room()
-            raise UsageError(
-                f"the tier-0 ({where}) has room for {free} bytes but workload.tier0_keep={cfg.tier0_keep} "
-                f"checkpoint(s) of {per_ckpt} bytes need {need}: {fix}, or lower workload.tier0_keep or "
-                "workload.scale"
-            )
 
     def status(self) -> str:
         """Which checkpoints are durable, for a run that ends now (rank 0, from every rank's

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import cast
 
 from dlio_ext.errors import UsageError
+from dlio_ext.storage.base import Backend
 from dlio_ext.workloads.checkpoint_burst import layout as cl
 from dlio_ext.workloads.checkpoint_burst.config import Config
 from dlio_ext.workloads.context import Context
@@ -112,6 +113,25 @@ def footprint(cfg: Config, ranks: int) -> tuple[int, str]:
         f"{per} bytes a checkpoint at workload.scale={cfg.scale:g} x {kept} kept: workload.checkpoints, "
         "workload.keep_checkpoints",
     )
+
+
+def check_tier0(cfg: Config, tier0: Backend, ranks: int) -> None:
+    """A tier-0 run that cannot work, refused before anything is written: async mode (its host
+    snapshot is what a tier-0 replaces), or a tier-0 without room for tier0_keep checkpoints."""
+    if cfg.mode != "sync":
+        raise UsageError(
+            f"workload.mode={cfg.mode} with a tier-0: the tier-0 write is the stall already; use workload.mode=sync"
+        )
+    plan = plan_for(cfg, ranks)
+    per = sum(f.nbytes for role in plan.roles for f in plan.files(role, 0)) if plan is not None else 0
+    need, free = per * cfg.tier0_keep, tier0.free_bytes()
+    if free is not None and need > free:
+        where, fix = tier0.room()
+        raise UsageError(
+            f"the tier-0 ({where}) has room for {free} bytes but workload.tier0_keep={cfg.tier0_keep} "
+            f"checkpoint(s) of {per} bytes need {need}: {fix.replace('storage.', 'tier0.')}, or lower "
+            "workload.tier0_keep or workload.scale"
+        )
 
 
 def memory(cfg: Config, ranks: int) -> tuple[int, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dlio_ext.storage.base import Backend
 from dlio_ext.workloads.base import Workload, register
 from dlio_ext.workloads.checkpoint_burst import plan as plan_
 from dlio_ext.workloads.checkpoint_burst import summary
@@ -36,6 +37,10 @@ class CheckpointBurst(Workload):
     @classmethod
     def memory(cls, cfg: Config, ranks: int) -> tuple[int, str]:
         return plan_.memory(cfg, ranks)
+
+    @classmethod
+    def check_tier0(cls, cfg: Config, tier0: Backend, ranks: int) -> None:
+        plan_.check_tier0(cfg, tier0, ranks)
 
     def prepare(self) -> None:
         self.bursts.prepare()

@@ -1,0 +1,261 @@
+"""Checkpoints through a tier-0 (tier0=nixl: registered memory over the ranks, moved by UCX):
+the stall is the tier-0 write, the drain to storage runs behind it, restores come from a peer's
+memory while the tier-0 holds the checkpoint and from storage otherwise, every byte verified
+both ways; and what a run that loses a rank or its durable store says about durability.
+Real parts: mpirun with 2 and 4 ranks, NIXL/UCX over shared memory, SeaweedFS."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from helpers import PY, ROOT, Done, mpi_cmd, run_cli
+
+from dlio_ext.metrics import results
+from dlio_ext.s3server import ServerInfo, server_env, start_server, stop_server
+from dlio_ext.workloads.checkpoint_burst import CheckpointBurst
+
+pytest.importorskip("nixl_cu12")
+
+#: a small custom checkpoint: 4 MiB a rank, streamed in 1 MiB chunks, a 64 MiB memory tier a rank
+SMALL = [
+    "workload=checkpoint_burst/custom",
+    "workload.bytes_per_rank=4194304",
+    "workload.chunk_size=1048576",
+    "workload.buffer_pool_bytes=4194304",
+    "workload.compute_seconds=0.1",
+    "tier0=nixl",
+    "tier0.pool_bytes=67108864",
+]
+
+
+def _tier0(s: dict[str, Any]) -> dict[str, Any]:
+    return s["checkpoint_burst"]["tier0"]
+
+
+def test_restores_come_from_the_tier0_while_it_holds_the_checkpoint_and_from_storage_after(
+    tmp_path: Path,
+) -> None:
+    d = run_cli(
+        "run",
+        *SMALL,
+        "workload.checkpoints=3",
+        "workload.restores=3",
+        "workload.tier0_keep=1",
+        "storage.fsync=file",
+        f"run.dir={tmp_path / 'run'}",
+        np=2,
+    )
+    assert d.code == 0, d.err[-3000:]
+    s = d.summary()
+    assert s["valid"], s["invalid_reasons"]
+    t = _tier0(s)
+    # the tier-0 keeps the newest checkpoint: restores 0 and 1 (checkpoints 0, 1) come from
+    # storage, restore 2 (checkpoint 2) from a peer rank's memory
+    assert t["restores"] == {"restore_0": "durable", "restore_1": "durable", "restore_2": "tier0"}
+    served = {p["phase"]: p["served_from"] for p in s["checkpoint_burst"]["restore"]["per_checkpoint"]}
+    assert served == t["restores"]
+    shard, files = 2 * 4194304, s["phases"]["stall_0"]["ops"]
+    assert files >= 2  # every file of both ranks' shards
+    for j in range(3):
+        p = s["phases"][f"restore_{j}"]
+        assert p["ops"] == files and p["errors"] == 0 and p["bytes"] == shard  # every file, every byte
+    assert s["checkpoint_burst"]["integrity"] == {
+        **s["checkpoint_burst"]["integrity"],
+        "verified": True,
+        "corrupt": 0,
+    }
+    # a durable restore was cold and read the device; the tier-0 one claims nothing of the kind
+    assert s["phases"]["restore_0"]["cold"]["claimed"] and s["phases"]["restore_0"]["cache_fraction"] < 0.5
+    assert "cold" not in s["phases"]["restore_2"] and s["phases"]["restore_2"]["device_bytes"] is None
+    # every burst: a stall, then a drain to storage (fsynced: durable), both measured
+    assert t["not_durable"] == []
+    for row in t["per_checkpoint"]:
+        k = row["checkpoint"]
+        assert row["durable"] and row["durable_s"] is not None
+        assert 0 < row["stall_s"] <= row["durable_s"], row  # durable comes after the stall
+        assert row["drain_GBps"] > 0
+        assert s["phases"][f"stall_{k}"]["bytes"] == shard and s["phases"][f"drain_{k}"]["bytes"] == shard
+        assert s["phases"][f"drain_{k}"]["extra"]["fsync_calls"] == files  # every drained file fsynced
+    assert set(t["goodput"]) == {"at_stall", "at_durable"}
+    assert t["goodput"]["at_stall"]["checkpoint_s"] <= t["goodput"]["at_durable"]["checkpoint_s"]
+    # the stall went to the memory tier, not to the disk; the drain reached it
+    assert s["tier0"]["medium"] == "memory" and s["tier0"]["nixl_plugins"]["write"] == ["UCX"]
+    assert s["storage"]["backend"] == "posix"
+    # the data really is on storage after the drain: the run cleaned up, and said what it kept
+    assert s["cleanup"]["failed"] == 0
+    assert results.validate(s, CheckpointBurst.summary_schema()) == []
+
+
+@pytest.mark.parametrize(("where", "expect"), [("tier0", "tier0"), ("durable", "durable")])
+def test_restore_from_is_obeyed_on_four_ranks(tmp_path: Path, where: str, expect: str) -> None:
+    d = run_cli(
+        "run",
+        *SMALL,
+        "workload.checkpoints=2",
+        "workload.restores=2",
+        "workload.tier0_keep=2",
+        f"workload.restore_from={where}",
+        f"run.dir={tmp_path / 'run'}",
+        np=4,
+    )
+    assert d.code == 0, d.err[-3000:]
+    s = d.summary()
+    assert s["valid"], s["invalid_reasons"]
+    assert set(_tier0(s)["restores"].values()) == {expect}
+    for j in range(2):
+        p = s["phases"][f"restore_{j}"]
+        assert p["ops"] == s["phases"]["stall_0"]["ops"] and p["errors"] == 0 and p["bytes"] == 4 * 4194304
+    assert s["checkpoint_burst"]["integrity"]["corrupt"] == 0
+    # each rank restored another rank's shard (from its memory, one-sidedly, on the tier-0)
+    assert s["checkpoint_burst"]["restore_rank_shift"] == 1
+
+
+def test_tier0_and_storage_in_one_place_is_refused(tmp_path: Path) -> None:
+    same = tmp_path / "same"
+    d = run_cli(
+        "run",
+        "workload=checkpoint_burst/llama3_8b",
+        f"storage.root={same}",
+        "tier0=posix",
+        f"tier0.root={same}",
+        f"run.results_dir={tmp_path / 'results'}",
+    )
+    assert d.code == 2, (d.code, d.err)
+    lines = [ln for ln in d.err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "tier0 and storage are the same place" in lines[0], d.err
+    assert "Traceback" not in d.err
+    assert not any(same.rglob("*")), list(same.rglob("*"))  # nothing written there
+
+
+def test_a_posix_tier0_works_as_flash_in_front_of_storage(tmp_path: Path) -> None:
+    d = run_cli(
+        "run",
+        *[a for a in SMALL if not a.startswith("tier0")],
+        "tier0=posix",
+        f"tier0.root={tmp_path / 'flash'}",
+        "workload.checkpoints=2",
+        "workload.restores=2",
+        "workload.tier0_keep=2",
+        f"run.dir={tmp_path / 'run'}",
+        np=2,
+    )
+    assert d.code == 0, d.err[-3000:]
+    s = d.summary()
+    assert s["valid"], s["invalid_reasons"]
+    assert set(_tier0(s)["restores"].values()) == {"tier0"} and _tier0(s)["not_durable"] == []
+    assert s["tier0"]["backend"] == "posix" and s["tier0"]["root"] == str(tmp_path / "flash")
+
+
+# --- faults: a durable store gone mid-drain, a rank lost mid-drain -----------------------------------
+
+
+class _Run:
+    """The CLI under mpirun, its stderr read as it comes."""
+
+    def __init__(self, args: list[str], np: int, env: dict[str, str] | None = None):
+        cmd, mpi_env = mpi_cmd(np, [PY, "-m", "dlio_ext.cli", "run", *args])
+        full = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DLIO_EXT_S3_"))}
+        full |= {"PYTHONPATH": str(ROOT), **mpi_env, **(env or {})}
+        self.p = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full, cwd=ROOT
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        for stream, into in ((self.p.stdout, self.out), (self.p.stderr, self.err)):
+            threading.Thread(target=lambda s=stream, i=into: i.extend(s), daemon=True).start()
+
+    def wait_for(self, pattern: str, timeout: float = 120) -> None:
+        rx, deadline = re.compile(pattern), time.monotonic() + timeout
+        while time.monotonic() < deadline and self.p.poll() is None:
+            if any(rx.search(line) for line in list(self.err)):
+                return
+            time.sleep(0.05)
+        self.p.kill()
+        pytest.fail(f"no line matching {pattern!r}:\n{''.join(self.err)[-3000:]}")
+
+    def finish(self, timeout: float = 180) -> Done:
+        try:
+            self.p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+            pytest.fail(f"still running after {timeout} s:\n{''.join(self.err)[-3000:]}")
+        time.sleep(0.2)  # the reader threads' last lines
+        return Done(self.p.returncode, "".join(self.out), "".join(self.err))
+
+    def rank_pid(self, rank: int) -> int:
+        """The pid of MPI rank `rank` (a descendant of mpirun with that rank in its environment)."""
+        for child in psutil.Process(self.p.pid).children(recursive=True):
+            try:
+                if child.environ().get("OMPI_COMM_WORLD_RANK") == str(rank):
+                    return child.pid
+            except psutil.Error:
+                continue
+        raise AssertionError(f"no rank {rank} under mpirun {self.p.pid}")
+
+
+#: slow drains (1 MB/s a rank) so a fault lands while checkpoint 0 is being drained
+SLOW = [*SMALL, "workload.checkpoints=2", "workload.restores=1", "workload.drain_mbps=1"]
+
+
+def test_a_rank_killed_mid_drain_says_which_checkpoint_was_not_durable(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run = _Run([*SLOW, f"run.dir={run_dir}"], np=2)
+    run.wait_for(r"checkpoint 1/2 to the tier-0 written by rank 0")
+    os.kill(run.rank_pid(1), signal.SIGKILL)
+    done = run.finish()
+    assert done.code != 0
+    marker = (run_dir / "INCOMPLETE").read_text()
+    # nothing drained fully on both ranks: checkpoint 0 is named, with each rank's state
+    assert "checkpoints durable on every rank: none" in marker, marker
+    assert "checkpoint 0 NOT durable (rank 0: drain unfinished" in marker, marker
+    assert "rank 1: drain unfinished" in marker or "rank 1: not drained yet" in marker, marker
+    assert "its only copy in the nixl memory tier" in marker, marker
+    assert "summary.json" not in {p.name for p in run_dir.iterdir()}  # nothing claims the run finished
+
+
+@pytest.fixture
+def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerInfo]:
+    d = tmp_path_factory.mktemp("tier0-s3")
+    try:
+        yield start_server(d)
+    finally:
+        stop_server(d)
+
+
+def test_a_durable_store_gone_mid_drain_leaves_the_checkpoints_not_durable(
+    tmp_path: Path, own_server: ServerInfo
+) -> None:
+    info = own_server
+    run = _Run(
+        [
+            *SLOW,
+            "storage=s3",
+            "storage.prefix=tier0-gone",
+            "run.store_timeout_s=3",
+            f"run.dir={tmp_path / 'run'}",
+        ],
+        np=2,
+        env=server_env(info),
+    )
+    run.wait_for(r"checkpoint 1/2 to the tier-0 written by rank 0")
+    os.kill(info.pid, signal.SIGKILL)
+    done = run.finish()
+    assert done.code == 1, done.err[-3000:]
+    s = done.summary()
+    assert s["valid"] is False and s["store_gone"].startswith("the store is gone")
+    status = s["data_status"]
+    assert "checkpoints durable on every rank: none" in status, status
+    assert "checkpoint 0 NOT durable" in status and "checkpoint 1 NOT durable" in status, status
+    assert f"dlio-ext: {status}" in done.err
+    assert info.secret_key not in done.err + done.out + str(s)
