@@ -207,6 +207,9 @@ class Bursts:
         # two read buffers per I/O thread: one being verified while the next chunk lands in the other
         self.rbufs = [[alloc(cfg.chunk_size), alloc(cfg.chunk_size)] for _ in range(cfg.io_threads)]
         if tier0 is not None:
+            # a drain exists to make checkpoints durable: its writes are (fsync per file on posix),
+            # unless the user chose storage.fsync
+            b.ask_durable("checkpoint_burst's tier-0 drain")
             self.drain_log = DrainLog(ctx.run_dir, ctx.rank)
             self.drainer = Drainer(tier0, b, [alloc(cfg.chunk_size)], cfg.drain_mbps, self.drain_log)
         self.dcp = cfg.layout == "dcp"
@@ -460,7 +463,8 @@ class Bursts:
                 burst.result = res = phase.finish()
             results.append(res)
             if self.log:
-                _log_burst(self.log, f"restore {j + 1}/{cfg.restores}", "read", res)
+                what = f"restore {j + 1}/{cfg.restores}" + (" (from the tier-0)" if from_tier0 else "")
+                _log_burst(self.log, what, "read", res)
         return results
 
     def _cleanup(self, retained: list[int]) -> None:

@@ -431,7 +431,14 @@ def summarize(
     except OSError as exc:  # a full disk must not cost the run its summary
         out["timeline"] = {"error": f"{type(exc).__name__}: {exc}"}
     w, r = out["write"]["overall"], out["restore"]["overall"]
-    if w:
+    if tiered:
+        t = out["tier0"]
+        ctx.log.info(
+            "tier-0: stall p50 %.3f s, durable after p50 %.3f s, drain %.3f GB/s; not durable: %s",
+            t["stall_s"]["p50"], t["durable_s"]["p50"], t["drain_GBps"],
+            ", ".join(map(str, t["not_durable"])) or "none",
+        )  # fmt: skip
+    elif w:
         ctx.log.info(
             "checkpoint write: %.3f GB/s over %d bursts, burst p50 %.3f s, straggler max %.2f",
             w["GBps"], w["count"], w["burst_seconds"]["p50"], w["straggler_ratio"]["max"],
