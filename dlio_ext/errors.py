@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+from typing import NoReturn
+
 
 class UsageError(Exception):
     """Bad input or an unusable environment: what is wrong and how to fix it, in one line."""
@@ -14,3 +17,11 @@ class Failed(UsageError):
     run started): one line, exit status 3."""
 
     exit_code = 3
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse for the subcommands: a bad argument is one UsageError line (exit 2), not
+    argparse's usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}; see {self.prog} --help")

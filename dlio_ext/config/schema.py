@@ -30,9 +30,11 @@ class RunSchema:
     preflight: bool = True
     max_cache_fraction: float = 0.05
     store_timeout_s: float = 20.0
+    trials: int = 1
 
     def validate(self) -> str | None:
         return first_problem(
+            positive("trials", self.trials),
             positive("progress_interval", self.progress_interval, allow_zero=True),
             f"max_cache_fraction={self.max_cache_fraction} must be within [0, 1]"
             if not 0 <= self.max_cache_fraction <= 1

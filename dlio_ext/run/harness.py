@@ -9,6 +9,7 @@ else that fails on one rank ends every rank at once (see `lifecycle`).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import secrets
@@ -23,6 +24,7 @@ from dlio_ext import __version__
 from dlio_ext.config import RunConfig, load, redact_args
 from dlio_ext.errors import Failed, UsageError
 from dlio_ext.metrics import results as res
+from dlio_ext.metrics import trials
 from dlio_ext.run import lifecycle, preflight
 from dlio_ext.run.lifecycle import (
     INCOMPLETE,
@@ -103,7 +105,7 @@ def _make_run_dir(cfg: RunConfig, lock: list[RunDirLock]) -> tuple[Path, str]:
         held = RunDirLock(path)
         held.acquire()  # before looking inside: two runs started together cannot both pass
         lock.append(held)
-        if any(p.name in ("summary.json", INCOMPLETE) for p in path.iterdir()):
+        if any(p.name in ("summary.json", INCOMPLETE, trials.TRIALS_FILE) for p in path.iterdir()):
             raise UsageError(
                 f"run.dir={path} already holds a run's results; choose an empty or new directory"
             )
@@ -227,6 +229,8 @@ def run(argv: list[str], figures: Figures | None = None) -> int:
         run_dir, run_id = on_rank0(world, lambda: _make_run_dir(cfg, lock))
         ending.run_dir = run_dir
         try:
+            if cfg.run.trials > 1:
+                return _trials(cfg, world, run_dir, run_id, ending, figures)
             return _run(cfg, world, run_dir, run_id, ending, figures)
         except UsageError as exc:
             # a verdict every rank reached alike (a broadcast check, a workload's check of its config)
@@ -240,6 +244,47 @@ def run(argv: list[str], figures: Figures | None = None) -> int:
                 held.release()
     finally:
         release_signals()
+
+
+def _trials(
+    cfg: RunConfig, world: SoloWorld, run_dir: Path, run_id: str, ending: Ending, figures: Figures | None
+) -> int:
+    """run.trials=N: N runs of the same configuration one after the other, each a run directory
+    of its own (trial-NN), then trials.json with the median and spread of every phase's figures.
+    A trial that ends invalid does not stop the others; a failure (exit 2, 3) does."""
+    codes, dirs = [], []
+    for i in range(cfg.run.trials):
+        trial_dir = run_dir / f"trial-{i + 1:02d}"
+        if world.rank == 0:
+            trial_dir.mkdir()
+            (trial_dir / INCOMPLETE).write_text("this trial has not finished; its results are partial\n")
+            res.write_yaml(trial_dir / "config.yaml", cfg.redacted())
+            print(f"trial {i + 1}/{cfg.run.trials}", file=sys.stderr, flush=True)
+        ending.run_dir, ending.finished = trial_dir, False
+        codes.append(_run(cfg, world, trial_dir, f"{run_id}-t{i + 1}", ending, figures))
+        dirs.append(trial_dir.name)
+    ending.run_dir = run_dir
+    if world.rank != 0:
+        return 0
+    summaries = [json.loads((run_dir / d / "summary.json").read_text()) for d in dirs]
+    doc = trials.aggregate(summaries, dirs)
+    res.write_json(run_dir / trials.TRIALS_FILE, doc)
+    (run_dir / INCOMPLETE).unlink(missing_ok=True)
+    _print_trials(doc)
+    print(f"results: {run_dir}", flush=True)
+    return 0 if doc["valid"] and not any(codes) else 1
+
+
+def _print_trials(doc: dict[str, Any]) -> None:
+    print(f"{doc['trials']} trials: median (spread = (max - min) / median)")
+    print(f"{'phase':<18}{'GB/s':>10}{'spread':>9}{'ops/s':>12}{'spread':>9}{'p99 us':>11}{'spread':>9}")
+    for name, p in doc["phases"].items():
+        g, o, q = p["GBps"], p["ops_per_s"], p["p99_us"]
+        print(
+            f"{name:<18}{g['median']:>10.3f}{g['spread_pct']:>8.1f}%{o['median']:>12,.0f}{o['spread_pct']:>8.1f}%"
+            f"{q['median']:>11,.0f}{q['spread_pct']:>8.1f}%"
+        )
+    print(f"valid: {doc['valid']}" + ("" if doc["valid"] else f" ({'; '.join(doc['invalid_reasons'])})"))
 
 
 def _run(
