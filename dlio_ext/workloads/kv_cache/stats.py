@@ -20,7 +20,18 @@ import numpy as np
 from dlio_ext.workloads.kv_cache.config import AUTO_POINTS
 from dlio_ext.workloads.phases import OpKind, OpRecord
 
-LOGS = ("read", "write", "miss", "request", "ttft", "load", "queue")
+LOGS = (
+    "read",
+    "write",
+    "miss",
+    "request",
+    "ttft",
+    "load",
+    "queue",
+    "tier0_read",
+    "tier0_write",
+    "tier0_miss",
+)
 COUNTERS = (
     "requests",
     "context_tokens",
@@ -40,26 +51,55 @@ COUNTERS = (
     "cross_rank_reads",
     "verified",
     "evicted_misses",
+    # every chunk looked up ends in one tier's hit, in `missed` (found nowhere) or `failed` (a
+    # storage read error ended the prefix): hit_memory + hit_write_queue + hit_tier0 + hit_storage
+    # + missed + failed = lookups
+    "lookups",
+    "missed",
+    "failed",
+    # the tier-0 (see tiers.Tier0)
+    "hit_tier0",
+    "tier0_reads",
+    "tier0_read_bytes",
+    "tier0_misses",
+    "tier0_verified",
+    "tier0_writes",
+    "tier0_write_bytes",
+    "tier0_promotions",
+    "tier0_not_placed",
+    "tier0_cross_rank_reads",
+    "tier0_peer_reads",
+    "tier0_evicted_misses",
 )
 
 
 class Stats(OpRecord):
     """What one thread (a user or a write-back writer) counts; no locks, merged at the end."""
 
-    def __init__(self, interval: float):
-        super().__init__(interval, LOGS, COUNTERS, ("read", "write"))
+    def __init__(self, interval: float, tier0: bool = False):
+        failing = ("read", "write", "tier0_read", "tier0_write") if tier0 else ("read", "write")
+        super().__init__(interval, LOGS, COUNTERS, failing)
         self.backpressure_s = 0.0
 
 
-def kinds(cold: bool) -> list[OpKind]:
-    """The phases of a serving run, in the order summary.json lists them."""
-    return [
+def kinds(cold: bool, tier0: bool = False) -> list[OpKind]:
+    """The phases of a serving run, in the order summary.json lists them. The tier-0's have no
+    `io`: the kernel's counters watch the storage's device, not the tier-0's memory."""
+    storage = [
         OpKind("request", "request", "requests"),
         OpKind("read", "read", "reads", "read_bytes", errors="read", io="read", cold=cold),
         OpKind(
             "write", "write", "writes", "write_bytes", errors="write", dropped="writes_dropped", io="write"
         ),
         OpKind("lookup_miss", "miss", "lookup_misses"),
+    ]
+    if not tier0:
+        return storage
+    return [
+        *storage,
+        OpKind("tier0_read", "tier0_read", "tier0_reads", "tier0_read_bytes", errors="tier0_read"),
+        OpKind("tier0_write", "tier0_write", "tier0_writes", "tier0_write_bytes", errors="tier0_write"),
+        OpKind("tier0_miss", "tier0_miss", "tier0_misses"),
     ]
 
 
