@@ -8,6 +8,7 @@ a tier full on cue for the eviction order."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,10 @@ def test_a_chunk_one_rank_placed_is_read_by_another_from_the_tier0(tmp_path: Pat
     assert len(chunks) == 5 and all(p.stat().st_size == CHUNK for p in chunks)
     # a peer's memory served what lived there; the rest was this rank's own pool
     assert 0 <= t0["peer_memory_reads"] <= 3
+    # the time series has the tier-0's reads apart from storage's
+    rows = list(csv.DictReader((d.results / "timeseries.csv").open()))
+    assert sum(float(r["tier0_read_GBps"]) for r in rows) > 0
+    assert sum(float(r["read_GBps"]) for r in rows) == 0
 
 
 @pytest.mark.parametrize(("storage", "ranks"), [("posix", 4), ("s3", 2)])

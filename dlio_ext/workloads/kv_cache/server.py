@@ -241,17 +241,14 @@ class Server:
         ok = False
         try:
             if self.live.gone is not None:
-                if storage:
-                    st.c["writes_dropped"] += (
-                        1  # planned before the store was found gone: not worth a request
-                    )
+                # planned before the store was found gone: not worth a request
+                st.c["writes_dropped"] += storage
                 return False
             self.content.fill(key, buf)
             if tier0:
                 self._place(k, buf, st)
             if not storage:
-                ok = True
-                return ok
+                return True
             perf = time.perf_counter
             t0 = 0.0
             failed: StorageError | None = None

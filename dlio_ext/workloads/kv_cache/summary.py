@@ -8,21 +8,9 @@ from typing import Any
 from dlio_ext.metrics.histogram import Histogram
 from dlio_ext.workloads.context import Context
 from dlio_ext.workloads.kv_cache.config import Config, model_of, sizes_of
-from dlio_ext.workloads.kv_cache.stats import COUNTERS, timeseries
+from dlio_ext.workloads.kv_cache.stats import COUNTERS, HISTS, timeseries
 
 PCTS = ("p50", "p95", "p99", "p999")
-HISTS = (
-    "read",
-    "write",
-    "miss",
-    "ttft",
-    "load",
-    "queue",
-    "request",
-    "tier0_read",
-    "tier0_write",
-    "tier0_miss",
-)
 #: what a chunk found in a tier counts as, in the order the tiers are looked up
 HITS = ("hit_memory", "hit_write_queue", "hit_tier0", "hit_storage")
 

@@ -29,24 +29,10 @@ from dlio_ext.workloads.kv_cache.config import (
     trace_spec,
 )
 from dlio_ext.workloads.kv_cache.server import Server
-from dlio_ext.workloads.kv_cache.stats import Stats, kinds
+from dlio_ext.workloads.kv_cache.stats import HISTS, Stats, kinds
 from dlio_ext.workloads.kv_cache.tiers import StorageTier, Tier0
 from dlio_ext.workloads.kv_cache.trace import Request, Trace
 from dlio_ext.workloads.phases import Arrival, PhaseResult, run_open_loop
-
-#: the latency histograms a rank sends to rank 0 (summary.json's latency_ms entries)
-HISTS = (
-    "read",
-    "write",
-    "miss",
-    "ttft",
-    "load",
-    "queue",
-    "request",
-    "tier0_read",
-    "tier0_write",
-    "tier0_miss",
-)
 
 
 @register
@@ -213,7 +199,8 @@ class KVCache(Workload):
                 "read_chunks": logs["read"].counts.tolist(),
                 "write_chunks": logs["write"].counts.tolist(),
                 "requests": logs["request"].counts.tolist(),
-            },
+            }
+            | ({"tier0_read_chunks": logs["tier0_read"].counts.tolist()} if tier0 is not None else {}),
             "publish": storage.publish,
             "durability": {"policy": durable.policy, "source": durable.source},
             "memory_tier": server.memory.stats() if server.memory is not None else None,
