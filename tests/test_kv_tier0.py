@@ -128,6 +128,34 @@ def test_a_tier0_smaller_than_the_working_set_evicts_and_storage_serves_the_rest
     assert s["storage"]["backend"] == storage
 
 
+def test_a_posix_tier0_keeps_within_tier0_bytes(tmp_path: Path) -> None:
+    """A posix tier-0 (a flash directory) bounded by workload.tier0_bytes: each placement beyond
+    the bound evicts the least recently used chunk first, so the directory never holds more."""
+    bound = 6  # chunks
+    d = run_cli(
+        "run",
+        *SMALL,
+        "workload.users=3",
+        "workload.requests_per_user=4",
+        "workload.cleanup=false",
+        "tier0=posix",
+        f"workload.tier0_bytes={bound * 12582912}",  # real bytes: 6 chunks of 12 MiB
+        f"run.results_dir={tmp_path}",
+    )
+    assert d.code == 0, d.err[-3000:]
+    s = d.summary()
+    assert s["valid"] and results.validate(s, KVCache.summary_schema()) == []
+    t0 = s["kv_cache"]["tiers"]["tier0"]
+    assert t0["backend"] == "posix" and t0["capacity_chunks"] == bound
+    assert t0["per_rank_capacity_bytes"] == bound * CHUNK and t0["peak_bytes_sum_of_ranks"] <= bound * CHUNK
+    # the bound evicted (never a refused put), and storage served what went
+    assert t0["evicted_chunks"] > 0 and t0["evicted_when_full"] == 0 and t0["not_placed_full"] == 0
+    assert t0["placed"] - t0["evicted_chunks"] <= bound and s["kv_cache"]["read"]["chunks"] > 0
+    assert t0["cleanup"]["skipped"] is True
+    left = [p for p in (d.results / "tier0").rglob("*") if p.is_file()]
+    assert 0 < len(left) <= bound and all(p.stat().st_size == CHUNK for p in left)
+
+
 def test_a_tier0_the_run_cannot_use_is_refused_in_one_line(tmp_path: Path) -> None:
     # a pool of 3 chunks, with 4 in flight per rank
     d = run_cli(

@@ -295,7 +295,8 @@ def _tier0(
         "peak_bytes_sum_of_ranks": sum(t["peak_bytes"] for t in t0),
         "chunks_verified": c["tier0_verified"],
         "cleanup": {
-            k: sum(t["cleanup"][k] for t in t0 if t["cleanup"] and not t["cleanup"].get("skipped"))
-            for k in ("deleted", "failed")
+            "deleted": sum(t["cleanup"]["deleted"] for t in t0),
+            "failed": sum(t["cleanup"]["failed"] for t in t0),
+            "skipped": any(t["cleanup"].get("skipped") for t in t0),
         },
     }
