@@ -313,7 +313,7 @@ class Server:
     def promote(self, k: str, key: bytes, st: Stats) -> None:
         """Place chunk `k`, just read from storage, in the tier-0 again."""
         with self.lock:
-            if k in self.in_flight:
+            if k in self.in_flight or k in self.in_tier0:  # another user placed it meanwhile
                 return
             self.in_flight.add(k)
         if self.write_chunk(k, key, st, tier0=True, storage=False) and k in self.in_tier0:

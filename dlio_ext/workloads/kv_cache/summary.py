@@ -231,7 +231,16 @@ def summarize(
             "counters.errors_by_kind.not_found of an S3 run are lookup misses (a GET of a chunk no "
             "server has stored yet), reported here as lookup_miss; they are not failures",
             "ttft_ms estimates TTFT as load time (measured) + recomputed tokens / prefill_tokens_per_s",
-        ],
+        ]
+        + (
+            [
+                "tier0_counters.errors_by_kind.not_found are tier-0 misses (tiers.tier0.misses), not failures; "
+                "a tier-0 put refused for lack of room is made room for (tiers.tier0.evicted_when_full) or "
+                "counted in tiers.tier0.not_placed_full"
+            ]
+            if t0
+            else []
+        ),
     }
     out["timeseries"] = timeseries(
         ctx.run_dir, per_rank, sz.chunk_stored, C, auto=not cfg.timeseries_interval_s
