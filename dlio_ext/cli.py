@@ -5,6 +5,7 @@ dlio-ext dlio [dlio_benchmark's own Hydra arguments]
 dlio-ext s3-server start|stop|status [--dir D]
 dlio-ext s3-compat [--endpoint URL]... [--bucket B] [--prefix P] [--targets F] [--out DIR] [--list]
 dlio-ext s3-faults [--endpoint URL] [--slowdown F] [--reset F] [--latency F] [--out DIR]
+dlio-ext mlperf RUN_DIR --results DIR --org ORG --system NAME [--division closed|open]
 """
 
 from __future__ import annotations
@@ -53,12 +54,19 @@ def _s3_faults(argv: Sequence[str]) -> int:
     return faults_main(list(argv))
 
 
+def _mlperf(argv: Sequence[str]) -> int:
+    from dlio_ext.mlperf import main as mlperf_main
+
+    return mlperf_main(list(argv))
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "run": _run,
     "dlio": _dlio,
     "s3-server": _s3_server,
     "s3-compat": _s3_compat,
     "s3-faults": _s3_faults,
+    "mlperf": _mlperf,
 }
 
 
