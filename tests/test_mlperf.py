@@ -289,6 +289,7 @@ def test_bad_input_is_one_line(good_run: Path, tmp_path: Path) -> None:
         "invalid choice": argv(good_run, None, "--division", "x"),
         "required: --org": [str(good_run), "--results", str(tmp_path / "r"), "--system", "s"],
         "inside the run directory": argv(good_run, good_run / "x"),
+        "cannot write there": argv(good_run, Path("/proc/dlio-ext-mlperf")),
     }
     for fragment, argv in cases.items():
         done = run_cli("mlperf", *argv)

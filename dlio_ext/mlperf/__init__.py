@@ -65,13 +65,23 @@ def main(argv: Sequence[str]) -> int:
         for r in broken:
             print(f"  {r.line()}", file=sys.stderr)
         return 1
-    export.refuse_second(export.leaf(run, results, division, org, system))
+    try:
+        export.refuse_second(export.leaf(run, results, division, org, system))
+    except OSError as exc:
+        raise UsageError(
+            f"--results {results}: cannot read it ({exc.strerror or type(exc).__name__})"
+        ) from None
     kind, model = export.benchmark(run)
     ranks, hosts = run.summary.get("ranks"), run.summary.get("hosts")
     print(f"MLPerf Storage v3 rules, {kind} {model} ({ranks} rank(s) on {hosts} host(s)):")
     for r in checked:
         print(f"  {r.line()}")
-    path = export.write(run, checked, results, division, org, system)
+    try:
+        path = export.write(run, checked, results, division, org, system)
+    except OSError as exc:
+        raise UsageError(
+            f"--results {results}: cannot write there ({exc.strerror or type(exc).__name__})"
+        ) from None
     if broken:
         print(f"{len(broken)} rule(s) broken: written under open, never closed")
     systems = results / division / org / "systems"
