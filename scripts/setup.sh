@@ -10,7 +10,7 @@ stamp="$VENV/.dlio-ext-setup"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
-   "$VENV/bin/python" -c "import dlio_ext, dlio_benchmark, mpi4py, torch, nixl_cu12" 2>/dev/null; then
+   "$VENV/bin/python" -c "import dlio_ext, dlio_benchmark, mpi4py, torch, nixl_cu12, awscrt" 2>/dev/null; then
   echo "setup: $VENV is up to date"
   exit 0
 fi
@@ -45,7 +45,7 @@ $PIP install --no-deps "dlio-benchmark==2.0.0"
 # numpy (its other need) comes with the project. Its import name is nixl_cu12.
 $PIP install --no-deps "nixl-cu12==1.5.1"
 
-"$VENV/bin/python" -c "import dlio_ext, dlio_benchmark.main, mpi4py, torch" >/dev/null
+"$VENV/bin/python" -c "import dlio_ext, dlio_benchmark.main, mpi4py, torch, awscrt.checksums" >/dev/null
 # apart: NIXL's bundled gRPC aborts the process when tensorflow's (DLIO's) was loaded first
 "$VENV/bin/python" -c "import nixl_cu12" >/dev/null
 echo "$want" > "$stamp"
