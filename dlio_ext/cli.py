@@ -5,6 +5,7 @@ dlio-ext dlio [dlio_benchmark's own Hydra arguments]
 dlio-ext s3-server start|stop|status [--dir D]
 dlio-ext s3-compat [--endpoint URL]... [--bucket B] [--prefix P] [--targets F] [--out DIR] [--list]
 dlio-ext s3-faults [--endpoint URL] [--slowdown F] [--reset F] [--latency F] [--out DIR]
+dlio-ext report RUN_DIR [--out FILE] [--text]
 """
 
 from __future__ import annotations
@@ -53,12 +54,19 @@ def _s3_faults(argv: Sequence[str]) -> int:
     return faults_main(list(argv))
 
 
+def _report(argv: Sequence[str]) -> int:
+    from dlio_ext.report.command import main as report_main
+
+    return report_main(list(argv))
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "run": _run,
     "dlio": _dlio,
     "s3-server": _s3_server,
     "s3-compat": _s3_compat,
     "s3-faults": _s3_faults,
+    "report": _report,
 }
 
 
