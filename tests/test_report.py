@@ -281,6 +281,27 @@ def test_nothing_from_the_run_becomes_markup(runs: dict[str, Path], tmp_path: Pa
     assert all(i.startswith("data:image/png;base64,") for i in t.images)
 
 
+def test_a_damaged_section_loses_its_view_not_the_page(runs: dict[str, Path], tmp_path: Path) -> None:
+    run_dir = tmp_path / "damaged"
+    shutil.copytree(runs["ckpt"], run_dir, ignore=shutil.ignore_patterns("data", "report.html"))
+    s = _summary(run_dir)
+    s["checkpoint_burst"]["restore"] = {"per_checkpoint": [{"phase": 3, "GBps": "fast"}]}
+    s["checkpoint_burst"]["tier0"] = {"per_checkpoint": "gone", "restores": [1], "goodput": {"x": 1}}
+    (run_dir / "timeline.csv").write_text("kind,checkpoint\nwrite,0\n")  # its times cut off
+    (tmp_path / "outside.png").write_bytes((run_dir / "timeline.png").read_bytes())
+    s["figures"]["outside"] = "../outside.png"  # a page is drawn from the directory alone
+    (run_dir / "summary.json").write_text(json.dumps(s))
+    d = report(run_dir)
+    t = parse(page_of(d))
+    assert list(t.rows("phases")) == list(s["phases"]) and t.status == "VALID"
+    assert (
+        "this view could not be drawn from the checkpoint_burst section"
+        in (run_dir / "report.html").read_text()
+    )
+    assert "checkpoint_burst section unreadable" in d.out and "valid: yes" in d.out
+    assert "outside: ../outside.png is not in the run directory" in (run_dir / "report.html").read_text()
+
+
 def test_the_page_is_redrawn_the_same_from_the_directory_alone(runs: dict[str, Path], tmp_path: Path) -> None:
     """Later, somewhere else, with the data gone: the same page; and drawing it writes nothing
     but the page."""

@@ -109,6 +109,11 @@ def flat(d: Mapping[str, Any], prefix: str = "", limit: int = 400) -> list[tuple
     return out
 
 
+def blocks(items: Iterable[tuple[str, Mapping[str, Any]]]) -> Html:
+    """Small named tables side by side (wrapping), each a heading over its `pairs`."""
+    return tag("div", join(tag("div", tag("h4", name), pairs(d)) for name, d in items if d), class_="grid")
+
+
 def section(anchor: str, title: str, *body: Any) -> Html:
     return tag("section", tag("h2", title), *body, id=anchor)
 

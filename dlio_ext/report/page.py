@@ -16,13 +16,14 @@ import numpy as np
 from dlio_ext import __version__
 from dlio_ext.metrics.histogram import Histogram
 from dlio_ext.report import plots, views
-from dlio_ext.report.markup import Html, join, note, num, pairs, png, pre, section, table, tag
+from dlio_ext.report.markup import Html, blocks, join, note, num, pairs, png, pre, section, table, tag
 from dlio_ext.report.rundir import Run
 
 #: phases a latency figure draws (more would be an unreadable legend)
 PER_FIGURE = 8
-#: ranks listed one a row; beyond, the ones furthest from their phases' medians
+#: ranks listed one a row up to RANK_ROWS; beyond, the WORST_ROWS furthest from their phases' medians
 RANK_ROWS = 64
+WORST_ROWS = 20
 
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0 auto;max-width:1300px;padding:0 16px 40px;color:#222}
@@ -38,7 +39,7 @@ table.kv td:first-child{color:#555;white-space:nowrap}table.kv thead{display:non
 pre{background:#f7f7f7;padding:8px;overflow:auto;font-size:12px;max-height:420px}
 code{background:#f3f3f3;padding:1px 4px;word-break:break-all}
 figure{margin:8px 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:12px;color:#666}
-nav a{margin-right:12px}
+nav a{margin-right:12px}.grid{display:flex;flex-wrap:wrap;gap:0 28px;align-items:flex-start}
 """
 
 PHASE_HEAD = (
@@ -65,7 +66,7 @@ def render(run: Run) -> str:
             _phases(s),
             _latency(s),
             _ranks(run),
-            section("workload", f"{run.workload}: its own view", views.view(run)),
+            section("workload", f"{run.workload}: its own view", _view(run)),
         ]
         body.append(_figures(run))
     elif run.ranks:
@@ -88,6 +89,18 @@ def render(run: Run) -> str:
         )
         + "\n"
     )
+
+
+def _view(run: Run) -> Html:
+    """The workload's view; a section it cannot read (damaged, of another shape) is named with
+    the error instead: the rest of the page never depends on it."""
+    try:
+        return views.view(run)
+    except Exception as exc:  # a view reads a section written by another version or damaged
+        return note(
+            f"this view could not be drawn from the {run.workload} section: {type(exc).__name__}: {exc}",
+            "bad",
+        )
 
 
 def _status(run: Run) -> Html:
@@ -163,13 +176,10 @@ def _what(run: Run) -> Html:
         if s.get("tier0"):
             out.append(tag("h3", "tier-0"))
             out.append(pairs(s["tier0"]))
-        out.append(tag("h3", "counters"))
-        out.append(pairs(s["counters"] | ({"tier0": s["tier0_counters"]} if s.get("tier0_counters") else {})))
-        out.append(tag("h3", "cleanup"))
-        out.append(pairs(s["cleanup"]))
+        counters = s["counters"] | ({"tier0": s["tier0_counters"]} if s.get("tier0_counters") else {})
+        out.append(blocks([("counters", counters), ("cleanup", s["cleanup"])]))
     if run.host:
-        out.append(tag("h3", "host (rank 0's)"))
-        out.append(pairs({k: v for k, v in run.host.items() if k != "hosts"}))
+        out.append(blocks([("host (rank 0's)", {k: v for k, v in run.host.items() if k != "hosts"})]))
     if run.config_text is not None:
         out.append(
             tag(
@@ -268,13 +278,14 @@ def _ranks(run: Run) -> Html:
 
 
 def _rank_rows(run: Run, names: Sequence[str], secs: np.ndarray) -> Html:
-    """One row a rank (the RANK_ROWS furthest from their phases' medians when there are more)."""
+    """One row a rank (the WORST_ROWS furthest from their phases' medians when there are more than RANK_ROWS)."""
     med = np.median(secs, axis=0) if len(secs) else np.zeros(len(names))
     ratio = np.divide(secs, med, out=np.ones_like(secs), where=med > 0)
     worst = ratio.max(axis=1) if names else np.ones(len(run.ranks))
-    order = range(len(run.ranks)) if len(run.ranks) <= RANK_ROWS else np.argsort(-worst, kind="stable")
+    few = len(run.ranks) <= RANK_ROWS
+    order = range(len(run.ranks)) if few else np.argsort(-worst, kind="stable")
     rows = []
-    for i in islice(order, RANK_ROWS):
+    for i in islice(order, RANK_ROWS if few else WORST_ROWS):
         r = run.ranks[int(i)]
         j = int(np.argmax(ratio[int(i)])) if names else 0
         rows.append(
@@ -288,10 +299,10 @@ def _rank_rows(run: Run, names: Sequence[str], secs: np.ndarray) -> Html:
             id_="per-rank",
         )
     ]
-    if len(run.ranks) > RANK_ROWS:
+    if not few:
         out.append(
             note(
-                f"the {RANK_ROWS} of {len(run.ranks)} ranks furthest from their phases' medians; every rank is in its rank-NNNNN.json"
+                f"the {WORST_ROWS} of {len(run.ranks)} ranks furthest from their phases' medians; every rank is in its rank-NNNNN.json"
             )
         )
     return join(out)
@@ -301,10 +312,10 @@ def _figures(run: Run) -> Html:
     assert run.summary is not None
     out: list[Any] = []
     for name, file in views.figure_names(run.summary):
-        path = run.path / file
+        path = run.file(file)
         if name == "error":
             out.append(note(f"a figure could not be drawn when the run ended: {file}", "warn"))
-        elif path.is_file() and path.suffix == ".png" and path.resolve().parent == run.path.resolve():
+        elif path is not None and path.suffix == ".png":
             out.append(png(path.read_bytes(), f"{name} ({file}, drawn when the run ended)"))
         else:
             out.append(note(f"{name}: {file} is not in the run directory", "warn"))

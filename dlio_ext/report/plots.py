@@ -124,7 +124,8 @@ def spans(rows: Sequence[tuple[str, str, float, float]], title: str) -> bytes:
         handles=[Patch(color=KIND_COLOURS.get(k, "#7f7f7f"), label=k) for k in kinds],
         fontsize=8,
         frameon=False,
-        loc="lower right",
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
     )
     ax.set_title(title, fontsize=10)
     fig.tight_layout()

@@ -73,6 +73,12 @@ class Run:
         except (yaml.YAMLError, TypeError, KeyError):
             return "unknown workload"
 
+    def file(self, name: str) -> Path | None:
+        """A data file the summary names (a figure, a CSV), when it is a file inside the run
+        directory: a page is drawn from the directory alone."""
+        path = (self.path / name).resolve()
+        return path if path.is_file() and path.is_relative_to(self.path.resolve()) else None
+
     def section(self) -> dict[str, Any]:
         """The workload's own section of the summary ({} when it wrote none)."""
         s = self.summary or {}

@@ -33,13 +33,21 @@ def summary(run: Run) -> list[str]:
                 f"{lat['p99']:>11,.0f}{lat['max']:>11,.0f}{p['straggler_ratio']:>10.2f}{p['errors']:>8}"
                 f"{'-' if cf is None else f'{cf:.0%}':>7}"
             )
-        lines += HEADLINES.get(s["workload"], lambda _: [])(run.section())
+        lines += headlines(run)
         lines += [f"warning: {w}" for w in s["warnings"]]
         lines.append("valid: yes" if s["valid"] else f"INVALID: {'; '.join(s['invalid_reasons'])}")
     if run.incomplete:
         lines.append(f"INCOMPLETE: {' '.join(run.incomplete.split())}")
     lines += run.problems
     return lines
+
+
+def headlines(run: Run) -> list[str]:
+    """The workload's headline figures; a section they cannot be read from says so in a line."""
+    try:
+        return HEADLINES.get(run.workload, lambda _: [])(run.section())
+    except Exception as exc:  # a section of another shape or damaged: the phases above still hold
+        return [f"{run.workload} section unreadable: {type(exc).__name__}: {exc}"]
 
 
 def _checkpoint(sec: dict[str, Any]) -> list[str]:

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from dlio_ext.report import plots
-from dlio_ext.report.markup import Html, flat, join, note, num, pairs, png, table, tag
+from dlio_ext.report.markup import Html, blocks, flat, join, note, num, pairs, png, table, tag
 from dlio_ext.report.rundir import Run
 
 View = Callable[[Run], Html]
@@ -46,11 +47,11 @@ def _burst_row(b: dict[str, Any]) -> list[Any]:
     ]  # fmt: skip
 
 
-def _burst_spans(run: Run, csv_name: str) -> list[tuple[str, str, float, float]]:
+def _burst_spans(path: Path) -> list[tuple[str, str, float, float]]:
     """Each burst (kind, checkpoint) from its first file's start to its last file's end over all
     ranks, on the workload's clock (timeline.csv), in the order they began."""
     spans: dict[tuple[str, str], list[float]] = {}
-    with (run.path / csv_name).open(newline="") as f:
+    with path.open(newline="") as f:
         for r in csv.DictReader(f):
             key = (r["kind"], r["checkpoint"])
             s, e = float(r["start_s"]), float(r["end_s"])
@@ -74,9 +75,9 @@ def checkpoint_burst(run: Run) -> Html:
              ("durability", sec.get("durability")), ("cold restore", _d(sec.get("cold_restore")).get("method"))]
         )
     )  # fmt: skip
-    csv_name = _d(sec.get("timeline")).get("csv")
-    if csv_name and (run.path / csv_name).is_file():
-        rows = _burst_spans(run, csv_name)
+    timeline = run.file(str(_d(sec.get("timeline")).get("csv") or ""))
+    if timeline is not None:
+        rows = _burst_spans(timeline)
         if rows:
             out.append(
                 png(
@@ -143,10 +144,7 @@ def checkpoint_burst(run: Run) -> Html:
                  for k, v in ((k, _d(v)) for k, v in goodput.items() if isinstance(v, dict))],
             )
         )  # fmt: skip
-    for key in ("memory", "integrity"):
-        if _d(sec.get(key)):
-            out.append(tag("h3", key))
-            out.append(pairs(_d(sec.get(key))))
+    out.append(blocks((k, _d(sec.get(k))) for k in ("memory", "integrity")))
     return join(out)
 
 
@@ -201,10 +199,8 @@ def kv_cache(run: Run) -> Html:
     if io_rows:
         out.append(tag("h3", "storage tier"))
         out.append(table(("", "chunks", "bytes", "GB/s", "max rank p95 ms", "errors"), io_rows, id_="kv-io"))
-    for key in ("tokens", "storage_tokens_per_s", "mlperf_v3_style", "writes", "cold_reads", "integrity"):
-        if _d(sec.get(key)):
-            out.append(tag("h4", key))
-            out.append(pairs(_d(sec.get(key))))
+    keys = ("tokens", "storage_tokens_per_s", "mlperf_v3_style", "writes", "cold_reads", "integrity")
+    out.append(blocks((k, _d(sec.get(k))) for k in keys))
     per_rank = [_d(r) for r in _l(sec.get("per_rank"))]
     if per_rank:
         out.append(tag("h3", "per rank"))
