@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Done, run_cli
+from helpers import KV_SMALL, Done, run_cli
 
 from dlio_ext.metrics.histogram import Histogram
 
@@ -192,6 +192,43 @@ def test_the_checkpoint_view_shows_bursts_tier0_and_restore_sources(runs: dict[s
     assert [a.split(":")[0].split(" (")[0] for a in t.alts] == [
         "latency distributions", "each rank's time over its phase's median", "burst timeline", "timeline",
     ]  # fmt: skip
+
+
+MD = [
+    "workload=metadata/full",
+    "workload.items_per_rank=20",
+    "workload.iterations=1",
+    "run.progress_interval=0",
+]
+
+
+def test_the_kv_cache_and_metadata_views_show_their_sections(tmp_path: Path) -> None:
+    kv = run_cli("run", "storage=posix", *KV_SMALL, "run.progress_interval=0", f"run.dir={tmp_path / 'kv'}")
+    md = run_cli("run", "storage=posix", *MD, f"run.dir={tmp_path / 'md'}")
+    assert kv.code == 0 and md.code == 0, kv.err[-2000:] + md.err[-2000:]
+    k = kv.summary()["kv_cache"]
+    d = report(kv.results)
+    t = parse(page_of(d))
+    hits = t.rows("hit-rates")
+    for of in ("tokens", "chunks"):
+        assert {tier: v(c) for tier, c in hits[of].items() if tier != "of"} == k["hit_rate"][of]
+    lat = t.rows("kv-latency")
+    assert (
+        v(lat["TTFT (estimated)"]["p95"]) == k["ttft_ms"]["p95"]
+        and v(lat["read chunk"]["p50"]) == k["read"]["latency_ms"]["p50"]
+    )
+    assert v(t.rows("kv-io")["read"]["GB/s"]) == k["read"]["GBps"]
+    assert "hit rate per tier" in t.alts and "timeseries (timeseries.png, drawn when the run ended)" in t.alts
+    assert "hit rate (tokens):" in d.out and "TTFT ms: p50" in d.out
+    m = md.summary()["metadata"]
+    rows = parse(page_of(report(md.results))).rows("metadata-phases")
+    assert list(rows) == list(m["phases"])
+    for name, p in m["phases"].items():
+        assert (rows[name]["verb"][0], v(rows[name]["rate /s"]), v(rows[name]["items"])) == (
+            p["verb"],
+            p["rate"],
+            p["items"],
+        )
 
 
 def test_an_invalid_run_renders_marked_with_every_reason_and_error(tmp_path: Path) -> None:

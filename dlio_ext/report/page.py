@@ -236,8 +236,9 @@ def _latency(s: dict[str, Any]) -> Html:
         note("microseconds, from each phase's merged histogram (within 0.8 %)"),
     ]
     drawn = [(n, h) for n, h in hists.items() if h.n]
-    for i in range(0, len(drawn), PER_FIGURE):
-        group = dict(drawn[i : i + PER_FIGURE])
+    size = -(-len(drawn) // -(-len(drawn) // PER_FIGURE)) if drawn else 1  # even groups of at most PER_FIGURE
+    for i in range(0, len(drawn), size):
+        group = dict(drawn[i : i + size])
         label = f"latency distributions: {', '.join(group)}"
         out.append(png(plots.latency(group, label), label))
     return section("latency", "latency distributions", *out)
