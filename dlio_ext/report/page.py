@@ -122,7 +122,7 @@ def _glance(run: Run) -> Html:
             "ran",
             f"{s['workload']} with {s['ranks']} rank(s) on {s['hosts']} host(s), {s['started_utc']} to {s['finished_utc']}",
         ),
-        ("storage", f"{st.get('backend')}, data {s['cleanup'].get('where')}"),
+        ("storage", f"{st.get('backend')}; its data: {s['cleanup'].get('where')}"),
         ("durability", st.get("durability")),
         ("cache control", st.get("cache_control")),
     ]

@@ -82,7 +82,8 @@ def checkpoint_burst(run: Run) -> Html:
             out.append(
                 png(
                     plots.spans(rows, "bursts: first file's start to last file's end, all ranks"),
-                    "burst timeline",
+                    "burst timeline (kinds as timeline.csv names them; with a tier-0, write is the tier-0 write: "
+                    "the stall)",
                 )
             )
     for key, part in sec.items():
