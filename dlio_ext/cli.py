@@ -7,6 +7,7 @@ dlio-ext s3-compat [--endpoint URL]... [--bucket B] [--prefix P] [--targets F] [
 dlio-ext s3-faults [--endpoint URL] [--slowdown F] [--reset F] [--latency F] [--out DIR]
 dlio-ext compare RUN RUN [...] [--json FILE] [--html FILE] [--force]
 dlio-ext mlperf RUN_DIR --results DIR --org ORG --system NAME [--division closed|open]
+dlio-ext report RUN_DIR [--out FILE] [--text]
 """
 
 from __future__ import annotations
@@ -67,6 +68,12 @@ def _mlperf(argv: Sequence[str]) -> int:
     return mlperf_main(list(argv))
 
 
+def _report(argv: Sequence[str]) -> int:
+    from dlio_ext.report.command import main as report_main
+
+    return report_main(list(argv))
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "run": _run,
     "dlio": _dlio,
@@ -75,6 +82,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "s3-faults": _s3_faults,
     "compare": _compare,
     "mlperf": _mlperf,
+    "report": _report,
 }
 
 
