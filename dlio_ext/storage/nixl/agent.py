@@ -200,12 +200,20 @@ class Agent:
             raise error(exc, f"preparing descriptors for {peer or 'this rank'}") from None
 
     def move_prepped(
-        self, op: str, local: Any, local_idx: list[int], remote: Any, remote_idx: list[int], what: str
+        self,
+        op: str,
+        local: Any,
+        local_idx: list[int],
+        remote: Any,
+        remote_idx: list[int],
+        what: str,
+        notif: bytes = b"",
     ) -> None:
         """`move` between descriptors of two prepped lists, chosen by index: no descriptor is
-        built or checked per transfer (NIXL did that once, in `prep`)."""
+        built or checked per transfer (NIXL did that once, in `prep`). A non-empty `notif` reaches
+        the peer once the transfer is done."""
         try:
-            h = self.agent.make_prepped_xfer(op, local, local_idx, remote, remote_idx)
+            h = self.agent.make_prepped_xfer(op, local, local_idx, remote, remote_idx, notif)
         except Exception as exc:
             raise error(exc, what) from None
         self._finish(op, h, what)

@@ -79,6 +79,8 @@ LIST_PAGE = 512
 #: enough for back-to-back requests (a list's pages, a stat loop), short enough that it does not
 #: take a core from the transfers on a shared host (the common verbs send no requests at all)
 HOT_S = 0.001
+#: the notification that keeps an owner's control thread polling over tcp (see _nudge)
+NUDGE = b"~"
 #: how long a rank waiting for an answer polls without sleeping
 SPIN_S = 0.002
 #: how long a rank waits for an owner's answer before it counts the owner as unreachable
@@ -384,6 +386,8 @@ class MemoryMedium(MediumDefaults):
         self._far_lock = threading.Lock()
         #: key -> (offset, size, stamp) this rank's lookups found (see _read)
         self.seen: dict[str, tuple[int, int, int]] = {}
+        self._nudging: bytes | None = None  # see _nudge
+        self._tries = 0
         self._stamps = Stamps(self.rank)
         self._ids = itertools.count(1)
         self._calls: dict[int, _Call] = {}
@@ -699,6 +703,7 @@ class MemoryMedium(MediumDefaults):
                 self._far(owner),
                 [BUCKETS + seq % self.layout.ring, self.layout.bucket(key) // WORD.size],
                 f"{key}: commit record to rank {owner}",
+                self._nudge(),
             )
             p.written = seq + 1
 
@@ -739,6 +744,23 @@ class MemoryMedium(MediumDefaults):
     def put(self, key: str, data: memoryview | bytes) -> None:
         self.store(key, memoryview(data).cast("B"))
 
+    def _nudge(self) -> bytes:
+        """What rides on a put's or a get's last transfer to the owner: nothing, unless UCX
+        carries data over tcp. There a one-sided transfer completes only when the target's UCX
+        makes progress, which its control thread gives in naps of up to 1 ms once it sees no
+        notification for HOT_S: a put would take 2 ms. A notification (not JSON: ignored) keeps
+        that thread polling while ops keep coming. Decided once, after the first transfers, from
+        what UCX reported (read_transports), or from storage.transports."""
+        if self._nudging is None:
+            said = {t.split("/")[0] for names in read_transports().values() for t in names}
+            asked = set((self.settings.transports or "").split(","))
+            self._tries += 1
+            if not said and not self.settings.transports and self._tries < 3:
+                return NUDGE  # UCX reported nothing yet: nudge, to be safe, and look again
+            # (still nothing after 3 looks: UCX_PROTO_INFO is off; no nudge, the RDMA case)
+            self._nudging = NUDGE if "tcp" in said | asked else b""
+        return self._nudging
+
     def _stamp_now(self, owner: int, key: str) -> int:
         """The stamp word of `key`'s bucket at `owner`, read one-sidedly."""
         buf, near = self._scratch()
@@ -749,6 +771,7 @@ class MemoryMedium(MediumDefaults):
             self._far(owner),
             [self.layout.bucket(key) // WORD.size],
             f"{key}: stamp from rank {owner}",
+            self._nudge(),
         )
         return WORD.unpack_from(buf, SLOT + 8)[0]
 
