@@ -79,10 +79,13 @@ LIST_PAGE = 512
 #: enough for back-to-back requests (a list's pages, a stat loop), short enough that it does not
 #: take a core from the transfers on a shared host (the common verbs send no requests at all)
 HOT_S = 0.001
+#: the longest nap of an idle control thread (TCP_NAP_S when the tier runs over tcp: see _serve)
+IDLE_NAP_S = 1e-3
+TCP_NAP_S = 1e-4
 #: the notification that keeps an owner's control thread polling over tcp (see _nudge)
 NUDGE = b"~"
 #: how long a rank waiting for an answer polls without sleeping
-SPIN_S = 0.002
+SPIN_S = 0.001
 #: how long a rank waits for an owner's answer before it counts the owner as unreachable
 ANSWER_TIMEOUT_S = 60.0
 #: the most a writer is granted at once in an owner's pool for its small objects (a larger object
@@ -504,6 +507,9 @@ class MemoryMedium(MediumDefaults):
         so an idle tier costs little CPU on a shared machine."""
         last = time.perf_counter()
         cpu0 = time.thread_time()
+        # over tcp, peers' one-sided transfers into this rank's pool complete only as this thread
+        # makes UCX progress: it naps at most TCP_NAP_S there
+        nap = TCP_NAP_S if "tcp" in (self.settings.transports or "").split(",") else IDLE_NAP_S
         while not self._stop.is_set():
             if self._waiting:
                 # a thread of this rank waits for an answer and polls meanwhile, serving peers as
@@ -528,7 +534,7 @@ class MemoryMedium(MediumDefaults):
             if quiet >= HOT_S:
                 with self.shard.lock:
                     self.shard.drain()
-                time.sleep(min(quiet / 10, 1e-3))
+                time.sleep(min(quiet / 10, nap))
         self.serve_cpu_seconds = time.thread_time() - cpu0
 
     def _ask(self, owner: int, op: str, *args: Any) -> Any:
