@@ -249,6 +249,8 @@ def test_a_full_tier_is_counted_as_no_space(tmp_path: Path) -> None:
     assert w["ops"] + w["errors"] == 24
     lines = [ln for ln in done.out.splitlines() if ln.startswith("no space left on device:")]
     assert len(lines) == 1 and "nixl memory tier" in lines[0], done.out
+    # where the data is: the ranks' own memory, gone with them (not "left" anywhere)
+    assert "its contents are lost when the ranks exit" in lines[0], lines[0]
     assert "Traceback" not in done.err
 
 
