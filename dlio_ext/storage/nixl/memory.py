@@ -717,35 +717,42 @@ class MemoryMedium(MediumDefaults):
         """put's body: place, WRITE (bytes and a fresh stamp), commit (see the module's docstring)."""
         n = len(mv)
         owner = self.owner(key)
-        self.seen.pop(key, None)
-        if owner == self.rank:
-            self._store_own(key, mv)
-            return
-        offset = self._place(owner, n, key)
+        offset = self.reserve(owner, n, key)
         try:
             if n:
                 self._move("WRITE", mv, owner, offset, key)
         except BaseException:
-            p = self.peers[owner]
-            with p.runs_lock:  # the bytes were never the key's: this rank may use them again
-                p.runs.give(offset, n)
+            self.unreserve(owner, offset, n)  # the bytes were never the key's: free them
             raise
-        self._commit(owner, key, offset, n, time.time())
+        self.publish(owner, key, offset, n)
 
-    def _store_own(self, key: str, mv: memoryview) -> None:
-        """A put of a key this rank owns: its own pool, its own index, no message."""
-        n = len(mv)
+    def reserve(self, owner: int, n: int, key: str) -> int:
+        """Room for n bytes of `key` in `owner`'s pool: this rank's own pool and index when it owns
+        the key (no message), else a run the owner granted this rank."""
+        self.seen.pop(key, None)
+        if owner != self.rank:
+            return self._place(owner, n, key)
         offset, free = self.shard.handle("reserve", [n])
         if offset is None:
             raise self._no_space(key, self.rank, n, free)
-        try:
-            if n:
-                self._move("WRITE", mv, self.rank, offset, key)
-        except BaseException:
+        return offset
+
+    def unreserve(self, owner: int, offset: int, n: int) -> None:
+        """Give back room `reserve` found that never became a key's."""
+        if owner == self.rank:
             with self.shard.lock:
-                self.shard.extents.give(offset, n)  # the bytes were never the key's: free them
-            raise
-        self.shard.handle("commit", [key, offset, n, time.time()])
+                self.shard.extents.give(offset, n)
+            return
+        p = self.peers[owner]
+        with p.runs_lock:  # this rank may use them again
+            p.runs.give(offset, n)
+
+    def publish(self, owner: int, key: str, offset: int, n: int) -> None:
+        """Commit `key` to the n bytes at `offset` (DONE already): every rank finds it from now on."""
+        if owner == self.rank:
+            self.shard.handle("commit", [key, offset, n, time.time()])
+        else:
+            self._commit(owner, key, offset, n, time.time())
 
     def put(self, key: str, data: memoryview | bytes) -> None:
         self.store(key, memoryview(data).cast("B"))
@@ -835,6 +842,9 @@ class MemoryMedium(MediumDefaults):
 
     def writer(self, key: str) -> Writer:
         return _TierWriter(self, key)
+
+    def sized_writer(self, key: str, size: int) -> Writer:
+        return _PlacedWriter(self, key, size)
 
     def stat(self, key: str) -> ObjectInfo:
         found = self._ask(self.owner(key), "lookup", key, False)
@@ -944,6 +954,47 @@ class _TierWriter(Writer):
         buf, self.buf = self.buf, None
         if buf is not None:
             self.m.give_buffer(buf)
+
+
+class _PlacedWriter(Writer):
+    """A writer told the object's size: the room is reserved at open, each chunk goes straight
+    to its place (one WRITE from the caller's registered buffer; borrowed for the call only),
+    and the key is committed, whole, at close. Until then no rank finds it: a reader never sees
+    half an object."""
+
+    def __init__(self, medium: MemoryMedium, key: str, size: int):
+        self.m, self.key, self.size = medium, key, size
+        self.owner = medium.owner(key)
+        self.offset: int | None = medium.reserve(self.owner, size, key)
+        self.n = 0
+
+    def write(self, chunk: memoryview | bytes) -> None:
+        mv = memoryview(chunk).cast("B")
+        if self.offset is None:
+            raise StorageError(f"{self.key}: write after close or abort", self.key)
+        if self.n + len(mv) > self.size:
+            raise StorageError(
+                f"{self.key}: {self.n + len(mv)} bytes written to a writer opened for {self.size}", self.key
+            )
+        if len(mv):
+            self.m._move("WRITE", mv, self.owner, self.offset + self.n, self.key)
+        self.n += len(mv)
+
+    def close(self) -> None:
+        offset, self.offset = self.offset, None
+        if offset is None:
+            return
+        if self.n != self.size:
+            self.m.unreserve(self.owner, offset, self.size)
+            raise StorageError(
+                f"{self.key}: closed after {self.n} of the {self.size} bytes it was opened for", self.key
+            )
+        self.m.publish(self.owner, self.key, offset, self.size)
+
+    def abort(self) -> None:
+        offset, self.offset = self.offset, None
+        if offset is not None:  # nothing was committed: the room goes back
+            self.m.unreserve(self.owner, offset, self.size)
 
 
 def open(settings: NixlSettings, run_dir: str | None, world: SoloWorld) -> MemoryMedium:  # noqa: A001
