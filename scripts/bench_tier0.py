@@ -10,8 +10,11 @@ alternates every round), at `workload.scale=S` so two checkpoints fit in memory:
 - tier-0: the same storage behind `tier0=nixl` (a tier of registered memory over the ranks,
   moved by UCX): the stall is the tier-0 write; the drain to the same O_DIRECT + fsync storage
   runs behind it. Also reported: the time until durable and the drain's GB/s.
-The figure is the median over rounds of (tier-0 stall / direct stall), each the run's mean over
-its bursts; target <= 0.2x (issue #12). Restores are left out (restores=0): the stall is what
+The figure is the median over rounds of (tier-0 stall / direct stall), each the run's median over
+its bursts (the first burst of a run also pays for first touches, on both sides); target <= 0.2x (issue #12). A third measurement each round is the limit of the medium
+itself: the same files (sizes from the tier-0 run's timeline) written by every rank at once
+through the nixl memory tier's `sized_writer` from one registered buffer, with no workload around
+it (no stamping, no phases), and a numpy copy of the same bytes on every rank at once. Restores are left out (restores=0): the stall is what
 is measured. The runs' own summaries are kept under the output directory.
 
 Prints a Markdown table and every sample, and writes them with the exact command and the
@@ -77,17 +80,84 @@ def one_run(args: argparse.Namespace, work: Path, tag: str, tier0: bool) -> dict
     cb = s["checkpoint_burst"]
     if tier0:
         t = cb["tier0"]
+        medium = medium_limit(args, out)
         if t["not_durable"]:
             raise RuntimeError(f"{tag}: checkpoints not durable: {t['not_durable']}")
         return {
-            "stall_s": t["stall_s"]["mean"],
-            "durable_s": t["durable_s"]["mean"],
+            "stall_s": t["stall_s"]["p50"],
+            "durable_s": t["durable_s"]["p50"],
             "drain_GBps": t["drain_GBps"],
             "bytes": cb["bytes_per_checkpoint"],
             "transports": s["tier0"].get("ucx_transports"),
+            "medium_s": medium["span_s"],
+            "memcpy_s": medium["memcpy_s"],
         }
     w = cb["write"]["overall"]
-    return {"stall_s": w["burst_seconds"]["mean"], "GBps": w["GBps"], "bytes": cb["bytes_per_checkpoint"]}
+    return {"stall_s": w["burst_seconds"]["p50"], "GBps": w["GBps"], "bytes": cb["bytes_per_checkpoint"]}
+
+
+WORKER = "--medium-worker"
+
+
+def medium_worker(sizes_json: str, pool_bytes: int) -> None:
+    """Under mpirun: every rank writes its files (sizes per rank) into the memory tier at once;
+    rank 0 prints the span (the slowest rank's end) and a numpy copy of the same bytes, 3 times."""
+    import numpy as np
+
+    from dlio_ext.storage import open_backend
+    from dlio_ext.world import get_world
+
+    w = get_world()
+    sizes = json.loads(sizes_json)[str(w.rank)]
+    b = open_backend({"type": "nixl", "pool_bytes": pool_bytes}, None)
+    chunk = 16 << 20
+    buf = b.alloc(chunk)
+    buf[:] = b"\x07" * chunk
+    src, dst = np.ones(chunk, np.uint8), np.empty(chunk, np.uint8)
+    spans, copies = [], []
+    for rep in range(3):
+        w.barrier()
+        t = time.perf_counter()
+        for i, n in enumerate(sizes):
+            wr = b.sized_writer(f"m/{rep}/{w.rank}/{i}", n)
+            for off in range(0, n, chunk):
+                wr.write(buf[: min(chunk, n - off)])
+            wr.close()
+        w.barrier()
+        spans.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        for n in sizes:
+            for off in range(0, n, chunk):
+                m = min(chunk, n - off)
+                dst[:m] = src[:m]
+        w.barrier()
+        copies.append(time.perf_counter() - t)
+        for i in range(len(sizes)):
+            b.delete(f"m/{rep}/{w.rank}/{i}")
+    b.close()
+    if w.rank == 0:
+        print(
+            "MEDIUM "
+            + json.dumps({"span_s": statistics.median(spans), "memcpy_s": statistics.median(copies)})
+        )
+
+
+def medium_limit(args: argparse.Namespace, tier0_run: Path) -> dict[str, float]:
+    """The medium alone on the files of one tier-0 run's first burst (see medium_worker)."""
+    import csv
+
+    sizes: dict[str, list[int]] = {}
+    with (tier0_run / "timeline.csv").open() as fh:
+        for row in csv.DictReader(fh):
+            if row["kind"] == "write" and row["checkpoint"] == "0":
+                sizes.setdefault(row["rank"], []).append(int(row["bytes"]))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DLIO_EXT_S3_"))} | OMPI_ENV
+    cmd = [*mpirun(args.ranks), sys.executable, __file__, WORKER, json.dumps(sizes), str(args.pool_bytes)]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    line = next((ln for ln in p.stdout.splitlines() if ln.startswith("MEDIUM ")), None)
+    if p.returncode != 0 or line is None:
+        raise RuntimeError(f"medium limit: exit {p.returncode}: {p.stderr.strip()[-600:]}")
+    return json.loads(line.removeprefix("MEDIUM "))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--scale", type=float, default=0.01)
-    ap.add_argument("--checkpoints", type=int, default=3)
+    ap.add_argument("--checkpoints", type=int, default=5)
     ap.add_argument("--pool-bytes", type=int, default=512 << 20)
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench-tier0" / utc_stamp())
     args = ap.parse_args(argv)
@@ -135,9 +205,18 @@ def main(argv: list[str] | None = None) -> int:
         "| measurement | tier-0 (nixl memory) | baseline: posix O_DIRECT + fsync | ratio | target | met? |",
         "| --- | --- | --- | --- | --- | --- |",
         f"| checkpoint stall, Llama 3 8B x {args.scale:g} ({nbytes / 1e6:,.0f} MB a burst, {args.ranks} ranks), "
-        f"mean over {args.checkpoints} bursts | {med(lambda x: x['tier0']['stall_s']):.3f} s | "
+        f"median of {args.checkpoints} bursts | {med(lambda x: x['tier0']['stall_s']):.3f} s | "
         f"{med(lambda x: x['direct']['stall_s']):.3f} s | {ratio:.2f}x | <= {TARGET}x | "
         f"{'yes' if ratio <= TARGET else '**no**'} |",
+        f"| the same files through the memory tier alone (sized_writer, no workload), every rank at once | "
+        f"{med(lambda x: x['tier0']['medium_s']):.3f} s | {med(lambda x: x['direct']['stall_s']):.3f} s | "
+        f"{med(lambda x: x['tier0']['medium_s'] / x['direct']['stall_s']):.2f}x | (the medium's limit) | - |",
+        f"| tier-0 stall against that limit (what the workload adds) | {med(lambda x: x['tier0']['stall_s']):.3f} s | "
+        f"{med(lambda x: x['tier0']['medium_s']):.3f} s | {med(lambda x: x['tier0']['stall_s'] / x['tier0']['medium_s']):.2f}x "
+        f"| (reported) | - |",
+        f"| numpy copy of the same bytes, every rank at once | {med(lambda x: x['tier0']['memcpy_s']):.3f} s | "
+        f"{med(lambda x: x['direct']['stall_s']):.3f} s | {med(lambda x: x['tier0']['memcpy_s'] / x['direct']['stall_s']):.2f}x "
+        f"| (memory's limit) | - |",
         f"| time until durable (tier-0 write + drain to the same storage) | "
         f"{med(lambda x: x['tier0']['durable_s']):.3f} s | {med(lambda x: x['direct']['stall_s']):.3f} s | "
         f"{durable_ratio:.2f}x | (reported) | - |",
@@ -170,4 +249,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == WORKER:
+        medium_worker(sys.argv[2], int(sys.argv[3]))
+        sys.exit(0)
     sys.exit(main())

@@ -510,9 +510,9 @@ class Bursts:
                 )
                 stall = Burst("stall", k, stall_phase)
                 self.bursts.append(stall)
-                # room first: what the tier-0 must let go of leaves once drained (a wait the
-                # training sees, so it is inside the stall)
-                self._leave_tier0(cfg.tier0_keep - 1)
+                # room first: checkpoints beyond tier0_keep still held (their drain was slower
+                # than the training step) leave once drained: a wait training sees, in the stall
+                self._leave_tier0(cfg.tier0_keep, wait=True)
                 stall_phase.run(
                     len(files),
                     lambda i, _t, k=k, files=files: t0_engine.write_file(files[i], k),
@@ -545,6 +545,8 @@ class Bursts:
                     drainer.submit(k, to_drain, drain_phase)
                 else:  # what never reached the tier-0 cannot be drained: every file counts as failed
                     self._undrainable(k, to_drain, drain_phase)
+                # the new checkpoint is whole in the tier-0: the one it replaces leaves, if drained
+                self._leave_tier0(cfg.tier0_keep, wait=False)
                 if self.log:
                     _log_burst(self.log, f"checkpoint {k + 1}/{n_ck} to the tier-0", "written", res)
                 if k < n_ck - 1 and cfg.compute_seconds > 0:
@@ -587,18 +589,25 @@ class Bursts:
         phase.stop(collective=False)
         self.drain_log.failed[ckpt] = "its tier-0 write failed: nothing to drain"
         self.drain_log.save()
+        assert self.tier0 is not None
+        for key in self.ckpt_keys(ckpt):  # what did reach the tier-0 of a checkpoint never whole
+            with contextlib.suppress(StorageError):
+                self.tier0.delete(key)
 
-    def _leave_tier0(self, keep: int) -> None:
+    def _leave_tier0(self, keep: int, wait: bool = True) -> None:
         """This rank's oldest checkpoints leave the tier-0 until it holds `keep`, each once its
-        drain is over (a failed drain leaves it too: the tier-0 copy is then the only one, and
-        the account says so)."""
+        drain is over: waiting for it, or (wait=False) only those already drained. A failed
+        drain leaves it too: the tier-0 copy was then the only one, and the account says so."""
         tier0, drainer = self.tier0, self.drainer
         if tier0 is None or drainer is None:
             return
         while len(self.in_tier0) > keep:
-            k = self.in_tier0.pop(0)
+            k = self.in_tier0[0]
             if k in drainer.done:
+                if not wait and not drainer.done[k].is_set():
+                    return
                 drainer.done[k].wait()
+            self.in_tier0.pop(0)
             for key in self.ckpt_keys(k):
                 with contextlib.suppress(StorageError):  # gone already (a wiped tier): nothing to free
                     tier0.delete(key)

@@ -124,13 +124,16 @@ def check_tier0(cfg: Config, tier0: Backend, ranks: int) -> None:
         )
     plan = plan_for(cfg, ranks)
     per = sum(f.nbytes for role in plan.roles for f in plan.files(role, 0)) if plan is not None else 0
-    need, free = per * cfg.tier0_keep, tier0.free_bytes()
+    # the newest tier0_keep stay while the next one is written: a failed write never costs the
+    # tier-0 its last whole checkpoint
+    held = min(cfg.tier0_keep + 1, cfg.checkpoints)
+    need, free = per * held, tier0.free_bytes()
     if free is not None and need > free:
         where, fix = tier0.room()
         raise UsageError(
             f"the tier-0 ({where}) has room for {free} bytes but workload.tier0_keep={cfg.tier0_keep} "
-            f"checkpoint(s) of {per} bytes need {need}: {fix.replace('storage.', 'tier0.')}, or lower "
-            "workload.tier0_keep or workload.scale"
+            f"checkpoint(s) kept while the next is written ({held} of {per} bytes) need {need}: "
+            f"{fix.replace('storage.', 'tier0.')}, or lower workload.tier0_keep or workload.scale"
         )
 
 
