@@ -6,6 +6,7 @@ dlio-ext s3-server start|stop|status [--dir D]
 dlio-ext s3-compat [--endpoint URL]... [--bucket B] [--prefix P] [--targets F] [--out DIR] [--list]
 dlio-ext s3-faults [--endpoint URL] [--slowdown F] [--reset F] [--latency F] [--out DIR]
 dlio-ext compare RUN RUN [...] [--json FILE] [--html FILE] [--force]
+dlio-ext evaluate --targets stores.yaml [--suite suite.yaml] [--out DIR]
 """
 
 from __future__ import annotations
@@ -60,6 +61,12 @@ def _compare(argv: Sequence[str]) -> int:
     return compare_main(list(argv))
 
 
+def _evaluate(argv: Sequence[str]) -> int:
+    from dlio_ext.evaluate import main as evaluate_main
+
+    return evaluate_main(list(argv))
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "run": _run,
     "dlio": _dlio,
@@ -67,6 +74,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "s3-compat": _s3_compat,
     "s3-faults": _s3_faults,
     "compare": _compare,
+    "evaluate": _evaluate,
 }
 
 

@@ -1,0 +1,464 @@
+"""The scorecard: every target's figures side by side, read from what the suite's steps wrote,
+each linked to the page of the run it came from; costs with their formulas. JSON and one
+self-contained HTML page (no script, no network; every text from a run or a file is escaped).
+
+Run figures are the median over the run's trials (each trial's summary.json), with the spread
+((max - min) / median, %) beside it. Operational figures are measured: s3-faults' restart and
+throttling scenarios, the retries and throttles the runs' own clients counted, s3-compat's probes.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import statistics
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from dlio_ext.evaluate.suite import Outcome, Suite
+from dlio_ext.evaluate.targets import Target
+from dlio_ext.evaluate.tco import cost_figures
+from dlio_ext.metrics.trials import TRIALS_FILE
+
+SCHEMA = "dlio-ext/scorecard/1"
+Getter = Callable[[dict[str, Any]], Any]
+#: (section, id, label, unit, better, getter) of each figure a run item gives
+Spec = tuple[str, str, str, str, str, Getter]
+
+
+def _dig(*path: str) -> Getter:
+    def get(doc: dict[str, Any]) -> Any:
+        for p in path:
+            if not isinstance(doc, dict) or p not in doc:
+                return None
+            doc = doc[p]
+        return doc
+
+    return get
+
+
+def _sweep(item: str, what: str) -> list[Spec]:
+    """A storage_sweep's phases: GB/s (large objects) or ops/s and p99 (small objects)."""
+    out: list[Spec] = []
+    for phase in ("write", "read_sequential", "read_random"):
+        if what == "GBps":
+            out.append(("performance", f"{item}.{phase}.GBps", f"{item} {phase} GB/s", "GB/s", "higher",
+                        _dig("phases", phase, "GBps")))  # fmt: skip
+        else:
+            out.append(("performance", f"{item}.{phase}.ops_per_s", f"{item} {phase} ops/s", "ops/s", "higher",
+                        _dig("phases", phase, "ops_per_s")))  # fmt: skip
+            out.append(("performance", f"{item}.{phase}.p99_us", f"{item} {phase} p99 latency", "us", "lower",
+                        _dig("phases", phase, "latency_us", "p99")))  # fmt: skip
+    return out
+
+
+_CB = ("checkpoint_burst",)
+_KV = ("kv_cache",)
+RUN_FIGURES: dict[str, list[Spec]] = {
+    "checkpoint": [
+        ("performance", "checkpoint.write_GBps", "checkpoint write (burst) GB/s", "GB/s", "higher",
+         _dig(*_CB, "write", "overall", "GBps")),
+        ("performance", "checkpoint.restore_GBps", "checkpoint restore GB/s", "GB/s", "higher",
+         _dig(*_CB, "restore", "overall", "GBps")),
+        ("performance", "checkpoint.burst_p50_s", "checkpoint burst p50", "s", "lower",
+         _dig(*_CB, "write", "overall", "burst_seconds", "p50")),
+        ("performance", "checkpoint.full_size_s", "checkpoint time at full size (burst / scale)", "s", "lower",
+         _dig(*_CB, "goodput", "full_size_estimate", "checkpoint_s")),
+        ("performance", "checkpoint.goodput", "goodput at Daly's interval (full size, the run's MTBF)", "", "higher",
+         _dig(*_CB, "goodput", "full_size_estimate", "goodput")),
+    ],
+    "kv_cache": [
+        ("performance", "kv_cache.read_GBps", "KV cache read GB/s", "GB/s", "higher", _dig(*_KV, "read", "GBps")),
+        ("performance", "kv_cache.read_p95_ms", "KV cache read p95 (max over ranks)", "ms", "lower",
+         _dig(*_KV, "mlperf_v3_style", "max_rank_p95_read_ms")),
+        ("performance", "kv_cache.write_p95_ms", "KV cache write p95 (max over ranks)", "ms", "lower",
+         _dig(*_KV, "mlperf_v3_style", "max_rank_p95_write_ms")),
+        ("performance", "kv_cache.ttft_p95_ms", "KV cache TTFT p95", "ms", "lower", _dig(*_KV, "ttft_ms", "p95")),
+        ("performance", "kv_cache.tokens_per_s", "KV cache storage tokens/s", "tokens/s", "higher",
+         _dig(*_KV, "storage_tokens_per_s", "total")),
+        ("performance", "kv_cache.hit_rate", "KV cache token hit rate", "", "higher",
+         _dig(*_KV, "hit_rate", "tokens", "total")),
+    ],
+    "metadata": [
+        ("performance", f"metadata.{p}", f"metadata {p} /s", "items/s", "higher", _dig("metadata", "phases", p, "rate"))
+        for p in ("file_create", "file_stat", "file_read", "file_list", "list_storm", "file_rename",
+                  "file_remove", "dir_create", "dir_stat", "dir_remove")
+    ] + [("performance", "metadata.geomean", "metadata geometric mean /s", "items/s", "higher",
+          _dig("metadata", "geomean", "rate"))],
+    "small_objects": _sweep("small_objects", "ops"),
+    "large_objects": _sweep("large_objects", "GBps"),
+}  # fmt: skip
+#: (id, label, unit, better, key in the scenario's report) of s3-faults' scenarios
+FAULT_FIGURES: dict[str, list[tuple[str, str, str, str, str]]] = {
+    "restart": [
+        ("restart.time_to_recover_s", "restart: first success after the restart began", "s", "lower", "time_to_recover_s"),
+        ("restart.client_outage_s", "restart: failures seen by the client", "s", "lower", "client_outage_s"),
+        ("restart.requests_failed", "restart: requests failed in the outage", "", "lower", "requests_failed_in_outage"),
+        ("restart.failed_operations", "restart: operations failed after retries", "", "lower", "failed_operations"),
+        ("restart.intact", "restart: every acknowledged write intact", "", "yes", "intact"),
+    ],
+    "proxy": [
+        ("throttling.failed_operations", "throttling: operations failed after retries", "", "lower", "failed_operations"),
+        ("throttling.intact", "throttling: every acknowledged write intact", "", "yes", "intact"),
+    ],
+    "wrong-credentials": [
+        ("wrong_credentials.failed_fast", "wrong keys refused at once, nothing written", "", "yes", "failed_fast"),
+        ("wrong_credentials.seconds", "wrong keys: seconds until refused", "s", "lower", "seconds"),
+    ],
+}  # fmt: skip
+SECTIONS = ("performance", "operations", "compatibility")
+
+
+def trial_summaries(run_dir: Path) -> list[dict[str, Any]]:
+    """The summary of each trial of a run (one when run.trials=1)."""
+    if (run_dir / TRIALS_FILE).is_file():
+        runs = json.loads((run_dir / TRIALS_FILE).read_text()).get("runs", [])
+        dirs = [run_dir / r for r in runs]
+    else:
+        dirs = [run_dir]
+    return [json.loads((d / "summary.json").read_text()) for d in dirs if (d / "summary.json").is_file()]
+
+
+def _median(values: list[float]) -> dict[str, Any]:
+    med = statistics.median(values)
+    out: dict[str, Any] = {"value": round(med, 6), "trials": len(values)}
+    if len(values) > 1:
+        out["values"] = [round(v, 6) for v in values]
+        out["spread_pct"] = round((max(values) - min(values)) / med * 100, 2) if med else 0.0
+    return out
+
+
+def _ops_and_counters(summaries: Iterable[dict[str, Any]]) -> tuple[float, float, float, float]:
+    ops = retries = throttles = errors = 0.0
+    for s in summaries:
+        ops += sum(p.get("ops", 0) + p.get("errors", 0) for p in s.get("phases", {}).values())
+        c = s.get("counters", {})
+        retries += c.get("retries", 0)
+        throttles += c.get("throttles", 0)
+        errors += c.get("errors", 0)
+    return ops, retries, throttles, errors
+
+
+def _per_1k(ops: float, n: float, base: dict[str, Any], what: str) -> dict[str, Any]:
+    return base | {"value": round(n / ops * 1000, 6) if ops else 0.0, "count": n, "ops": ops,
+                   "formula": f"{what} / ops x 1000 (every phase's ops and failed ops, all trials)"}  # fmt: skip
+
+
+def run_figures(o: Outcome) -> dict[str, dict[str, Any]]:
+    summaries = trial_summaries(Path(o.dir)) if o.dir else []
+    figs: dict[str, dict[str, Any]] = {}
+    if not summaries:
+        return figs
+    for section, fid, label, unit, better, get in RUN_FIGURES[o.item]:
+        values = [
+            v for v in (get(s) for s in summaries) if isinstance(v, int | float) and not isinstance(v, bool)
+        ]
+        if values:
+            figs[fid] = {
+                "section": section,
+                "label": label,
+                "unit": unit,
+                "better": better,
+                **_median(values),
+            }
+    ops, retries, throttles, errors = _ops_and_counters(summaries)
+    base = {"section": "operations", "unit": "per 1,000 ops", "better": "lower"}
+    figs[f"{o.item}.retries_per_1k"] = _per_1k(
+        ops, retries, base | {"label": f"{o.item}: retries / 1,000 ops"}, "retries"
+    )
+    figs[f"{o.item}.throttles_per_1k"] = _per_1k(
+        ops, throttles, base | {"label": f"{o.item}: throttled (503 SlowDown) / 1,000 ops"}, "throttles"
+    )
+    figs[f"{o.item}.errors_per_1k"] = _per_1k(
+        ops, errors, base | {"label": f"{o.item}: failed ops / 1,000 ops"}, "errors"
+    )
+    figs[f"{o.item}.valid"] = {"section": "operations", "label": f"{o.item}: every trial valid", "unit": "",
+                               "better": "yes", "value": all(s.get("valid") for s in summaries)}  # fmt: skip
+    return figs
+
+
+def fault_figures(o: Outcome) -> dict[str, dict[str, Any]]:
+    scenario = o.item.split("/", 1)[1]
+    path = Path(o.dir) / "s3-faults.json"
+    if not path.is_file():
+        return {}
+    key = "wrong_credentials" if scenario == "wrong-credentials" else scenario
+    report = json.loads(path.read_text()).get("scenarios", {}).get(key)
+    if not isinstance(report, dict):
+        return {}
+    figs: dict[str, dict[str, Any]] = {}
+    for fid, label, unit, better, k in FAULT_FIGURES[scenario]:
+        v = report.get(k)
+        if scenario == "proxy" and k == "failed_operations":
+            v = report.get("counters", {}).get("errors")
+        if v is not None:
+            figs[fid] = {"section": "operations", "label": label, "unit": unit, "better": better, "value": v}
+    if scenario == "proxy":
+        figs.update(_throttled(report, Path(o.dir)))
+    return figs
+
+
+def _throttled(report: dict[str, Any], out: Path) -> dict[str, dict[str, Any]]:
+    """Throughput and error rate of the sweep that ran through the injected 503s and resets."""
+    base = {"section": "operations"}
+    rates = report.get("fault_rates", {})
+    injected = report.get("proxy", {}).get("injected", {})
+    phases = report.get("through_faults", {})
+    ops = sum(p.get("ops", 0) + p.get("errors", 0) for p in phases.values())
+    failed = sum(p.get("errors", 0) for p in phases.values())
+    c = report.get("counters", {})
+    figs = {
+        "throttling.injected": base | {"label": "throttling: requests answered 503 SlowDown (injected)",
+                                       "unit": "", "better": "", "value": injected.get("slowdown", 0),
+                                       "fault_rates": rates},
+        "throttling.error_rate": base | {"label": "throttling: error rate (failed ops / ops)", "unit": "",
+                                         "better": "lower", "value": round(failed / ops, 6) if ops else 0.0,
+                                         "formula": "failed ops / (ops + failed ops) of the sweep through the faults"},
+        "throttling.retries_per_1k": base | {"label": "throttling: retries / 1,000 ops", "unit": "per 1,000 ops",
+                                             "better": "lower",
+                                             "value": round(c.get("retries", 0) / ops * 1000, 6) if ops else 0.0},
+    }  # fmt: skip
+    sweeps = sorted((out / "sweep").glob("*/summary.json"))
+    if len(sweeps) == 1:  # one s3-faults scenario a directory: its one sweep
+        summary = json.loads(sweeps[0].read_text())
+        for phase in ("write", "read_sequential"):
+            gbps = summary.get("phases", {}).get(phase, {}).get("GBps")
+            if gbps is not None:
+                figs[f"throttling.{phase}_GBps"] = base | {
+                    "label": f"throttling: {phase} GB/s through the faults", "unit": "GB/s", "better": "higher",
+                    "value": gbps}  # fmt: skip
+    return figs
+
+
+def compat_figures(o: Outcome) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    path = Path(o.dir) / "s3-compat.json"
+    if not path.is_file():
+        return {}, []
+    targets = json.loads(path.read_text()).get("targets", [])
+    if not targets:
+        return {}, []
+    t = targets[0]
+    counts = t.get("counts", {})
+    figs = {
+        f"compat.{k}": {"section": "compatibility", "label": f"s3-compat probes: {k}", "unit": "probes",
+                        "better": "higher" if k == "pass" else "lower", "value": counts.get(k, 0)}
+        for k in ("pass", "differs", "unsupported", "error")
+    }  # fmt: skip
+    diffs = [
+        {k: r.get(k) for k in ("id", "group", "outcome", "observed", "why")}
+        for r in t.get("results", [])
+        if r.get("outcome") != "pass"
+    ]
+    return figs, diffs
+
+
+def measured_for_costs(figs: dict[str, dict[str, Any]]) -> dict[str, tuple[float, str]]:
+    """The measured figures the cost formulas take, with where each was measured."""
+    out: dict[str, tuple[float, str]] = {}
+    for key, fid in (("read_GBps", "large_objects.read_sequential.GBps"), ("write_GBps", "large_objects.write.GBps"),
+                     ("checkpoint_s", "checkpoint.full_size_s")):  # fmt: skip
+        f = figs.get(fid)
+        if f is not None:
+            out[key] = (f["value"], f"{fid} (median of {f.get('trials', 1)} trial(s))")
+    return out
+
+
+def build(
+    suite: Suite, targets: list[Target], outcomes: list[Outcome], out: Path, reports_note: str
+) -> dict[str, Any]:
+    per_target: dict[str, Any] = {}
+    for t in targets:
+        figs: dict[str, dict[str, Any]] = {}
+        diffs: list[dict[str, Any]] = []
+        for o in outcomes:
+            if o.target != t.name or o.skipped or o.error:
+                continue
+            if o.item in RUN_FIGURES:
+                made = run_figures(o)
+            elif o.item == "s3_compat":
+                made, diffs = compat_figures(o)
+            else:
+                made = fault_figures(o)
+            for f in made.values():
+                f["item"] = o.item
+                f["link"] = o.report
+            figs.update(made)
+        costs = cost_figures(t.prices, measured_for_costs(figs))
+        per_target[t.name] = {
+            "target": t.describe(),
+            "figures": figs,
+            "costs": costs,
+            "compat_differences": diffs,
+        }
+    return {
+        "schema": SCHEMA,
+        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "suite": {
+            "path": suite.path,
+            "trials": suite.trials,
+            "ranks": suite.ranks,
+            "runs": suite.runs,
+            "s3_compat": suite.s3_compat,
+            "s3_faults": suite.s3_faults,
+        },  # fmt: skip
+        "reports": reports_note,
+        "targets": per_target,
+        "steps": [o.as_dict() for o in outcomes],
+        "definitions": {
+            "value": "run figures: the median over the run's trials; spread_pct = (max - min) / median x 100",
+            "link": "the page of the run the figure comes from, relative to this file",
+            "costs": "only from prices a target gives; each with its formula and inputs",
+        },
+    }
+
+
+# HTML ---------------------------------------------------------------------------------------
+
+_CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
+td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}th{background:#f3f3f3;text-align:left}
+td.num{text-align:right;font-variant-numeric:tabular-nums}.best{background:#e6f4e6}.bad{background:#fbe9e9}
+code{font-size:12px}.small{color:#666;font-size:12px}"""
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:,.4g}" if abs(v) < 1e6 else f"{v:,.0f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def _best(values: dict[str, Any], better: str) -> set[str]:
+    nums = {k: v for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    if len(nums) < 2 or better not in ("higher", "lower"):
+        return set()
+    pick = max(nums.values()) if better == "higher" else min(nums.values())
+    return {k for k, v in nums.items() if v == pick}
+
+
+def _cell(f: dict[str, Any] | None, best: bool) -> str:
+    if f is None:
+        return "<td class='small'>-</td>"
+    cls = "num best" if best else "num"
+    if f.get("better") == "yes" and f.get("value") is False:
+        cls = "num bad"
+    spread = f" <span class='small'>&plusmn;{_e(f['spread_pct'])}%</span>" if "spread_pct" in f else ""
+    link = f" <a href='{_e(f['link'])}'>run</a>" if f.get("link") else ""
+    return f"<td class='{cls}'>{_e(_fmt(f['value']))}{spread}{link}</td>"
+
+
+def render_html(card: dict[str, Any]) -> str:
+    names = list(card["targets"])
+    head = "".join(f"<th>{_e(n)}</th>" for n in names)
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>dlio-ext scorecard</title>",
+        f"<style>{_CSS}</style></head><body><h1>dlio-ext scorecard</h1>",
+        f"<p class='small'>{_e(card['created_utc'])}; suite {_e(card['suite']['path'])}: "
+        f"{_e(card['suite']['trials'])} trial(s) a run, {_e(card['suite']['ranks'])} rank(s). "
+        f"Figures: the median over trials (&plusmn; spread = (max - min) / median). "
+        f"Links: {_e(card['reports'])}.</p>",
+        "<h2>Targets</h2><table><tr><th></th>" + head + "</tr>",
+    ]
+    for key in ("kind", "endpoint", "bucket", "root", "credentials_from", "local_dir"):
+        row = [card["targets"][n]["target"].get(key) for n in names]
+        if any(v is not None for v in row):
+            cells = "".join(f"<td>{_e(', '.join(v) if isinstance(v, list) else v or '-')}</td>" for v in row)
+            parts.append(f"<tr><th>{_e(key)}</th>{cells}</tr>")
+    parts.append("</table>")
+    for section in SECTIONS:
+        ids: list[str] = []
+        for n in names:
+            ids += [
+                i
+                for i, f in card["targets"][n]["figures"].items()
+                if f["section"] == section and i not in ids
+            ]
+        if not ids:
+            continue
+        parts.append(f"<h2>{_e(section.capitalize())}</h2><table><tr><th>figure</th><th>unit</th>{head}</tr>")
+        for i in ids:
+            figs = {n: card["targets"][n]["figures"].get(i) for n in names}
+            any_f = next(f for f in figs.values() if f is not None)
+            best = _best({n: f["value"] for n, f in figs.items() if f is not None}, any_f.get("better", ""))
+            cells = "".join(_cell(figs[n], n in best) for n in names)
+            formula = f"<br><span class='small'>{_e(any_f['formula'])}</span>" if "formula" in any_f else ""
+            parts.append(
+                f"<tr><td>{_e(any_f['label'])}{formula}</td><td>{_e(any_f['unit'])}</td>{cells}</tr>"
+            )
+        parts.append("</table>")
+    parts += _costs_html(card, names) + _compat_html(card, names) + _steps_html(card)
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _costs_html(card: dict[str, Any], names: list[str]) -> list[str]:
+    out = ["<h2>Cost</h2>"]
+    for n in names:
+        costs = card["targets"][n]["costs"]
+        if costs is None:
+            out.append(f"<p><b>{_e(n)}</b>: no prices given: nothing is priced.</p>")
+            continue
+        out.append(
+            f"<h3>{_e(n)}</h3><table><tr><th>figure</th><th>value</th><th>formula</th><th>inputs</th></tr>"
+        )
+        for fid, f in costs["figures"].items():
+            inputs = ", ".join(f"{k} = {_fmt(v)}" for k, v in f["inputs"].items())
+            out.append(
+                f"<tr><td>{_e(fid)}</td><td class='num'>{_e(_fmt(f['value']))} {_e(f['unit'])}</td>"
+                f"<td><code>{_e(f['formula'])}</code></td><td class='small'>{_e(inputs)}</td></tr>"
+            )
+        for fid, why in costs["not_priced"].items():
+            out.append(
+                f"<tr><td>{_e(fid)}</td><td class='small'>not priced</td><td colspan='2' class='small'>{_e(why)}</td></tr>"
+            )
+        out.append("</table>")
+    return out
+
+
+def _compat_html(card: dict[str, Any], names: list[str]) -> list[str]:
+    out: list[str] = []
+    for n in names:
+        diffs = card["targets"][n]["compat_differences"]
+        if not diffs:
+            continue
+        if not out:
+            out.append("<h2>Compatibility differences that matter to AI workloads</h2>")
+        out.append(
+            f"<h3>{_e(n)}</h3><table><tr><th>probe</th><th>outcome</th><th>observed</th><th>why it matters</th></tr>"
+        )
+        out += [
+            f"<tr><td><code>{_e(d['id'])}</code></td><td>{_e(d['outcome'])}</td><td>{_e(d['observed'])}</td>"
+            f"<td>{_e(d['why'])}</td></tr>"
+            for d in diffs
+        ]
+        out.append("</table>")
+    return out
+
+
+def _steps_html(card: dict[str, Any]) -> list[str]:
+    out = [
+        "<h2>Steps</h2><table><tr><th>target</th><th>run</th><th>exit</th><th>seconds</th><th>note</th><th>page</th></tr>"
+    ]
+    for s in card["steps"]:
+        note = (
+            s.get("skipped") and f"skipped: {s['skipped']}" or s.get("error", "") or s.get("report_note", "")
+        )
+        link = f"<a href='{_e(s['report'])}'>{_e(s['report'])}</a>" if s.get("report") else ""
+        out.append(
+            f"<tr><td>{_e(s['target'])}</td><td>{_e(s['item'])}</td><td>{_e(s.get('exit_code'))}</td>"
+            f"<td class='num'>{_e(s.get('seconds', ''))}</td><td>{_e(note)}</td><td>{link}</td></tr>"
+        )
+    return out + ["</table>"]
+
+
+def write(card: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    j, h = out / "scorecard.json", out / "scorecard.html"
+    j.write_text(json.dumps(card, indent=2) + "\n")
+    h.write_text(render_html(card))
+    return j, h
