@@ -3,16 +3,19 @@ of three real stores (SeaweedFS, moto's S3 server, a POSIX directory) into one s
 
 from __future__ import annotations
 
+import json
 import math
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
-from helpers import run_cli
+from helpers import KV_SMALL, MOTO_BUCKET, MOTO_KEY, MOTO_SECRET, Done, run_cli
 
 from dlio_ext.evaluate import tco
 from dlio_ext.evaluate.suite import load_suite
 from dlio_ext.evaluate.targets import load_targets
+from dlio_ext.s3server import ServerInfo
 from dlio_ext.workloads.checkpoint_burst.summary import goodput
 
 # --- cost formulas --------------------------------------------------------------------------
@@ -127,6 +130,12 @@ def _targets(tmp_path: Path, body: str) -> Path:
         ),
         (
             "targets:\n  - name: s\n    endpoint: http://127.0.0.1:{port}\n    bucket: b\n"
+            "    access_key_env: EV_KEY\n    secret_key_env: EV_SECRET\n    local_dir: {root}\n",
+            {"EV_KEY": "k", "EV_SECRET": "very-secret-value"},
+            "no SeaweedFS runs in local_dir",
+        ),
+        (
+            "targets:\n  - name: s\n    endpoint: http://127.0.0.1:{port}\n    bucket: b\n"
             "    storage: {{secret_key: x}}\n",
             {},
             "storage.secret_key is not set through storage",
@@ -189,3 +198,167 @@ def test_example_files_load() -> None:
                                   "s3_compat", "s3_faults"}  # fmt: skip
     targets = load_targets(str(ROOT / "workload_configs/evaluate/stores.example.yaml"))
     assert [t.kind for t in targets] == ["s3", "posix"] and targets[0].prices["gpus"] == 1024
+
+
+# --- a whole evaluation: SeaweedFS (restartable), moto, a POSIX root --------------------------
+
+#: prices for SeaweedFS only; moto and the POSIX root have none
+SW_PRICES = {"usd_per_tb_month": 20.0, "capacity_tb": 100.0, "fixed_usd_per_month": 300.0, "power_w": 500.0,
+             "usd_per_kwh": 0.2, "gpus": 64.0, "usd_per_gpu_hour": 2.0}  # fmt: skip
+TINY_SUITE = {
+    "trials": 1,
+    "ranks": 2,
+    "timeout_s": 300,
+    "runs": {
+        "checkpoint": ["workload=checkpoint_burst/llama3_8b", "workload.scale=0.0002", "workload.checkpoints=1",
+                       "workload.restores=1", "workload.compute_seconds=0"],
+        "kv_cache": KV_SMALL,
+        "metadata": ["workload=metadata/storm", "workload.items_per_rank=20", "workload.storm_repeats=2"],
+        "small_objects": ["workload=storage_sweep", "workload.object_size=4096", "workload.objects_per_rank=16",
+                          "workload.io_depth=4"],
+        "large_objects": ["workload=storage_sweep", "workload.object_size=8388608", "workload.objects_per_rank=1"],
+        "s3_compat": {"groups": ["range"]},
+        "s3_faults": {"objects": 8, "restart_objects": 24},
+    },
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def evaluation(
+    s3_server: ServerInfo, moto_server: str, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Done, dict[str, Any], Path, Path]:
+    """One evaluation of three real stores through the CLI; (result, scorecard, out dir, POSIX root)."""
+    import yaml
+
+    d = tmp_path_factory.mktemp("evaluate")
+    root = d / "posix-root"
+    root.mkdir()
+    targets = {
+        "targets": [
+            {"name": "seaweedfs", "endpoint": s3_server.endpoint, "bucket": s3_server.bucket,
+             "region": s3_server.region, "access_key_env": "EV_SW_KEY", "secret_key_env": "EV_SW_SECRET",
+             "local_dir": s3_server.dir, "prices": SW_PRICES},
+            {"name": "moto", "endpoint": moto_server, "bucket": MOTO_BUCKET, "access_key_env": "EV_MOTO_KEY",
+             "secret_key_env": "EV_MOTO_SECRET"},
+            {"name": "disk", "root": str(root)},
+        ]
+    }  # fmt: skip
+    (d / "stores.yaml").write_text(yaml.safe_dump(targets))
+    (d / "suite.yaml").write_text(yaml.safe_dump(TINY_SUITE))
+    env = {"EV_SW_KEY": s3_server.access_key, "EV_SW_SECRET": s3_server.secret_key, "EV_MOTO_KEY": MOTO_KEY,
+           "EV_MOTO_SECRET": MOTO_SECRET}  # fmt: skip
+    out = d / "out"
+    done = run_cli(
+        "evaluate", "--targets", str(d / "stores.yaml"), "--suite", str(d / "suite.yaml"), "--out", str(out),
+        env=env, timeout=900,
+    )  # fmt: skip
+    assert done.code == 0, done.err
+    return done, json.loads((out / "scorecard.json").read_text()), out, root
+
+
+NAMES = ("seaweedfs", "moto", "disk")
+
+
+def test_scorecard_names_every_target_and_links_every_figure(
+    evaluation: tuple[Done, dict[str, Any], Path, Path],
+) -> None:
+    done, card, out, _ = evaluation
+    page = (out / "scorecard.html").read_text()
+    assert list(card["targets"]) == list(NAMES)
+    for name in NAMES:
+        assert f"<th>{name}</th>" in page
+        figs = card["targets"][name]["figures"]
+        assert figs, name
+        for fid, f in figs.items():
+            assert f["link"] and (out / f["link"]).is_file(), (name, fid, f.get("link"))
+            assert f"href='{f['link']}'" in page
+    for step in card["steps"]:
+        assert step.get("skipped") or (out / step["report"]).is_file(), step
+    assert "scorecard: " in done.out
+
+
+def test_figures_are_the_runs_own(evaluation: tuple[Done, dict[str, Any], Path, Path]) -> None:
+    _, card, out, _ = evaluation
+    for name in NAMES:
+        figs = card["targets"][name]["figures"]
+        for item, phase in (("large_objects", "write"), ("large_objects", "read_sequential")):
+            summary = json.loads((out / "runs" / name / item / "summary.json").read_text())
+            assert figs[f"{item}.{phase}.GBps"]["value"] == pytest.approx(
+                summary["phases"][phase]["GBps"], rel=1e-5
+            )
+        ckpt = json.loads((out / "runs" / name / "checkpoint" / "summary.json").read_text())
+        assert figs["checkpoint.write_GBps"]["value"] == pytest.approx(
+            ckpt["checkpoint_burst"]["write"]["overall"]["GBps"], rel=1e-5
+        )
+        for item in ("checkpoint", "kv_cache", "metadata", "small_objects", "large_objects"):
+            assert figs[f"{item}.valid"]["value"] is True, (name, item)
+            assert figs[f"{item}.retries_per_1k"]["ops"] > 0
+
+
+def test_operational_figures_are_measured(evaluation: tuple[Done, dict[str, Any], Path, Path]) -> None:
+    _, card, _, _ = evaluation
+    sw = card["targets"]["seaweedfs"]["figures"]
+    # the restart really happened on the local SeaweedFS, and the client came back
+    assert sw["restart.time_to_recover_s"]["value"] > 0 and sw["restart.requests_failed"]["value"] > 0
+    assert sw["restart.intact"]["value"] is True
+    # throttling was injected and retried; the error rate is what the sweep counted
+    assert sw["throttling.injected"]["value"] > 0 and sw["throttling.retries_per_1k"]["value"] > 0
+    assert 0 <= sw["throttling.error_rate"]["value"] < 1 and sw["throttling.write_GBps"]["value"] > 0
+    assert sw["wrong_credentials.failed_fast"]["value"] is True
+    for name in ("seaweedfs", "moto"):
+        figs = card["targets"][name]["figures"]
+        assert sum(figs[f"compat.{k}"]["value"] for k in ("pass", "differs", "unsupported", "error")) == 5
+    moto = card["targets"]["moto"]["figures"]
+    assert "throttling.injected" in moto and not any(k.startswith("restart.") for k in moto)
+    steps = {(s["target"], s["item"]): s for s in card["steps"]}
+    assert "local_dir" in steps[("moto", "s3_faults/restart")]["skipped"]
+    assert steps[("disk", "s3_compat")]["skipped"] == "not an S3 store"
+    assert not any(
+        k.startswith(("compat.", "throttling.", "restart.")) for k in card["targets"]["disk"]["figures"]
+    )
+
+
+def test_costs_match_their_formulas_and_only_where_priced(
+    evaluation: tuple[Done, dict[str, Any], Path, Path],
+) -> None:
+    _, card, out, _ = evaluation
+    page = (out / "scorecard.html").read_text()
+    sw = card["targets"]["seaweedfs"]
+    costs, figs, p = sw["costs"], sw["figures"], SW_PRICES
+    assert costs is not None and costs["prices"] == p and not costs["not_priced"]
+    c = costs["figures"]
+    monthly = (
+        p["usd_per_tb_month"] * p["capacity_tb"]
+        + p["fixed_usd_per_month"]
+        + p["power_w"] / 1000 * 730 * p["usd_per_kwh"]
+    )
+    assert c["monthly_usd"]["value"] == pytest.approx(monthly)
+    read = figs["large_objects.read_sequential.GBps"]["value"]
+    write = figs["large_objects.write.GBps"]["value"]
+    assert c["usd_per_GBps_read"]["value"] == pytest.approx(monthly / read, rel=1e-5)
+    assert c["usd_per_GBps_write"]["value"] == pytest.approx(monthly / write, rel=1e-5)
+    assert c["usd_per_usable_tib_month"]["value"] == pytest.approx(
+        monthly / (p["capacity_tb"] * 1e12 / 2**40)
+    )
+    ckpt_s = figs["checkpoint.full_size_s"]["value"]
+    tau = goodput(ckpt_s, 0.0, 50_000 / p["gpus"] * 3600)["daly_interval_s"]
+    stall_cost = ckpt_s / (tau + ckpt_s) * p["gpus"] * 24 * p["usd_per_gpu_hour"]
+    assert c["checkpoint_stall_usd_per_day"]["value"] == pytest.approx(stall_cost, rel=1e-5)
+    for f in c.values():  # each formula is on the page
+        assert f["formula"].replace("<", "&lt;") in page
+    for name in ("moto", "disk"):  # no prices: nothing priced
+        assert card["targets"][name]["costs"] is None
+        assert f"<b>{name}</b>: no prices given: nothing is priced." in page
+
+
+def test_no_secret_written_and_no_data_left(
+    evaluation: tuple[Done, dict[str, Any], Path, Path], s3_server: ServerInfo
+) -> None:
+    done, _, out, root = evaluation
+    secrets = [s3_server.secret_key, s3_server.access_key, MOTO_SECRET]
+    assert not any(s in done.out + done.err for s in secrets)
+    for f in out.rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            assert not any(s.encode() in data for s in secrets), f
+    assert list(root.iterdir()) == []  # evaluate's data directory under the root is gone

@@ -330,14 +330,14 @@ def _fmt(v: Any) -> str:
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
-        return f"{v:,.4g}" if abs(v) < 1e6 else f"{v:,.0f}"
+        return f"{v:.4g}" if abs(v) < 1000 else f"{v:,.0f}"
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
 def _best(values: dict[str, Any], better: str) -> set[str]:
     nums = {k: v for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    if len(nums) < 2 or better not in ("higher", "lower"):
-        return set()
+    if len(nums) < 2 or better not in ("higher", "lower") or len(set(nums.values())) == 1:
+        return set()  # nothing to pick between
     pick = max(nums.values()) if better == "higher" else min(nums.values())
     return {k for k, v in nums.items() if v == pick}
 
