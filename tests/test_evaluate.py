@@ -218,7 +218,7 @@ TINY_SUITE = {
                           "workload.io_depth=4"],
         "large_objects": ["workload=storage_sweep", "workload.object_size=8388608", "workload.objects_per_rank=1"],
         "s3_compat": {"groups": ["range"]},
-        "s3_faults": {"objects": 8, "restart_objects": 24},
+        "s3_faults": {"objects": 8, "restart_objects": 24, "outage": 0.5},
     },
 }  # fmt: skip
 
@@ -362,3 +362,60 @@ def test_no_secret_written_and_no_data_left(
             data = f.read_bytes()
             assert not any(s.encode() in data for s in secrets), f
     assert list(root.iterdir()) == []  # evaluate's data directory under the root is gone
+
+
+def test_scorecard_opens_in_headless_chromium(
+    evaluation: tuple[Done, dict[str, Any], Path, Path], tmp_path: Path
+) -> None:
+    """The page renders in a real browser: its tables are in the DOM, and a screenshot is drawn."""
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed")
+    _, _, out, _ = evaluation
+    url = (out / "scorecard.html").as_uri()
+    flags = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert dom.stdout.count("<table") >= 5 and all(f"<th>{n}</th>" in dom.stdout for n in NAMES)
+    png = tmp_path / "scorecard.png"
+    shot = subprocess.run([*flags, "--window-size=1400,2000", f"--screenshot={png}", url], capture_output=True,
+                          timeout=120)  # fmt: skip
+    assert (
+        shot.returncode == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    )
+
+
+def test_html_escapes_every_text() -> None:
+    """Names, probe answers and links come from stores and files: none may become markup."""
+    from dlio_ext.evaluate.scorecard import render_html
+
+    evil = "<script>alert('x')</script>"
+    fig = {"section": "performance", "label": evil, "unit": "&", "better": "higher", "value": 1.0,
+           "link": "runs/a'><b>x.html"}  # fmt: skip
+    card = {
+        "created_utc": evil,
+        "suite": {"path": evil, "trials": 1, "ranks": 2},
+        "reports": evil,
+        "targets": {
+            "t": {
+                "target": {"kind": "s3", "endpoint": evil},
+                "figures": {"f": fig},
+                "costs": None,
+                "compat_differences": [{"id": evil, "outcome": "differs", "observed": evil, "why": evil}],
+            },
+        },  # fmt: skip
+        "steps": [{"target": "t", "item": evil, "exit_code": 1, "error": evil, "report": "a'b"}],
+    }
+    page = render_html(card)
+    assert "<script" not in page and "<b>x" not in page
+    assert page.count("&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;") >= 8
+    assert "href='runs/a&#x27;&gt;&lt;b&gt;x.html'" in page

@@ -40,29 +40,30 @@ def _first(*paths: Path) -> Path | None:
     return next((p for p in paths if p.is_file()), None)
 
 
+def _report(run_dir: Path) -> bool:
+    done = subprocess.run(
+        [sys.executable, "-m", "dlio_ext.cli", "report", str(run_dir)],
+        capture_output=True, text=True, timeout=REPORT_TIMEOUT_S,
+    )  # fmt: skip
+    return done.returncode == 0 and (run_dir / "report.html").is_file()
+
+
 def link_reports(outcomes: list[Outcome], out: Path, with_report: bool) -> None:
     """Give every step the page its figures link to (relative to `out`): a run's report.html,
-    rendered by `dlio-ext report`, else its summary (or trials.json); s3-compat's and s3-faults'
-    own Markdown reports."""
+    rendered by `dlio-ext report` (a set of trials: the set's page, else each trial's, linked to
+    the first), else its summary.json (or trials.json); s3-compat's and s3-faults' own reports."""
     for o in outcomes:
         if o.skipped or not o.dir or not Path(o.dir).is_dir():
             continue
         d = Path(o.dir)
         if o.item in RUN_ITEMS:
-            trial = d / "trial-01"
-            if with_report:
-                done = subprocess.run(
-                    [sys.executable, "-m", "dlio_ext.cli", "report", str(d)],
-                    capture_output=True, text=True, timeout=REPORT_TIMEOUT_S,
-                )  # fmt: skip
-                if done.returncode != 0 and trial.is_dir():  # a report of one trial, then
-                    subprocess.run(
-                        [sys.executable, "-m", "dlio_ext.cli", "report", str(trial)],
-                        capture_output=True, text=True, timeout=REPORT_TIMEOUT_S,
-                    )  # fmt: skip
-            page = _first(d / "report.html", trial / "report.html")
-            if page is None:
-                page = _first(d / "trials.json", d / "summary.json")
+            trials = sorted(p for p in d.glob("trial-*") if p.is_dir())
+            pages = [d / "report.html"] if with_report and _report(d) else []
+            if with_report and not pages:
+                pages = [t / "report.html" for t in trials if _report(t)]
+            page = pages[0] if pages else _first(d / "trials.json", d / "summary.json")
+            o.pages = [str(p.relative_to(out)) for p in pages]
+            if not pages:
                 o.report_note = (
                     "dlio-ext report did not write a page: linked to the run's results"
                     if with_report

@@ -111,14 +111,17 @@ FAULT_FIGURES: dict[str, list[tuple[str, str, str, str, str]]] = {
 SECTIONS = ("performance", "operations", "compatibility")
 
 
-def trial_summaries(run_dir: Path) -> list[dict[str, Any]]:
-    """The summary of each trial of a run (one when run.trials=1)."""
+def trial_summaries(run_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(trial directory name, summary) of each trial of a run (one, named "", when run.trials=1)."""
     if (run_dir / TRIALS_FILE).is_file():
-        runs = json.loads((run_dir / TRIALS_FILE).read_text()).get("runs", [])
-        dirs = [run_dir / r for r in runs]
+        runs = [str(r) for r in json.loads((run_dir / TRIALS_FILE).read_text()).get("runs", [])]
     else:
-        dirs = [run_dir]
-    return [json.loads((d / "summary.json").read_text()) for d in dirs if (d / "summary.json").is_file()]
+        runs = [""]
+    return [
+        (r, json.loads((run_dir / r / "summary.json").read_text()))
+        for r in runs
+        if (run_dir / r / "summary.json").is_file()
+    ]
 
 
 def _median(values: list[float]) -> dict[str, Any]:
@@ -147,16 +150,23 @@ def _per_1k(ops: float, n: float, base: dict[str, Any], what: str) -> dict[str, 
 
 
 def run_figures(o: Outcome) -> dict[str, dict[str, Any]]:
-    summaries = trial_summaries(Path(o.dir)) if o.dir else []
+    named = trial_summaries(Path(o.dir)) if o.dir else []
+    summaries = [s for _, s in named]
     figs: dict[str, dict[str, Any]] = {}
     if not summaries:
         return figs
     for section, fid, label, unit, better, get in RUN_FIGURES[o.item]:
-        values = [
-            v for v in (get(s) for s in summaries) if isinstance(v, int | float) and not isinstance(v, bool)
+        got = [
+            (n, v)
+            for n, v in ((n, get(s)) for n, s in named)
+            if isinstance(v, int | float) and not isinstance(v, bool)
         ]
+        values = [v for _, v in got]
         if values:
+            med = statistics.median(values)
             figs[fid] = {
+                # the trial nearest the median: its page is the one this figure links to
+                "trial": min(got, key=lambda nv: abs(nv[1] - med))[0],
                 "section": section,
                 "label": label,
                 "unit": unit,
@@ -265,6 +275,14 @@ def measured_for_costs(figs: dict[str, dict[str, Any]]) -> dict[str, tuple[float
     return out
 
 
+def _link(o: Outcome, trial: str, out: Path) -> str:
+    """The page of the trial a figure was taken from, when that trial has one; else the run's."""
+    page = Path(o.dir) / trial / "report.html"
+    if trial and page.is_file():
+        return str(page.relative_to(out))
+    return o.report
+
+
 def build(
     suite: Suite, targets: list[Target], outcomes: list[Outcome], out: Path, reports_note: str
 ) -> dict[str, Any]:
@@ -283,7 +301,7 @@ def build(
                 made = fault_figures(o)
             for f in made.values():
                 f["item"] = o.item
-                f["link"] = o.report
+                f["link"] = _link(o, f.pop("trial", ""), out)
             figs.update(made)
         costs = cost_figures(t.prices, measured_for_costs(figs))
         per_target[t.name] = {
@@ -449,7 +467,8 @@ def _steps_html(card: dict[str, Any]) -> list[str]:
         note = (
             s.get("skipped") and f"skipped: {s['skipped']}" or s.get("error", "") or s.get("report_note", "")
         )
-        link = f"<a href='{_e(s['report'])}'>{_e(s['report'])}</a>" if s.get("report") else ""
+        pages = s.get("pages") or ([s["report"]] if s.get("report") else [])
+        link = "<br>".join(f"<a href='{_e(p)}'>{_e(p)}</a>" for p in pages)
         out.append(
             f"<tr><td>{_e(s['target'])}</td><td>{_e(s['item'])}</td><td>{_e(s.get('exit_code'))}</td>"
             f"<td class='num'>{_e(s.get('seconds', ''))}</td><td>{_e(note)}</td><td>{link}</td></tr>"

@@ -173,9 +173,10 @@ class Outcome:
     skipped: str = ""
     report: str = ""  # the page a figure of this step links to
     report_note: str = ""
+    pages: list[str] = field(default_factory=list)  # every report page of the run (one a trial)
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v not in ("", None) or k == "exit_code"}
+        return {k: v for k, v in self.__dict__.items() if v not in ("", None, []) or k == "exit_code"}
 
 
 def _mpirun() -> str:
