@@ -6,6 +6,8 @@ dlio-ext s3-server start|stop|status [--dir D]
 dlio-ext s3-compat [--endpoint URL]... [--bucket B] [--prefix P] [--targets F] [--out DIR] [--list]
 dlio-ext s3-faults [--endpoint URL] [--slowdown F] [--reset F] [--latency F] [--out DIR]
 dlio-ext compare RUN RUN [...] [--json FILE] [--html FILE] [--force]
+dlio-ext mlperf RUN_DIR --results DIR --org ORG --system NAME [--division closed|open]
+dlio-ext report RUN_DIR [--out FILE] [--text]
 dlio-ext evaluate --targets stores.yaml [--suite suite.yaml] [--out DIR]
 """
 
@@ -61,6 +63,18 @@ def _compare(argv: Sequence[str]) -> int:
     return compare_main(list(argv))
 
 
+def _mlperf(argv: Sequence[str]) -> int:
+    from dlio_ext.mlperf import main as mlperf_main
+
+    return mlperf_main(list(argv))
+
+
+def _report(argv: Sequence[str]) -> int:
+    from dlio_ext.report.command import main as report_main
+
+    return report_main(list(argv))
+
+
 def _evaluate(argv: Sequence[str]) -> int:
     from dlio_ext.evaluate import main as evaluate_main
 
@@ -74,6 +88,8 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "s3-compat": _s3_compat,
     "s3-faults": _s3_faults,
     "compare": _compare,
+    "mlperf": _mlperf,
+    "report": _report,
     "evaluate": _evaluate,
 }
 

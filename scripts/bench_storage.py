@@ -543,7 +543,14 @@ class Boto3Transfer(RawClient):
         from boto3.s3.transfer import TransferConfig
 
         self.c, self.bucket = benchlib.boto3_client(env), env["DLIO_EXT_S3_BUCKET"]
-        self.tc = TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=threads)
+        # classic: with awscrt importable, "auto" picks the CRT transfer client on some instance
+        # types, and this baseline would measure another client than the one it names
+        self.tc = TransferConfig(
+            multipart_threshold=part,
+            multipart_chunksize=part,
+            max_concurrency=threads,
+            preferred_transfer_client="classic",
+        )
         self.how = (
             f"upload_fileobj / download_fileobj, TransferConfig({part // MiB} MiB parts x {threads} threads)"
         )

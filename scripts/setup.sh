@@ -9,8 +9,31 @@ PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 stamp="$VENV/.dlio-ext-setup"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 
+# Chromium (headless) for the test that opens `dlio-ext report` pages in a real browser
+# (tests/test_report.py skips, saying why, where there is none). Installed from the distribution as
+# root only, before the up-to-date check so an existing .venv gets it too; one apt-get update, and
+# only when it is missing. DLIO_EXT_CHROMIUM=0 skips it.
+chromium_step() {
+  if command -v chromium >/dev/null 2>&1; then
+    return 0
+  fi
+  if [ "${DLIO_EXT_CHROMIUM:-1}" = 0 ]; then
+    echo "setup: chromium skipped (DLIO_EXT_CHROMIUM=0): the browser test of report pages will skip"
+  elif [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup: chromium not installed and not root with apt-get: the browser test of report pages" \
+      "will skip (install the chromium package to run it)"
+  else
+    echo "setup: installing chromium (apt-get) for the browser test of report pages"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends chromium >/dev/null; }; then
+      echo "setup: chromium could not be installed: the browser test of report pages will skip"
+    fi
+  fi
+}
+chromium_step
+
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
-   "$VENV/bin/python" -c "import dlio_ext, dlio_benchmark, mpi4py, torch, nixl_cu12" 2>/dev/null; then
+   "$VENV/bin/python" -c "import dlio_ext, dlio_benchmark, mpi4py, torch, nixl_cu12, awscrt" 2>/dev/null; then
   echo "setup: $VENV is up to date"
   exit 0
 fi
@@ -45,7 +68,7 @@ $PIP install --no-deps "dlio-benchmark==2.0.0"
 # numpy (its other need) comes with the project. Its import name is nixl_cu12.
 $PIP install --no-deps "nixl-cu12==1.5.1"
 
-"$VENV/bin/python" -c "import dlio_ext, dlio_benchmark.main, mpi4py, torch" >/dev/null
+"$VENV/bin/python" -c "import dlio_ext, dlio_benchmark.main, mpi4py, torch, awscrt.checksums" >/dev/null
 # apart: NIXL's bundled gRPC aborts the process when tensorflow's (DLIO's) was loaded first
 "$VENV/bin/python" -c "import nixl_cu12" >/dev/null
 echo "$want" > "$stamp"

@@ -272,6 +272,9 @@ def test_scorecard_names_every_target_and_links_every_figure(
         for fid, f in figs.items():
             assert f["link"] and (out / f["link"]).is_file(), (name, fid, f.get("link"))
             assert f"href='{f['link']}'" in page
+            # a run's figures link to the page `dlio-ext report` rendered in its directory
+            if f["item"] in ("checkpoint", "kv_cache", "metadata", "small_objects", "large_objects"):
+                assert f["link"] == f"runs/{name}/{f['item']}/report.html", (name, fid)
     for step in card["steps"]:
         assert step.get("skipped") or (out / step["report"]).is_file(), step
     assert "scorecard: " in done.out

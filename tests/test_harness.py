@@ -129,3 +129,21 @@ def test_corrupted_object_fails_the_run(tmp_path):
     assert read.errors == 1 and read.error_kinds == {"corrupt": 1} and read.ops == 5
     assert read.first_error.endswith("obj000003: content differs at offset 100"), read.first_error
     assert os.path.exists(tmp_path / "t/sweep/r00000/obj000003")
+
+
+def test_redaction_hides_credentials_not_token_counts() -> None:
+    from dlio_ext.config import REDACTED, redact, redact_args
+
+    doc = redact(
+        {
+            "storage": {"secret_key": "s3cr3t", "access_key": "AKIA", "session_token": "tok", "password": "pw"},
+            "workload": {"chunk_tokens": 256, "max_context_tokens": 8192, "document_tokens": 0},
+        }
+    )
+    assert set(doc["storage"].values()) == {REDACTED}
+    # counts of tokens are the workload's shape, not secrets: a redacted config could not be re-run
+    assert doc["workload"] == {"chunk_tokens": 256, "max_context_tokens": 8192, "document_tokens": 0}
+    assert redact_args(["storage.secret_key=s3cr3t", "workload.chunk_tokens=256"]) == [
+        f"storage.secret_key={REDACTED}",
+        "workload.chunk_tokens=256",
+    ]

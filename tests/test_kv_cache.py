@@ -591,23 +591,24 @@ def _series(run: Path) -> list[dict[str, str]]:
     return list(csv.DictReader((run / "timeseries.csv").open()))
 
 
+#: one request a rank, one system prompt of 1000 tokens (3 full chunks) + a 100-token message: 4
+#: full chunks; rank 1 starts 1.5 s late and finds rank 0's 3 prompt chunks stored
+LATE_READER = [
+    *SMALL,
+    "workload.users=1",
+    "workload.requests_per_user=1",
+    "workload.system_prompts=1",
+    "workload.system_prompt_tokens=[1000,1000]",
+    "workload.documents=0",
+    "workload.user_tokens=[100,100]",
+    "workload.turns=[1,1]",
+    "workload.rank_stagger_s=1.5",
+    "workload.cleanup=false",
+]
+
+
 def test_two_ranks_posix_a_late_server_reads_what_the_first_wrote(tmp_path):
-    # one system prompt of 1000 tokens (3 full chunks) + a 100-token message: 4 full chunks
-    d = run_cli(
-        "run",
-        *SMALL,
-        "workload.users=1",
-        "workload.requests_per_user=1",
-        "workload.system_prompts=1",
-        "workload.system_prompt_tokens=[1000,1000]",
-        "workload.documents=0",
-        "workload.user_tokens=[100,100]",
-        "workload.turns=[1,1]",
-        "workload.rank_stagger_s=1.5",
-        "workload.cleanup=false",
-        f"run.results_dir={tmp_path}",
-        np=2,
-    )
+    d = run_cli("run", *LATE_READER, f"run.results_dir={tmp_path}", np=2)
     assert d.code == 0, d.err
     k = _check(d.summary(), 2, 2)
     assert k["cross_rank_reads"] == 3 and k["read"]["chunks"] == 3

@@ -1,8 +1,8 @@
 """The arrows between dlio-ext's packages run one way (issue #11):
 
-    cli -> (config, run, report, compat, dlio, evaluate); run -> workloads -> (storage, metrics);
+    cli -> (config, run, report, compat, dlio, mlperf, evaluate); run -> workloads -> (storage, metrics);
     report -> metrics; dlio -> (storage, workloads); compat -> (storage, workloads);
-    evaluate -> (run, compat)
+    mlperf -> metrics; evaluate -> (run, compat)
 
 A package may import what it reaches by those arrows, and the leaf modules anyone may use
 (errors, world, the package's version, the validators, the registry of plug-ins found by name,
@@ -20,7 +20,7 @@ from helpers import ROOT
 PKG = ROOT / "dlio_ext"
 
 ARROWS: dict[str, set[str]] = {
-    "cli": {"config", "run", "report", "compat", "dlio", "evaluate"},
+    "cli": {"config", "run", "report", "compat", "dlio", "mlperf", "evaluate"},
     # evaluate runs the suite as subprocesses of the CLI; in-process it checks runs' arguments
     # (run's config check), reaches stores (compat's client) and reads results (metrics, the
     # checkpoint goodput formula of workloads)
@@ -30,6 +30,7 @@ ARROWS: dict[str, set[str]] = {
     "report": {"metrics"},
     "dlio": {"storage", "workloads"},
     "compat": {"storage", "workloads"},
+    "mlperf": {"metrics"},
     "config": set(),
     "storage": set(),
     "metrics": set(),

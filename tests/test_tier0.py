@@ -259,3 +259,22 @@ def test_a_durable_store_gone_mid_drain_leaves_the_checkpoints_not_durable(
     assert "checkpoint 0 NOT durable" in status and "checkpoint 1 NOT durable" in status, status
     assert f"dlio-ext: {status}" in done.err
     assert info.secret_key not in done.err + done.out + str(s)
+
+
+def test_a_tier0_that_asked_for_rdma_and_got_none_makes_the_run_invalid(tmp_path: Path) -> None:
+    d = run_cli(
+        "run",
+        *SMALL,
+        "workload.checkpoints=1",
+        "workload.restores=1",
+        "tier0.require_rdma=true",
+        f"run.dir={tmp_path / 'run'}",
+        np=2,
+    )
+    assert d.code == 1, d.err[-3000:]
+    s = d.summary()
+    reasons = [r for r in s["invalid_reasons"] if r.startswith("tier-0: ")]
+    assert s["valid"] is False and len(reasons) == 1 and "rdma" in reasons[0].lower(), s["invalid_reasons"]
+    assert s["tier0"]["require_rdma"] is True and s["tier0"]["rdma"] is False
+    # the storage behind it asked for nothing of the kind: its own reasons are not the tier-0's
+    assert all(r.startswith("tier-0: ") for r in s["invalid_reasons"])

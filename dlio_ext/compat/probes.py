@@ -190,9 +190,17 @@ def crc32_b64(data: bytes) -> str:
     return b64(zlib.crc32(data).to_bytes(4, "big"))
 
 
-def need_crt() -> None:
+def crt_checksum(algorithm: str, data: bytes) -> str:
+    """`data`'s CRC32C or CRC64NVME, base64 as S3 sends it, computed by awscrt (the library the
+    SDK uses for them). The probe sends it as the header itself: dlio-ext keeps botocore off its
+    CRT code paths (`BOTO_DISABLE_CRT`, dlio_ext/__init__.py), so botocore would not compute it."""
     if importlib.util.find_spec("awscrt") is None:
         raise ClientLacks("client lacks awscrt")
+    from awscrt import checksums
+
+    if algorithm == "CRC32C":
+        return b64(checksums.crc32c(data).to_bytes(4, "big"))
+    return b64(checksums.crc64nvme(data).to_bytes(8, "big"))
 
 
 def same(expected: bytes, got: bytes, what: str = "body") -> None:
@@ -205,17 +213,22 @@ def same(expected: bytes, got: bytes, what: str = "body") -> None:
 DATA = bytes(range(256)) * 41  # 10,496 bytes
 
 
-def _checksum_round_trip(ctx: Ctx, algorithm: str, client: Any = None) -> str:
+def _checksum_round_trip(ctx: Ctx, algorithm: str, client: Any = None, value: str | None = None) -> str:
+    """PUT with `algorithm`'s checksum (botocore computes it, or `value` is sent as given), then
+    check that PutObject and HeadObject(ChecksumMode=ENABLED) return it, and `value` if given."""
     name = f"cs/{algorithm.lower()}"
-    out = ctx.put(name, DATA, client=client, ChecksumAlgorithm=algorithm)
     field = f"Checksum{algorithm}"
+    given = {field: value} if value else {}
+    out = ctx.put(name, DATA, client=client, ChecksumAlgorithm=algorithm, **given)
     sent = out.get(field)
     if not sent:
         raise Differs(f"PutObject answer carries no {field}")
+    if value and sent != value:
+        raise Differs(f"PutObject echoes {field}={sent!r}, not the {value!r} sent")
     head = ctx.head(name, ChecksumMode="ENABLED")
     if head.get(field) != sent:
         raise Differs(f"HeadObject(ChecksumMode=ENABLED) returns {field}={head.get(field)!r}")
-    return f"{field} stored and returned"
+    return f"{field} stored and returned" + (f" ({value}, as awscrt computes it)" if value else "")
 
 
 @probe(
@@ -237,12 +250,11 @@ def crc32_default(ctx: Ctx) -> str:
 
 @probe(
     "integrity.crc32c",
-    "x-amz-checksum-crc32c is stored and returned (the SDK needs awscrt to compute it)",
+    "x-amz-checksum-crc32c is stored and returned (the SDK computes it with awscrt)",
     "CRC32C is the checksum of choice for large shards; without it clients fall back or fail",
 )
 def crc32c(ctx: Ctx) -> str:
-    need_crt()
-    return _checksum_round_trip(ctx, "CRC32C")
+    return _checksum_round_trip(ctx, "CRC32C", value=crt_checksum("CRC32C", DATA))
 
 
 @probe(
@@ -251,8 +263,7 @@ def crc32c(ctx: Ctx) -> str:
     "newer SDKs default to CRC64NVME; a store that rejects it breaks uploads after an SDK upgrade",
 )
 def crc64nvme(ctx: Ctx) -> str:
-    need_crt()
-    return _checksum_round_trip(ctx, "CRC64NVME")
+    return _checksum_round_trip(ctx, "CRC64NVME", value=crt_checksum("CRC64NVME", DATA))
 
 
 @probe(
@@ -283,6 +294,23 @@ def wrong_crc32(ctx: Ctx) -> str:
         lambda: ctx.put("cs/wrong-crc32", DATA, ChecksumCRC32=crc32_b64(b"other")), 400, "BadDigest"
     )
     if status_of(lambda: ctx.head("cs/wrong-crc32"))[0] != 404:
+        raise Differs(f"{seen}, but the object was stored anyway")
+    return seen
+
+
+@probe(
+    "integrity.wrong-crc32c",
+    "a PUT whose x-amz-checksum-crc32c does not match the body is refused: 400 BadDigest",
+    "a store that keeps CRC32C without checking it hands the checksum back on a corrupted shard",
+)
+def wrong_crc32c(ctx: Ctx) -> str:
+    wrong = crt_checksum("CRC32C", b"other")
+    seen = expect_error(
+        lambda: ctx.put("cs/wrong-crc32c", DATA, ChecksumAlgorithm="CRC32C", ChecksumCRC32C=wrong),
+        400,
+        "BadDigest",
+    )
+    if status_of(lambda: ctx.head("cs/wrong-crc32c"))[0] != 404:
         raise Differs(f"{seen}, but the object was stored anyway")
     return seen
 

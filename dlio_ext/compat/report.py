@@ -127,6 +127,15 @@ def catalogue_markdown() -> str:
         "awscrt`). Everything is written under `<--prefix>/dlio-ext-compat-<random>/` and removed "
         "afterwards; a bucket holding other objects is refused unless `--prefix` is given.",
         "",
+        "CRC32C and CRC64NVME (`integrity.crc32c`, `integrity.crc64nvme`, `integrity.wrong-crc32c`) "
+        "are computed with awscrt, the library the SDKs use for them (installed by `scripts/setup.sh` "
+        "through boto3's `crt` extra), and sent as the `x-amz-checksum-*` header; a pass names the "
+        "value the store echoed. Once awscrt is importable botocore would also sign every request "
+        "and compute CRC32 with it, so dlio-ext sets `BOTO_DISABLE_CRT=true` when it is imported "
+        "(unless the variable is set): the S3 backend's boto3 driver and the benchmarks' boto3 "
+        "baselines run the same code as without awscrt (`tests/test_s3_compat.py` checks the "
+        "signer and the CRC32 class).",
+        "",
         f"{len(REGISTRY)} probes.",
     ]
     for group in GROUPS:

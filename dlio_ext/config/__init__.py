@@ -21,7 +21,13 @@ from omegaconf.errors import OmegaConfBaseException
 from dlio_ext.config.schema import RUN_SCHEMA
 from dlio_ext.errors import UsageError
 
-SECRET_KEYS = re.compile(r"(secret|password|token|access_key|credential)", re.IGNORECASE)
+#: a key whose last name part says it holds a credential (secret_key, access_key, session_token,
+#: password, credentials, ...); not one that merely counts tokens (chunk_tokens, max_context_tokens)
+SECRET_KEYS = re.compile(
+    r"(^|[._])(secret|secret_key|secret_access_key|password|passwd|token|session_token|access_key|access_key_id|"
+    r"credentials?)$",
+    re.IGNORECASE,
+)
 REDACTED = "***"
 
 

@@ -1,5 +1,9 @@
 """Figures and pages drawn from a run's results (summary.json and the data files the workload
-wrote next to it): nothing here runs during a run's phases or knows a backend."""
+wrote next to it): nothing here runs during a run's phases or knows a backend.
+
+`figures` draws a workload's figures when its run ends (timeline, timeseries); `dlio-ext report`
+(command: rundir reads the directory, page assembles the HTML from markup, plots and views, text
+the terminal summary) renders a finished or stopped run at any time later."""
 
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 
 Every MPI rank is one inference server with `users` concurrent users (see `trace` for the
 requests they send). For each request the server finds the longest cached prefix of its
-context, chunk by chunk, in its CPU-memory tier, then in the shared storage tier; the first
-chunk found nowhere ends the prefix. It loads those chunks, simulates the prefill of the rest
+context, chunk by chunk, in its CPU-memory tier, then in the tier-0 if the run names one
+(`tier0=nixl`: registered memory over the ranks, read one-sidedly), then in the shared storage
+tier; the first chunk found nowhere ends the prefix. It loads those chunks, simulates the prefill of the rest
 (`prefill_compute_s_per_token`, 0 by default) and stores the new full chunks: to the memory tier
 and to storage, synchronously (`write_policy=sync`) or through a bounded write-back queue
 drained by background writers (`write_back`). All ranks share one storage namespace, so a chunk
@@ -11,7 +12,8 @@ one server wrote is a hit for every other server.
 
 The package, along its seams:
 - `config`: the keys, the models (bytes per token), chunk and tier sizes, the preflight's figures;
-- `trace`: the users' requests and the chunk keys they touch; `tiers`: the memory and storage tiers;
+- `trace`: the users' requests and the chunk keys they touch; `tiers`: the memory, tier-0 and
+  storage tiers;
 - `chunks`: a chunk's bytes as a function of its key, and their verification;
 - `server`: one rank's server (its tiers, buffers and requests); `stats`: what its threads count
   and time, the phases they make, the time series;
@@ -31,6 +33,7 @@ from dlio_ext.workloads.kv_cache.config import (
     memory,
     model_of,
     sizes_of,
+    tier0_bound,
     tier_bound,
     trace_spec,
 )
@@ -57,6 +60,7 @@ __all__ = [
     "memory",
     "model_of",
     "sizes_of",
+    "tier0_bound",
     "tier_bound",
     "timeseries",
     "trace_spec",

@@ -8,6 +8,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from dlio_ext.errors import UsageError
+from dlio_ext.storage.base import Backend
 from dlio_ext.storage.buffers import ALIGN, round_up
 from dlio_ext.validate import first_problem, key_prefix, one_of, positive
 from dlio_ext.workloads.kv_cache.trace import TraceSpec
@@ -115,6 +117,10 @@ class Config:
     # the shared storage tier, real bytes (scaled like cpu_tier_bytes), all ranks together;
     # 0 = auto: half the storage's free space at start (unbounded where it is unknown)
     storage_tier_bytes: int = 0
+    # the tier-0 (tier0=...), real bytes (scaled like cpu_tier_bytes), all ranks together, each
+    # rank keeping what it placed within its share; 0 = no bound of the run's own: the tier-0 is
+    # filled until it refuses a put, then the placing rank evicts its least recently used chunk
+    tier0_bytes: int = 0
     write_policy: str = "sync"
     writer_threads: int = 4
     write_queue_chunks: int = 64
@@ -168,6 +174,7 @@ class Config:
             else None,
             positive("cpu_tier_bytes", self.cpu_tier_bytes, allow_zero=True),
             positive("storage_tier_bytes", self.storage_tier_bytes, allow_zero=True),
+            positive("tier0_bytes", self.tier0_bytes, allow_zero=True),
             one_of("write_policy", self.write_policy, WRITE_POLICIES),
             positive("writer_threads", self.writer_threads),
             positive("write_queue_chunks", self.write_queue_chunks),
@@ -237,6 +244,48 @@ def tier_bound(cfg: Config, ranks: int, free: int | None, sz: Sizes | None = Non
         return TierBound(None, None, None, "unbounded: the storage reports no free space", sz.chunk_stored)
     per = chunks // ranks
     return TierBound(chunks, per, per * sz.chunk_stored, source, sz.chunk_stored)
+
+
+def tier0_bound(cfg: Config, ranks: int, free: int | None, sz: Sizes | None = None) -> TierBound:
+    """The tier-0's room as a run uses it: `tier0_bytes` (real bytes, a bound each rank keeps
+    within its share, as the storage tier's), else what the tier-0 said it holds at the start
+    (all of it: it is the run's; per_rank_bytes None, as nothing but the tier-0 itself bounds it)."""
+    sz = sz or sizes_of(cfg)
+    if cfg.tier0_bytes:
+        chunks = cfg.tier0_bytes // sz.chunk_real
+        per = chunks // ranks
+        return TierBound(
+            chunks, per, per * sz.chunk_stored, f"tier0_bytes={cfg.tier0_bytes}", sz.chunk_stored
+        )
+    if free is None:
+        return TierBound(None, None, None, "the tier-0's own: it reports no size", sz.chunk_stored)
+    chunks = free // sz.chunk_stored
+    return TierBound(
+        chunks,
+        chunks // ranks,
+        None,
+        f"the tier-0's own: {free} bytes at start, filled until it refuses a put",
+        sz.chunk_stored,
+    )
+
+
+def check_tier0(cfg: Config, tier0: Backend, ranks: int) -> None:
+    """Refuse a tier-0 without room for max_inflight chunks per rank (the storage tier's rule:
+    fewer would fill it with writes in flight alone), before anything is written."""
+    sz = sizes_of(cfg)
+    room = tier0_bound(cfg, ranks, None if cfg.tier0_bytes else tier0.free_bytes(), sz)
+    if room.per_rank_chunks is None or room.per_rank_chunks >= cfg.max_inflight:
+        return
+    if cfg.tier0_bytes:
+        fix = f"give at least workload.tier0_bytes={ranks * cfg.max_inflight * sz.chunk_real}"
+    else:
+        _where, how = tier0.room()
+        fix = f"{how.replace('storage.', 'tier0.')} (at least {ranks * cfg.max_inflight * sz.chunk_stored} bytes in all)"
+    raise UsageError(
+        f"the tier-0 ({tier0.where()}; {room.source}) holds {room.per_rank_chunks} chunk(s) of "
+        f"{sz.chunk_stored} bytes per rank, fewer than workload.max_inflight={cfg.max_inflight} in flight: "
+        f"{fix}, or lower workload.max_inflight or workload.scale"
+    )
 
 
 def footprint(cfg: Config, ranks: int) -> tuple[int, str]:

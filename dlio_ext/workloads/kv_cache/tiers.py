@@ -11,9 +11,10 @@ A `Tier` answers three questions about a chunk key, whatever it is made of:
 
 `MemoryTier` is a server's CPU-memory tier: an LRU bounded in bytes. It models capacity and
 policy, not DRAM bandwidth (a hit moves no bytes: that is not what this benchmark measures).
-`StorageTier` is the shared tier over any `Backend`: one namespace for all ranks. A later RDMA
-tier (NIXL/UCX one-sided reads of a remote memory pool, Mooncake-style) is one more class with
-`holds_data = True`: the request loop never asks which tier it has.
+`StorageTier` is the shared tier over any `Backend`: one namespace for all ranks. `Tier0` is the
+same over the run's tier-0 (`tier0=nixl`: registered memory over the ranks, read one-sidedly,
+Mooncake-style; or a posix / s3 tier-0) in front of it: a shared cache that evicts what this rank
+placed when it is full, since the tier-0 itself never evicts.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import threading
 from collections import OrderedDict
 from typing import Protocol
 
-from dlio_ext.storage.base import Backend, NotFound
+from dlio_ext.storage.base import Backend, NoSpace, NotFound
 
 
 class Tier(Protocol):
@@ -146,6 +147,8 @@ class StorageTier:
         self.publish = publish
         self.tag = tag
         self.capacity = capacity_bytes
+        #: whether this rank keeps the list of the chunks it owns (a bound needs it, a tier-0 always)
+        self.tracked = capacity_bytes is not None
         self._seq = 0
         self._lock = threading.Lock()
         self._owned: OrderedDict[str, int] = OrderedDict()  # written by this rank, LRU first
@@ -168,7 +171,7 @@ class StorageTier:
 
     def touch(self, key: str) -> None:
         """This rank used its own chunk `key` again: it becomes the most recently used."""
-        if self.capacity is not None:
+        if self.tracked:
             with self._lock:
                 if key in self._owned:
                     self._owned.move_to_end(key)
@@ -177,7 +180,7 @@ class StorageTier:
         """Reserve `nbytes` for `key` within the share, deleting this rank's least recently used
         chunks until it fits; returns the keys evicted. A failed delete puts its chunk back (it is
         still stored) and raises: the write must not go ahead over the bound."""
-        if self.capacity is None:
+        if not self.tracked:
             return []
         victims: list[tuple[str, int]] = []
         with self._lock:
@@ -190,11 +193,21 @@ class StorageTier:
                 self.used -= old
             self._reserved[key] = nbytes
             self.used += nbytes
-            while self.used > self.capacity and self._owned:
+            while self.capacity is not None and self.used > self.capacity and self._owned:
                 victim, size = self._owned.popitem(last=False)
                 self.used -= size
                 victims.append((victim, size))
             self.peak = max(self.peak, self.used)
+        try:
+            return self._drop(victims)
+        except BaseException:
+            with self._lock:
+                self._release(key)
+            raise
+
+    def _drop(self, victims: list[tuple[str, int]]) -> list[str]:
+        """Delete `victims` (already out of the owned list) from the medium; returns their keys.
+        A failed delete puts it and the rest back (they are still stored) and raises."""
         done: list[str] = []
         try:
             for victim, _size in victims:
@@ -205,11 +218,10 @@ class StorageTier:
         except BaseException:
             with self._lock:
                 self.evict_failed += 1
-                for victim, size in victims[len(done) :]:
+                for victim, size in reversed(victims[len(done) :]):
                     self._owned[victim] = size
                     self._owned.move_to_end(victim, last=False)
                     self.used += size
-                self._release(key)
             self._count(done, victims)
             raise
         self._count(done, victims)
@@ -226,7 +238,7 @@ class StorageTier:
             self.used -= size
 
     def _settle(self, key: str, nbytes: int, ok: bool) -> None:
-        if self.capacity is None:
+        if not self.tracked:
             return
         with self._lock:
             if not ok:
@@ -240,7 +252,7 @@ class StorageTier:
 
     def write(self, key: str, data: memoryview | None, nbytes: int) -> list[str]:
         assert data is not None
-        evicted = self.make_room(key, nbytes) if self.capacity is not None else []
+        evicted = self.make_room(key, nbytes)
         ok = False
         try:
             self._publish(key, data, nbytes)
@@ -285,3 +297,76 @@ class StorageTier:
 
     def describe(self) -> dict[str, object]:
         return {"backend": self.backend.name, "prefix": self.prefix, "publish": self.publish}
+
+
+class Tier0(StorageTier):
+    """The tier-0 (`ctx.tier0`) between the CPU tier and the shared storage: one namespace all
+    ranks read, like the storage tier, with the same chunk paths and publishing.
+
+    It is a cache, never the only copy: every chunk placed here is also written to storage (see
+    `Server`), so what it lets go of is still found there. The tier-0 itself never evicts (the
+    nixl memory tier refuses a put with `NoSpace` when the owner's pool is full), so this tier
+    does, as LMCache's and Mooncake's offload engines do for their memory pools: each rank keeps
+    the chunks it placed in LRU order (its placements and its own tier-0 hits refresh them) and,
+    when a put finds the tier full, deletes its least recently used chunk that lives where the
+    new one goes (`Backend.home`: the same owner's pool; anywhere on a tier with no owners) and
+    tries again. A put that still finds no room once this rank has nothing left there to give up
+    raises `NoSpace`: the chunk is not placed (counted by the caller) and is served from storage.
+    `capacity_bytes` (workload.tier0_bytes) adds a bound of the run's own, as on the storage tier.
+    No rank deletes another's chunk: a full pool holding only other ranks' chunks waits for them.
+    """
+
+    name = "tier0"
+
+    def __init__(self, backend: Backend, prefix: str, tag: str = "0", capacity_bytes: int | None = None):
+        super().__init__(backend, prefix, "auto", tag, capacity_bytes)
+        self.tracked = True  # the NoSpace eviction needs the list even without a bound
+        #: evictions a full tier-0 forced (a refused put), apart from the bound's
+        self.evicted_when_full = 0
+
+    def owns(self, key: str) -> bool:
+        """Whether this rank placed `key` and has not evicted it (or is placing it now)."""
+        with self._lock:
+            return key in self._owned or key in self._reserved
+
+    def owned(self) -> list[str]:
+        with self._lock:
+            return list(self._owned)
+
+    def _victim(self, key: str) -> tuple[str, int] | None:
+        """This rank's least recently used chunk that lives where `key` goes, out of the list."""
+        home = self.backend.home(self.path(key))
+        with self._lock:
+            for v in self._owned:
+                if home is None or self.backend.home(self.path(v)) == home:
+                    size = self._owned.pop(v)
+                    self.used -= size
+                    return v, size
+        return None
+
+    def write(self, key: str, data: memoryview | None, nbytes: int) -> list[str]:
+        assert data is not None
+        evicted = self.make_room(key, nbytes)
+        ok = False
+        try:
+            while True:
+                try:
+                    self._publish(key, data, nbytes)
+                    ok = True
+                    break
+                except NoSpace:
+                    victim = self._victim(key)
+                    if victim is None:
+                        raise
+                    evicted += self._drop([victim])
+                    with self._lock:
+                        self.evicted_when_full += 1
+        finally:
+            self._settle(key, nbytes, ok)
+        return evicted
+
+    def stats(self) -> dict[str, int | None]:
+        out = super().stats()
+        with self._lock:
+            out["evicted_when_full"] = self.evicted_when_full
+        return out

@@ -10,28 +10,29 @@ from functools import partial
 from typing import Any
 
 from dlio_ext.errors import UsageError
-from dlio_ext.storage.base import NotFound, StorageError, StoreGone
+from dlio_ext.storage.base import Backend, NotFound, StorageError, StoreGone
 from dlio_ext.workloads.base import Workload, register
 from dlio_ext.workloads.context import Context
 from dlio_ext.workloads.kv_cache import summary
 from dlio_ext.workloads.kv_cache.config import (
     AUTO_BIN_S,
     Config,
+    Sizes,
+    TierBound,
+    check_tier0,
     footprint,
     memory,
     model_of,
     sizes_of,
+    tier0_bound,
     tier_bound,
     trace_spec,
 )
 from dlio_ext.workloads.kv_cache.server import Server
-from dlio_ext.workloads.kv_cache.stats import Stats, kinds
-from dlio_ext.workloads.kv_cache.tiers import StorageTier
+from dlio_ext.workloads.kv_cache.stats import HISTS, Stats, kinds
+from dlio_ext.workloads.kv_cache.tiers import StorageTier, Tier0
 from dlio_ext.workloads.kv_cache.trace import Request, Trace
 from dlio_ext.workloads.phases import Arrival, PhaseResult, run_open_loop
-
-#: the latency histograms a rank sends to rank 0 (summary.json's latency_ms entries)
-HISTS = ("read", "write", "miss", "ttft", "load", "queue", "request")
 
 
 @register
@@ -40,6 +41,11 @@ class KVCache(Workload):
 
     name = "kv_cache"
     Config = Config
+    tier0_use = (
+        "a shared cache between each server's CPU tier and storage: new chunks are written through to it "
+        "(and to storage), chunks are read from it before storage (one-sidedly from a peer's memory on "
+        "tier0=nixl), each rank evicts the least recently used chunks it placed when it is full"
+    )
 
     def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
@@ -56,6 +62,10 @@ class KVCache(Workload):
     @classmethod
     def memory(cls, cfg: Config, ranks: int) -> tuple[int, str]:
         return memory(cfg, ranks)
+
+    @classmethod
+    def check_tier0(cls, cfg: Config, tier0: Backend, ranks: int) -> None:
+        check_tier0(cfg, tier0, ranks)
 
     def run(self) -> list[PhaseResult]:
         ctx, cfg = self.ctx, self.cfg
@@ -91,23 +101,35 @@ class KVCache(Workload):
         storage = StorageTier(
             ctx.backend, prefix, cfg.publish, tag=f"r{rank}", capacity_bytes=bound.per_rank_bytes
         )
-        server = Server(cfg, rank, storage, ctx.seed, model)
+        tier0, room0 = self._tier0(prefix, sz)
+        server = Server(
+            cfg,
+            rank,
+            storage,
+            ctx.seed,
+            model,
+            tier0=tier0,
+            alloc=ctx.tier0.alloc if ctx.tier0 is not None else None,
+        )
         trace = Trace(trace_spec(cfg), ctx.seed)
         interval = cfg.timeseries_interval_s or AUTO_BIN_S
         if rank == 0:
             ctx.log.info(
                 "kv_cache %s: %s, %d B/token, chunk %d tokens = %d B real, %d B stored (scale %g); %d rank(s) x %d "
-                "user(s), %d chunk buffer(s) per rank (%.1f MiB); CPU tier %d chunk(s); storage tier %s chunk(s) "
+                "user(s), %d chunk buffer(s) per rank (%.1f MiB); CPU tier %d chunk(s); %sstorage tier %s chunk(s) "
                 "(%s); writes %s via %s",
                 cfg.preset, model.name, sz.bytes_per_token, cfg.chunk_tokens, sz.chunk_real, sz.chunk_stored,
                 cfg.scale, size, cfg.users, cfg.max_inflight, cfg.max_inflight * sz.chunk_stored / 2**20,
-                sz.cpu_chunks, bound.chunks if bound.chunks is not None else "unbounded", bound.source,
+                sz.cpu_chunks,
+                f"tier-0 {tier0.backend.where()} ({room0.source}); " if room0 is not None else "",
+                bound.chunks if bound.chunks is not None else "unbounded", bound.source,
                 cfg.write_policy, storage.publish,
             )  # fmt: skip
 
-        user_stats = [Stats(interval) for _ in range(cfg.users)]
+        has0 = tier0 is not None
+        user_stats = [Stats(interval, has0) for _ in range(cfg.users)]
         writer_stats = [
-            Stats(interval) for _ in range(cfg.writer_threads if server.write_queue is not None else 0)
+            Stats(interval, has0) for _ in range(cfg.writer_threads if server.write_queue is not None else 0)
         ]
 
         def schedule(u: int) -> Any:
@@ -127,7 +149,7 @@ class KVCache(Workload):
                 [schedule(u) for u in range(cfg.users)],
                 serve,
                 user_stats + writer_stats,
-                kinds(cfg.cold),
+                kinds(cfg.cold, has0),
                 deadline_s=cfg.duration_s or None,
                 offset_s=rank * cfg.rank_stagger_s,
                 background=[partial(server.writer, st) for st in writer_stats],
@@ -135,7 +157,9 @@ class KVCache(Workload):
             )
         except StoreGone:
             # every rank raises it at the same point: what the ranks wrote is listed, not waited on
-            self._cleanup(storage, server)
+            self._cleanup(storage, sorted(server.mine))
+            if tier0 is not None:
+                self._cleanup(tier0, tier0.owned())
             raise
 
         # duplicate writes across ranks: rank 0 sees every rank's written keys
@@ -151,8 +175,10 @@ class KVCache(Workload):
                 "unique_chunks": unique,
                 "duplicate_writes": total - unique,
             }
-        cleanup = (
-            self._cleanup(storage, server) if cfg.cleanup else {"deleted": 0, "failed": 0, "skipped": True}
+        skipped = {"deleted": 0, "failed": 0, "skipped": True}
+        cleanup = self._cleanup(storage, sorted(server.mine)) if cfg.cleanup else skipped
+        cleanup0 = (
+            (self._cleanup(tier0, tier0.owned()) if cfg.cleanup else skipped) if tier0 is not None else None
         )
         all_stats = user_stats + writer_stats
         logs, t0 = loop.logs, loop.t0
@@ -173,61 +199,93 @@ class KVCache(Workload):
                 "read_chunks": logs["read"].counts.tolist(),
                 "write_chunks": logs["write"].counts.tolist(),
                 "requests": logs["request"].counts.tolist(),
-            },
+            }
+            | ({"tier0_read_chunks": logs["tier0_read"].counts.tolist()} if tier0 is not None else {}),
             "publish": storage.publish,
             "durability": {"policy": durable.policy, "source": durable.source},
             "memory_tier": server.memory.stats() if server.memory is not None else None,
             "storage_tier": storage.stats() | {"bound_chunks": bound.chunks, "bound_source": bound.source},
+            "tier0": None
+            if tier0 is None or room0 is None
+            else tier0.stats()
+            | {"bound_chunks": room0.chunks, "bound_source": room0.source, "cleanup": cleanup0},
             "chunks_known": len(server.present),
             "cleanup": cleanup,
         }
         return loop.phases
 
-    def _cleanup(self, storage: StorageTier, server: Server) -> dict[str, Any]:
-        """Untimed: every rank deletes what it wrote (a chunk two ranks wrote is deleted once; the
-        other delete finds nothing, which is fine); then rank 0 removes the fan-out directories."""
-        ctx = self.ctx
-        paths = [storage.path(k) for k in sorted(server.mine)]
+    def _tier0(self, prefix: str, sz: Sizes) -> tuple[Tier0 | None, TierBound | None]:
+        """The run's tier-0 as this rank's Tier0 and its room (None without one)."""
+        ctx, cfg = self.ctx, self.cfg
+        if ctx.tier0 is None:
+            if cfg.tier0_bytes:
+                raise UsageError(
+                    f"workload.tier0_bytes={cfg.tier0_bytes} is set but the run names no tier-0: add "
+                    "tier0=nixl (or posix, s3), or drop workload.tier0_bytes"
+                )
+            return None, None
+        # every rank must apply the same room: rank 0's view decides (check_tier0 refused too little)
+        free = ctx.world.bcast(ctx.tier0.free_bytes() if ctx.rank == 0 and not cfg.tier0_bytes else None)
+        room = tier0_bound(cfg, ctx.size, free, sz)
+        return Tier0(ctx.tier0, prefix, tag=f"r{ctx.rank}", capacity_bytes=room.per_rank_bytes), room
+
+    def _cleanup(self, tier: StorageTier, keys: list[str]) -> dict[str, Any]:
+        """Untimed: every rank deletes what it wrote to `tier` (a chunk two ranks wrote is deleted
+        once; the other delete finds nothing, which is fine); then rank 0 removes the fan-out
+        directories."""
+        ctx, backend = self.ctx, tier.backend
+        paths = [tier.path(k) for k in keys]
         deleted = failed = 0
-        if ctx.backend.liveness.gone is not None:
+        if backend.liveness.gone is not None:
             # a gone store cannot delete anything: say what is left rather than wait on it
-            ctx.backend.leftovers.add(paths)
+            backend.leftovers.add(paths)
             ctx.world.barrier()
             return {"deleted": 0, "failed": len(paths), "skipped": "the store is gone"}
         try:
-            deleted = ctx.backend.delete_many(paths)
+            deleted = backend.delete_many(paths)
         except StorageError:
-            deleted = 0
-            live = ctx.backend.liveness
-            for n, p in enumerate(paths):
-                try:
-                    ctx.backend.delete(p)
-                    deleted += 1
-                    live.ok()
-                except NotFound:  # gone already (evicted, or deleted by its writer): nothing left
-                    live.ok()
-                except StorageError as exc:
-                    failed += 1
-                    ctx.backend.leftovers.add([p])
-                    if live.outcome(exc, "kv_cache cleanup"):  # gone meanwhile: list the rest, do not wait
-                        rest = paths[n + 1 :]
-                        failed += len(rest)
-                        ctx.backend.leftovers.add(rest)
-                        break
+            deleted, failed = self._delete_each(backend, paths)
         ctx.world.barrier()
-        if ctx.rank == 0 and ctx.backend.capabilities.get("rmdir") == "native":
-            # a directory that still holds something (another run's chunks, a failed rename) stays
-            with contextlib.suppress(StorageError):
-                for d in list(ctx.backend.list(storage.prefix + "/", delimiter="/")):
-                    if d.endswith("/"):
-                        ctx.backend.rmdir(d.rstrip("/"))
-                ctx.backend.rmdir(storage.prefix)
-                parent = storage.prefix.rpartition("/")[0]
-                if parent:
-                    ctx.backend.rmdir(parent)
+        if ctx.rank == 0 and backend.capabilities.get("rmdir") == "native":
+            self._rmdirs(backend, tier.prefix)
         if failed:
-            ctx.log.warning("rank %d: %d chunk(s) could not be deleted", ctx.rank, failed)
+            ctx.log.warning("rank %d: %d chunk(s) could not be deleted from %s", ctx.rank, failed, tier.name)
         return {"deleted": deleted, "failed": failed}
+
+    @staticmethod
+    def _delete_each(backend: Backend, paths: list[str]) -> tuple[int, int]:
+        """One delete at a time (after a batch failed): (deleted, failed); what failed is listed
+        as a leftover, and once the store is gone, the rest too."""
+        deleted = failed = 0
+        live = backend.liveness
+        for n, p in enumerate(paths):
+            try:
+                backend.delete(p)
+                deleted += 1
+                live.ok()
+            except NotFound:  # gone already (evicted, or deleted by its writer): nothing left
+                live.ok()
+            except StorageError as exc:
+                failed += 1
+                backend.leftovers.add([p])
+                if live.outcome(exc, "kv_cache cleanup"):  # gone meanwhile: list the rest, do not wait
+                    rest = paths[n + 1 :]
+                    failed += len(rest)
+                    backend.leftovers.add(rest)
+                    break
+        return deleted, failed
+
+    @staticmethod
+    def _rmdirs(backend: Backend, prefix: str) -> None:
+        # a directory that still holds something (another run's chunks, a failed rename) stays
+        with contextlib.suppress(StorageError):
+            for d in list(backend.list(prefix + "/", delimiter="/")):
+                if d.endswith("/"):
+                    backend.rmdir(d.rstrip("/"))
+            backend.rmdir(prefix)
+            parent = prefix.rpartition("/")[0]
+            if parent:
+                backend.rmdir(parent)
 
     def rank_metrics(self) -> dict[str, Any]:
         if not self.metrics:
