@@ -188,9 +188,13 @@ def test_bad_suite_one_line_exit_2(tmp_path: Path, suite: str, says: str) -> Non
     assert not out.exists()
 
 
-def test_example_files_load() -> None:
-    """The shipped example and default suite are valid (their keys are the documented ones)."""
+def test_example_files_load(tmp_path: Path) -> None:
+    """The shipped example and default suite are valid (their keys are the documented ones), and
+    every run of the default suite passes the run's own config check on both example targets."""
     from helpers import ROOT
+
+    from dlio_ext.evaluate.suite import plan, validate
+    from dlio_ext.run.harness import load_config
 
     suite = load_suite(None)
     assert suite.trials == 3 and suite.ranks == 2
@@ -198,6 +202,21 @@ def test_example_files_load() -> None:
                                   "s3_compat", "s3_faults"}  # fmt: skip
     targets = load_targets(str(ROOT / "workload_configs/evaluate/stores.example.yaml"))
     assert [t.kind for t in targets] == ["s3", "posix"] and targets[0].prices["gpus"] == 1024
+    steps = plan(suite, targets, tmp_path, "tag")
+    validate(steps, load_config)
+    skipped = {(s.target.name, s.item) for s in steps if s.skipped}
+    assert skipped == {
+        ("nvme", "s3_compat"),
+        *(("nvme", f"s3_faults/{x}") for x in ("proxy", "restart", "wrong-credentials")),
+    }
+    run = next(s for s in steps if s.target.name == "seaweedfs" and s.item == "checkpoint")
+    assert (
+        "run.trials=3" in run.argv
+        and "storage.client=obstore" in run.argv
+        and run.launch[-2:] == ["-np", "2"]
+    )
+    restart = next(s for s in steps if s.item == "s3_faults/restart")
+    assert restart.argv[restart.argv.index("--server-dir") + 1] == "/tmp/s3"
 
 
 # --- a whole evaluation: SeaweedFS (restartable), moto, a POSIX root --------------------------
