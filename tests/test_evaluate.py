@@ -188,6 +188,21 @@ def test_bad_suite_one_line_exit_2(tmp_path: Path, suite: str, says: str) -> Non
     assert not out.exists()
 
 
+def test_missing_flag_and_used_out_dir_one_line_exit_2(tmp_path: Path) -> None:
+    targets = _targets(tmp_path, f"targets:\n  - name: a\n    root: {tmp_path}\n")
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "keep").write_text("x")
+    for args, says in (
+        (["--suite", str(targets)], "the following arguments are required: --targets"),
+        (["--targets", str(targets), "--out", str(used)], "is not an empty directory"),
+    ):
+        done = run_cli("evaluate", *args, timeout=120)
+        lines = done.err.strip().splitlines()
+        assert done.code == 2 and len(lines) == 1 and says in lines[0], done.err
+    assert sorted(p.name for p in used.iterdir()) == ["keep"]
+
+
 def test_example_files_load(tmp_path: Path) -> None:
     """The shipped example and default suite are valid (their keys are the documented ones), and
     every run of the default suite passes the run's own config check on both example targets."""
@@ -235,7 +250,8 @@ TINY_SUITE = {
         "metadata": ["workload=metadata/storm", "workload.items_per_rank=20", "workload.storm_repeats=2"],
         "small_objects": ["workload=storage_sweep", "workload.object_size=4096", "workload.objects_per_rank=16",
                           "workload.io_depth=4"],
-        "large_objects": ["workload=storage_sweep", "workload.object_size=8388608", "workload.objects_per_rank=1"],
+        "large_objects": ["workload=storage_sweep", "workload.object_size=8388608", "workload.objects_per_rank=1",
+                          "workload.cold=true"],
         "s3_compat": {"groups": ["range"]},
         "s3_faults": {"objects": 8, "restart_objects": 24, "outage": 0.5},
     },

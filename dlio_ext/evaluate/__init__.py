@@ -10,7 +10,6 @@ every run's arguments): bad input is one line and exit 2, with nothing run. Docs
 
 from __future__ import annotations
 
-import argparse
 import os
 import secrets
 import shutil
@@ -20,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dlio_ext.errors import UsageError
+from dlio_ext.errors import OneLineParser, UsageError
 from dlio_ext.evaluate import scorecard
 from dlio_ext.evaluate.suite import RUN_ITEMS, Outcome, execute, load_suite, plan, validate
 from dlio_ext.evaluate.targets import check_target, load_targets
@@ -87,7 +86,7 @@ def _out_dir(given: str | None) -> Path:
 
 def main(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="dlio-ext evaluate",
         description="Run a suite (checkpoint burst and restore, KV cache, metadata and LIST storm, small and "
         "large objects, s3-compat, s3-faults) on several stores; write scorecard.json and scorecard.html.",

@@ -470,7 +470,7 @@ def _steps_html(card: dict[str, Any]) -> list[str]:
         pages = s.get("pages") or ([s["report"]] if s.get("report") else [])
         link = "<br>".join(f"<a href='{_e(p)}'>{_e(p)}</a>" for p in pages)
         out.append(
-            f"<tr><td>{_e(s['target'])}</td><td>{_e(s['item'])}</td><td>{_e(s.get('exit_code'))}</td>"
+            f"<tr><td>{_e(s['target'])}</td><td>{_e(s['item'])}</td><td>{_e('-' if s.get('exit_code') is None else s['exit_code'])}</td>"
             f"<td class='num'>{_e(s.get('seconds', ''))}</td><td>{_e(note)}</td><td>{link}</td></tr>"
         )
     return out + ["</table>"]
