@@ -390,7 +390,10 @@ def test_costs_match_their_formulas_and_only_where_priced(
 
 
 def test_no_secret_written_and_no_data_left(
-    evaluation: tuple[Done, dict[str, Any], Path, Path], s3_server: ServerInfo
+    evaluation: tuple[Done, dict[str, Any], Path, Path],
+    s3_server: ServerInfo,
+    s3_admin: Any,
+    moto_server: str,
 ) -> None:
     done, _, out, root = evaluation
     secrets = [s3_server.secret_key, s3_server.access_key, MOTO_SECRET]
@@ -400,6 +403,16 @@ def test_no_secret_written_and_no_data_left(
             data = f.read_bytes()
             assert not any(s.encode() in data for s in secrets), f
     assert list(root.iterdir()) == []  # evaluate's data directory under the root is gone
+    # every run, probe and fault sweep cleaned up after itself in both stores
+    from dlio_ext.storage.s3 import S3Settings, boto3_client
+
+    moto_cfg = {"endpoint": moto_server, "bucket": MOTO_BUCKET, "prefix": "", "access_key": MOTO_KEY,
+                "secret_key": MOTO_SECRET}  # fmt: skip
+    moto = boto3_client(S3Settings.from_config(moto_cfg, env={}))
+    for client, bucket in ((s3_admin, s3_server.bucket), (moto, MOTO_BUCKET)):
+        listed = client.list_objects_v2(Bucket=bucket, Prefix="dlio-ext-evaluate/")
+        assert listed.get("KeyCount", 0) == 0, [o["Key"] for o in listed.get("Contents", [])][:10]
+        assert not client.list_multipart_uploads(Bucket=bucket, Prefix="dlio-ext-evaluate/").get("Uploads")
 
 
 def test_scorecard_opens_in_headless_chromium(
