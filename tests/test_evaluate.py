@@ -135,6 +135,11 @@ def _targets(tmp_path: Path, body: str) -> Path:
             "no SeaweedFS runs in local_dir",
         ),
         (
+            "targets:\n  - name: s\n    endpoint: http://me:very-secret-value@127.0.0.1:{port}\n    bucket: b\n",
+            {},
+            "endpoint holds credentials",
+        ),
+        (
             "targets:\n  - name: s\n    endpoint: http://127.0.0.1:{port}\n    bucket: b\n"
             "    storage: {{secret_key: x}}\n",
             {},

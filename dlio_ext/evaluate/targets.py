@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from dlio_ext.errors import UsageError
 
@@ -108,7 +109,10 @@ class Target:
         return out | ({"AWS_REGION": self.region} if self.region else {})
 
     def secrets(self, env: Mapping[str, str]) -> list[str]:
-        return [v for v in self.credentials(env).values() if v and v != self.region]
+        """The key values, to hide from anything written (empty for POSIX)."""
+        if self.kind == "posix":
+            return []
+        return [v for v in (env.get(self.access_key_env), env.get(self.secret_key_env)) if v]
 
     def describe(self) -> dict[str, Any]:
         """What the scorecard records: where, never the keys (only the names of their variables)."""
@@ -203,6 +207,10 @@ def _target(where: str, entry: Any) -> Target:
         return Target(name, "posix", root=root, storage=storage, prices=prices)
     if not endpoint.startswith(("http://", "https://")):
         raise UsageError(f"{where}: endpoint must start with http:// or https://")
+    if "@" in urlsplit(endpoint).netloc:  # it would be written into every run's command line
+        raise UsageError(
+            f"{where}: endpoint holds credentials; name their variables in access_key_env/secret_key_env"
+        )
     path_style = entry.get("path_style", True)
     if not isinstance(path_style, bool):
         raise UsageError(f"{where}: path_style must be true or false")
@@ -279,7 +287,8 @@ def _reachable(t: Target, env: Mapping[str, str]) -> None:
     """One HEAD of the bucket, one attempt, short timeouts: an answer other than 200 is bad input."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from dlio_ext.compat.runner import make_client, make_target, scrub
+    from dlio_ext.compat.runner import make_client, make_target
+    from dlio_ext.storage.settings import redact_url
 
     creds = t.credentials(env)
     target = make_target(
@@ -292,8 +301,8 @@ def _reachable(t: Target, env: Mapping[str, str]) -> None:
     except ClientError as exc:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         why = {403: "the keys were refused", 404: "no such bucket"}.get(status, f"HTTP {status}")
-        raise UsageError(f"target {t.name}: bucket {t.bucket!r} at {t.endpoint}: {why}") from None
+        raise UsageError(f"target {t.name}: bucket {t.bucket!r} at {redact_url(t.endpoint)}: {why}") from None
     except BotoCoreError as exc:
         raise UsageError(
-            f"target {t.name}: endpoint {scrub(t.endpoint, t.secrets(env))} unreachable ({type(exc).__name__})"
+            f"target {t.name}: endpoint {redact_url(t.endpoint)} unreachable ({type(exc).__name__})"
         ) from None
