@@ -348,6 +348,9 @@ def test_operational_figures_are_measured(evaluation: tuple[Done, dict[str, Any]
     assert sw["throttling.injected"]["value"] > 0 and sw["throttling.retries_per_1k"]["value"] > 0
     assert 0 <= sw["throttling.error_rate"]["value"] < 1 and sw["throttling.write_GBps"]["value"] > 0
     assert sw["wrong_credentials.failed_fast"]["value"] is True
+    # throughput through the faults links to the page of the sweep that ran through them
+    assert sw["throttling.write_GBps"]["link"].startswith("runs/seaweedfs/s3_faults/proxy/sweep/")
+    assert sw["throttling.write_GBps"]["link"].endswith("/report.html")
     for name in ("seaweedfs", "moto"):
         figs = card["targets"][name]["figures"]
         assert sum(figs[f"compat.{k}"]["value"] for k in ("pass", "differs", "unsupported", "error")) == 5

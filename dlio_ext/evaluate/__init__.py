@@ -70,6 +70,8 @@ def link_reports(outcomes: list[Outcome], out: Path, with_report: bool) -> None:
                 )
         else:
             page = _first(d / "s3-compat.md", d / "s3-faults.md", d / "s3-compat.json", d / "s3-faults.json")
+            for sweep in sorted((d / "sweep").glob("*/summary.json")) if with_report else []:
+                _report(sweep.parent)  # the page of the sweep that ran through the faults
         if page is not None:
             o.report = str(page.relative_to(out))
 

@@ -238,7 +238,7 @@ def _throttled(report: dict[str, Any], out: Path) -> dict[str, dict[str, Any]]:
             if gbps is not None:
                 figs[f"throttling.{phase}_GBps"] = base | {
                     "label": f"throttling: {phase} GB/s through the faults", "unit": "GB/s", "better": "higher",
-                    "value": gbps}  # fmt: skip
+                    "value": gbps, "page": str(sweeps[0].parent / "report.html")}  # fmt: skip
     return figs
 
 
@@ -275,11 +275,12 @@ def measured_for_costs(figs: dict[str, dict[str, Any]]) -> dict[str, tuple[float
     return out
 
 
-def _link(o: Outcome, trial: str, out: Path) -> str:
-    """The page of the trial a figure was taken from, when that trial has one; else the run's."""
-    page = Path(o.dir) / trial / "report.html"
-    if trial and page.is_file():
-        return str(page.relative_to(out))
+def _link(o: Outcome, trial: str, out: Path, page: str = "") -> str:
+    """The page of the trial (or of the sweep, for s3-faults' throughput) a figure was taken
+    from, when it has one; else the step's own page."""
+    own = Path(page) if page else Path(o.dir) / trial / "report.html"
+    if (page or trial) and own.is_file():
+        return str(own.relative_to(out))
     return o.report
 
 
@@ -301,7 +302,7 @@ def build(
                 made = fault_figures(o)
             for f in made.values():
                 f["item"] = o.item
-                f["link"] = _link(o, f.pop("trial", ""), out)
+                f["link"] = _link(o, f.pop("trial", ""), out, f.pop("page", ""))
             figs.update(made)
         costs = cost_figures(t.prices, measured_for_costs(figs))
         per_target[t.name] = {
