@@ -311,7 +311,7 @@ def test_scorecard_names_every_target_and_links_every_figure(
         assert figs, name
         for fid, f in figs.items():
             assert f["link"] and (out / f["link"]).is_file(), (name, fid, f.get("link"))
-            assert f"href='{f['link']}'" in page
+            assert f'href="{f["link"]}"' in page
             # a run's figures link to the page `dlio-ext report` rendered in its directory
             if f["item"] in ("checkpoint", "kv_cache", "metadata", "small_objects", "large_objects"):
                 assert f["link"] == f"runs/{name}/{f['item']}/report.html", (name, fid)
@@ -477,4 +477,4 @@ def test_html_escapes_every_text() -> None:
     page = render_html(card)
     assert "<script" not in page and "<b>x" not in page
     assert page.count("&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;") >= 8
-    assert "href='runs/a&#x27;&gt;&lt;b&gt;x.html'" in page
+    assert 'href="runs/a&#x27;&gt;&lt;b&gt;x.html"' in page

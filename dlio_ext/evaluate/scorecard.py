@@ -9,7 +9,6 @@ throttling scenarios, the retries and throttles the runs' own clients counted, s
 
 from __future__ import annotations
 
-import html
 import json
 import statistics
 from collections.abc import Callable, Iterable
@@ -21,6 +20,8 @@ from dlio_ext.evaluate.suite import Outcome, Suite
 from dlio_ext.evaluate.targets import Target
 from dlio_ext.evaluate.tco import cost_figures
 from dlio_ext.metrics.trials import TRIALS_FILE
+from dlio_ext.report.markup import Html, fmt, note, section, table, tag
+from dlio_ext.report.page import CSS
 
 SCHEMA = "dlio-ext/scorecard/1"
 Getter = Callable[[dict[str, Any]], Any]
@@ -155,7 +156,7 @@ def run_figures(o: Outcome) -> dict[str, dict[str, Any]]:
     figs: dict[str, dict[str, Any]] = {}
     if not summaries:
         return figs
-    for section, fid, label, unit, better, get in RUN_FIGURES[o.item]:
+    for sec, fid, label, unit, better, get in RUN_FIGURES[o.item]:
         got = [
             (n, v)
             for n, v in ((n, get(s)) for n, s in named)
@@ -167,7 +168,7 @@ def run_figures(o: Outcome) -> dict[str, dict[str, Any]]:
             figs[fid] = {
                 # the trial nearest the median: its page is the one this figure links to
                 "trial": min(got, key=lambda nv: abs(nv[1] - med))[0],
-                "section": section,
+                "section": sec,
                 "label": label,
                 "unit": unit,
                 "better": better,
@@ -333,24 +334,10 @@ def build(
     }
 
 
-# HTML ---------------------------------------------------------------------------------------
+# HTML: the run report's markup (every value escaped on its way in) and style ------------------
 
-_CSS = """body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
-td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}th{background:#f3f3f3;text-align:left}
-td.num{text-align:right;font-variant-numeric:tabular-nums}.best{background:#e6f4e6}.bad{background:#fbe9e9}
-code{font-size:12px}.small{color:#666;font-size:12px}"""
-
-
-def _e(x: Any) -> str:
-    return html.escape(str(x), quote=True)
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) < 1000 else f"{v:,.0f}"
-    return f"{v:,}" if isinstance(v, int) else str(v)
+#: the run report's style, and the marks of this page: the best of a row, a failed check
+EXTRA_CSS = "td.best{background:#e6f4e6}td.fail{background:#fbe9e9}.small{color:#666;font-size:12px}"
 
 
 def _best(values: dict[str, Any], better: str) -> set[str]:
@@ -361,120 +348,112 @@ def _best(values: dict[str, Any], better: str) -> set[str]:
     return {k for k, v in nums.items() if v == pick}
 
 
-def _cell(f: dict[str, Any] | None, best: bool) -> str:
+def _cell(f: dict[str, Any] | None, best: bool) -> Html:
     if f is None:
-        return "<td class='small'>-</td>"
-    cls = "num best" if best else "num"
+        return tag("td", "-", class_="none")
+    cls = "n best" if best else "n"
     if f.get("better") == "yes" and f.get("value") is False:
-        cls = "num bad"
-    spread = f" <span class='small'>&plusmn;{_e(f['spread_pct'])}%</span>" if "spread_pct" in f else ""
-    link = f" <a href='{_e(f['link'])}'>run</a>" if f.get("link") else ""
-    return f"<td class='{cls}'>{_e(_fmt(f['value']))}{spread}{link}</td>"
+        cls = "n fail"
+    spread = [" ", tag("span", f"\u00b1{f['spread_pct']}%", class_="small")] if "spread_pct" in f else []
+    link = [" ", tag("a", "run", href=f["link"])] if f.get("link") else []
+    return tag("td", fmt(f["value"]), *spread, *link, class_=cls, data_v=repr(f["value"]))
+
+
+def _figures_table(card: dict[str, Any], names: list[str], section: str) -> Html | None:
+    ids: list[str] = []
+    for n in names:
+        ids += [
+            i for i, f in card["targets"][n]["figures"].items() if f["section"] == section and i not in ids
+        ]
+    if not ids:
+        return None
+    rows = []
+    for i in ids:
+        figs = {n: card["targets"][n]["figures"].get(i) for n in names}
+        first = next(f for f in figs.values() if f is not None)
+        best = _best({n: f["value"] for n, f in figs.items() if f is not None}, first.get("better", ""))
+        label = tag("td", first["label"], *([Html("<br>"), tag("span", first["formula"], class_="small")]
+                                             if "formula" in first else []))  # fmt: skip
+        rows.append([label, first["unit"], *(_cell(figs[n], n in best) for n in names)])
+    return table(["figure", "unit", *names], rows)
 
 
 def render_html(card: dict[str, Any]) -> str:
     names = list(card["targets"])
-    head = "".join(f"<th>{_e(n)}</th>" for n in names)
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>dlio-ext scorecard</title>",
-        f"<style>{_CSS}</style></head><body><h1>dlio-ext scorecard</h1>",
-        f"<p class='small'>{_e(card['created_utc'])}; suite {_e(card['suite']['path'])}: "
-        f"{_e(card['suite']['trials'])} trial(s) a run, {_e(card['suite']['ranks'])} rank(s). "
-        f"Figures: the median over trials (&plusmn; spread = (max - min) / median). "
-        f"Links: {_e(card['reports'])}.</p>",
-        "<h2>Targets</h2><table><tr><th></th>" + head + "</tr>",
+    suite = card["suite"]
+    body: list[Any] = [
+        tag("h1", "dlio-ext scorecard"),
+        note(
+            f"{card['created_utc']}; suite {suite['path']}: {suite['trials']} trial(s) a run, {suite['ranks']} "
+            f"rank(s). Figures: the median over trials (\u00b1 spread = (max - min) / median). "
+            f"Links: {card['reports']}."
+        ),
     ]
+    where = []
     for key in ("kind", "endpoint", "bucket", "root", "credentials_from", "local_dir"):
         row = [card["targets"][n]["target"].get(key) for n in names]
         if any(v is not None for v in row):
-            cells = "".join(f"<td>{_e(', '.join(v) if isinstance(v, list) else v or '-')}</td>" for v in row)
-            parts.append(f"<tr><th>{_e(key)}</th>{cells}</tr>")
-    parts.append("</table>")
-    for section in SECTIONS:
-        ids: list[str] = []
-        for n in names:
-            ids += [
-                i
-                for i, f in card["targets"][n]["figures"].items()
-                if f["section"] == section and i not in ids
-            ]
-        if not ids:
-            continue
-        parts.append(f"<h2>{_e(section.capitalize())}</h2><table><tr><th>figure</th><th>unit</th>{head}</tr>")
-        for i in ids:
-            figs = {n: card["targets"][n]["figures"].get(i) for n in names}
-            any_f = next(f for f in figs.values() if f is not None)
-            best = _best({n: f["value"] for n, f in figs.items() if f is not None}, any_f.get("better", ""))
-            cells = "".join(_cell(figs[n], n in best) for n in names)
-            formula = f"<br><span class='small'>{_e(any_f['formula'])}</span>" if "formula" in any_f else ""
-            parts.append(
-                f"<tr><td>{_e(any_f['label'])}{formula}</td><td>{_e(any_f['unit'])}</td>{cells}</tr>"
-            )
-        parts.append("</table>")
-    parts += _costs_html(card, names) + _compat_html(card, names) + _steps_html(card)
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+            where.append([key, *(", ".join(v) if isinstance(v, list) else v or "-" for v in row)])
+    body.append(section("targets", "Targets", table(["", *names], where)))
+    for sec in SECTIONS:
+        made = _figures_table(card, names, sec)
+        if made is not None:
+            body.append(section(sec, sec.capitalize(), made))
+    body += [_costs(card, names), *_compat(card, names), _steps(card)]
+    head = tag(
+        "head",
+        Html('<meta charset="utf-8">'),
+        tag("title", "dlio-ext scorecard"),
+        tag("style", Html(CSS + EXTRA_CSS)),
+    )
+    return "<!doctype html>" + tag("html", head, tag("body", *body)) + "\n"
 
 
-def _costs_html(card: dict[str, Any], names: list[str]) -> list[str]:
-    out = ["<h2>Cost</h2>"]
+def _costs(card: dict[str, Any], names: list[str]) -> Html:
+    parts: list[Any] = []
     for n in names:
         costs = card["targets"][n]["costs"]
         if costs is None:
-            out.append(f"<p><b>{_e(n)}</b>: no prices given: nothing is priced.</p>")
+            parts.append(tag("p", tag("b", n), ": no prices given: nothing is priced."))
             continue
-        out.append(
-            f"<h3>{_e(n)}</h3><table><tr><th>figure</th><th>value</th><th>formula</th><th>inputs</th></tr>"
-        )
-        for fid, f in costs["figures"].items():
-            inputs = ", ".join(f"{k} = {_fmt(v)}" for k, v in f["inputs"].items())
-            out.append(
-                f"<tr><td>{_e(fid)}</td><td class='num'>{_e(_fmt(f['value']))} {_e(f['unit'])}</td>"
-                f"<td><code>{_e(f['formula'])}</code></td><td class='small'>{_e(inputs)}</td></tr>"
-            )
-        for fid, why in costs["not_priced"].items():
-            out.append(
-                f"<tr><td>{_e(fid)}</td><td class='small'>not priced</td><td colspan='2' class='small'>{_e(why)}</td></tr>"
-            )
-        out.append("</table>")
-    return out
+        rows: list[list[Any]] = [
+            [fid, tag("td", f"{fmt(f['value'])} {f['unit']}", class_="n", data_v=repr(f["value"])),
+             tag("td", tag("code", f["formula"])),
+             tag("td", ", ".join(f"{k} = {fmt(v)}" for k, v in f["inputs"].items()), class_="small")]
+            for fid, f in costs["figures"].items()
+        ]  # fmt: skip
+        rows += [
+            [fid, tag("td", "not priced", class_="none"), why, ""] for fid, why in costs["not_priced"].items()
+        ]
+        parts += [tag("h3", n), table(["figure", "value", "formula", "inputs"], rows)]
+    return section("cost", "Cost", *parts)
 
 
-def _compat_html(card: dict[str, Any], names: list[str]) -> list[str]:
-    out: list[str] = []
+def _compat(card: dict[str, Any], names: list[str]) -> list[Html]:
+    parts: list[Any] = []
     for n in names:
         diffs = card["targets"][n]["compat_differences"]
-        if not diffs:
-            continue
-        if not out:
-            out.append("<h2>Compatibility differences that matter to AI workloads</h2>")
-        out.append(
-            f"<h3>{_e(n)}</h3><table><tr><th>probe</th><th>outcome</th><th>observed</th><th>why it matters</th></tr>"
-        )
-        out += [
-            f"<tr><td><code>{_e(d['id'])}</code></td><td>{_e(d['outcome'])}</td><td>{_e(d['observed'])}</td>"
-            f"<td>{_e(d['why'])}</td></tr>"
-            for d in diffs
-        ]
-        out.append("</table>")
-    return out
+        if diffs:
+            rows = [[tag("td", tag("code", d["id"])), d["outcome"], d["observed"], d["why"]] for d in diffs]
+            parts += [tag("h3", n), table(["probe", "outcome", "observed", "why it matters"], rows)]
+    if not parts:
+        return []
+    return [section("compat", "Compatibility differences that matter to AI workloads", *parts)]
 
 
-def _steps_html(card: dict[str, Any]) -> list[str]:
-    out = [
-        "<h2>Steps</h2><table><tr><th>target</th><th>run</th><th>exit</th><th>seconds</th><th>note</th><th>page</th></tr>"
-    ]
+def _steps(card: dict[str, Any]) -> Html:
+    rows = []
     for s in card["steps"]:
-        note = (
-            s.get("skipped") and f"skipped: {s['skipped']}" or s.get("error", "") or s.get("report_note", "")
+        why = (
+            f"skipped: {s['skipped']}" if s.get("skipped") else s.get("error", "") or s.get("report_note", "")
         )
         pages = s.get("pages") or ([s["report"]] if s.get("report") else [])
-        link = "<br>".join(f"<a href='{_e(p)}'>{_e(p)}</a>" for p in pages)
-        out.append(
-            f"<tr><td>{_e(s['target'])}</td><td>{_e(s['item'])}</td><td>{_e('-' if s.get('exit_code') is None else s['exit_code'])}</td>"
-            f"<td class='num'>{_e(s.get('seconds', ''))}</td><td>{_e(note)}</td><td>{link}</td></tr>"
-        )
-    return out + ["</table>"]
+        links: list[Any] = []
+        for p in pages:
+            links += [Html("<br>")] if links else []
+            links.append(tag("a", p, href=p))
+        rows.append([s["target"], s["item"], s.get("exit_code"), s.get("seconds"), why, tag("td", *links)])
+    return section("steps", "Steps", table(["target", "run", "exit", "seconds", "note", "page"], rows))
 
 
 def write(card: dict[str, Any], out: Path) -> tuple[Path, Path]:
