@@ -17,8 +17,9 @@ goes first alternates every round), and the table shows medians, never single nu
    against. Every get and every raw READ is checked byte for byte against what was written
    (off the clock).
 2. the same at 4 KiB: median microseconds per op, target within 20 us of the raw loop (a put
-   is also a reserve and a commit with the key's owner, a get a lookup and an unpin: that
-   control plane is what the row measures).
+   is a WRITE of the bytes and one of a commit record (plus a grant request to the key's owner
+   once its granted room is used up), a get of a key seen before a READ of the bytes and one of
+   the key's stamp word: that bookkeeping is what the row measures).
 3. obj medium (where this checkout has it) against storage=s3 (obstore) on a local SeaweedFS, the
    same bytes under the same keys: which is faster, 64 MiB and 4 KiB, PUT and GET.
 
@@ -157,8 +158,11 @@ def worker(out: Path, reps: int, big_ops: int, small_ops: int, transport: str) -
     while not done.Test():
         time.sleep(0.005)
     backend.close()  # collective: every rank's transport report is gathered
+    # what each rank's control thread (serving requests, applying records) cost in CPU
+    serve = comm.gather(backend.medium.serve_cpu_seconds)
     if comm.Get_rank() == 0:
         result["describe"] = backend.describe()
+        result["serve_cpu_seconds"] = serve
         (out / "worker.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
 
 
@@ -289,6 +293,7 @@ def memory_rows(rows: list[Row], out: Path, reps: int, transport: str, commands:
     commands.append(" ".join(cmd))
     env = dict(os.environ) | OMPI_ENV | {"PYTHONPATH": str(ROOT)}
     say(f"memory tier, {tag}: {reps} rounds under mpirun")
+    t0 = time.perf_counter()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
     (wdir / "stdout.log").write_text(p.stdout)
     (wdir / "stderr.log").write_text(p.stderr)
@@ -307,6 +312,7 @@ def memory_rows(rows: list[Row], out: Path, reps: int, transport: str, commands:
         return {"failed": why}
     res = json.loads(result_file.read_text())
     s = res["samples"]
+    wall = time.perf_counter() - t0
     for name, proj, raw, size in names:
         big = size == BIG
         row = Row(
@@ -322,10 +328,15 @@ def memory_rows(rows: list[Row], out: Path, reps: int, transport: str, commands:
     stat = median_or_none(s.get(f"dlio-ext stat {SMALL}", []))
     res["control_line"] = (
         f"{tag}: one control-plane round trip (`stat`: a request to the key's owner rank and its "
-        f"answer, no data) took {stat:,.1f} us per op (median of rounds); a put makes two (reserve, "
-        "commit), a get one (lookup; the unpin is not awaited)"
+        f"answer, no data) took {stat:,.1f} us per op (median of rounds); a put makes none (a grant "
+        "when its writer's room in the owner's pool is used up: every put at 64 MiB, one in ~250 at "
+        "4 KiB), a get of a key seen before none"
         if stat is not None
         else f"{tag}: control-plane round trip not measured"
+    )
+    res["control_line"] += (
+        f"; the control threads used {', '.join(f'{c:.2f}' for c in res['serve_cpu_seconds'])} s of CPU "
+        f"(rank 0, rank 1) in the worker's {wall:.0f} s"
     )
     ucx = res["describe"].get("ucx_transports", {})
     res["transport_line"] = (

@@ -136,7 +136,12 @@ def test_redaction_hides_credentials_not_token_counts() -> None:
 
     doc = redact(
         {
-            "storage": {"secret_key": "s3cr3t", "access_key": "AKIA", "session_token": "tok", "password": "pw"},
+            "storage": {
+                "secret_key": "s3cr3t",
+                "access_key": "AKIA",
+                "session_token": "tok",
+                "password": "pw",
+            },
             "workload": {"chunk_tokens": 256, "max_context_tokens": 8192, "document_tokens": 0},
         }
     )

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from dlio_ext.errors import UsageError
 from dlio_ext.storage import open_backend
 from dlio_ext.storage.nixl import agent as nixl_agent
 from dlio_ext.storage.nixl.agent import INSTALL, is_rdma, transports
-from dlio_ext.storage.nixl.memory import Extents, MemoryMedium
+from dlio_ext.storage.nixl.memory import RECORD, Extents, Layout, MemoryMedium, Shard
 from dlio_ext.storage.nixl.settings import NixlSettings
 from dlio_ext.world import SoloWorld
 
@@ -248,6 +249,8 @@ def test_a_full_tier_is_counted_as_no_space(tmp_path: Path) -> None:
     assert w["ops"] + w["errors"] == 24
     lines = [ln for ln in done.out.splitlines() if ln.startswith("no space left on device:")]
     assert len(lines) == 1 and "nixl memory tier" in lines[0], done.out
+    # where the data is: the ranks' own memory, gone with them (not "left" anywhere)
+    assert "its contents are lost when the ranks exit" in lines[0], lines[0]
     assert "Traceback" not in done.err
 
 
@@ -399,7 +402,8 @@ class FakeAgent:
 
 def _fake_medium(nixl: FakeNixl) -> MemoryMedium:
     agent: Any = FakeAgent(nixl)
-    return MemoryMedium(NixlSettings(pool_bytes=1 << 20), SoloWorld(), agent, memoryview(bytearray(64)))
+    ctrl = memoryview(bytearray(Layout(1).size))
+    return MemoryMedium(NixlSettings(pool_bytes=1 << 20), SoloWorld(), agent, memoryview(bytearray(64)), ctrl)
 
 
 def test_one_bad_notification_loses_no_other_request() -> None:
@@ -410,9 +414,9 @@ def test_one_bad_notification_loses_no_other_request() -> None:
     q = lambda rid, op, *args: json.dumps(["q", rid, op, list(args)]).encode()  # noqa: E731
     nixl = FakeNixl(
         {
-            "gone": [q(1, "reserve", 100)],
-            "other": [b"7", b'{"x": 1}', b"[]", q(2, "reserve", 100), q(3, "lookup", "k", True)],
-            "third": [q(4, "commit", "k", 0, 100)],
+            "gone": [q(1, "grant", 0, 100, [])],
+            "other": [b"7", b'{"x": 1}', b"[]", q(2, "grant", 0, 100, []), q(3, "lookup", "k", True)],
+            "third": [q(4, "commit", "k", 0, 100, 1.0)],
         },
         gone={"gone"},
     )
@@ -513,3 +517,297 @@ def test_kv_cache_on_the_memory_tier_reads_across_ranks(tmp_path: Path) -> None:
     assert k["cross_rank_reads"] > 0, k
     st = s["storage"]
     assert st["backend"] == "nixl" and st["medium"] == "memory" and st["nixl_plugins"]["read"] == ["UCX"]
+
+
+# puts place their bytes themselves and leave a commit record; gets of a key seen before read it
+# one-sidedly and check its bucket's stamp. Everything a rank can see of that, under real ranks:
+# keys read by ranks that never saw them, an overwrite and a delete by another rank seen by readers
+# that remembered the old place, no request per cached get or per small put, a writer's ring of
+# records wrapping, a key too long for a record, a full tier, and room again after deletes.
+TIER = textwrap.dedent(
+    """
+    import json, sys
+    from dlio_ext.storage import open_backend
+    from dlio_ext.storage.base import NoSpace, NotFound
+    from dlio_ext.storage.nixl.memory import Layout
+    from dlio_ext.world import get_world
+
+    world = get_world()
+    r, n = world.rank, world.size
+    b = open_backend({"type": "nixl", "pool_bytes": 4 << 20, **json.loads(sys.argv[1])}, sys.argv[2])
+    m = b.medium
+    out = {"rank": r}
+
+    def body(tag, size):
+        return bytes((tag * 7 + i) % 251 for i in range(size))
+
+    def owned_by(rank, stem, avoid=None):
+        for i in range(100_000):
+            k = f"{stem}/{i}"
+            if b.home(k) == rank and (avoid is None or Layout.bucket(k) != Layout.bucket(avoid)):
+                yield k
+
+    # 1. every rank reads what every other rank wrote, never having seen the key
+    b.put(f"own/{r}", body(r, 5000 + r))
+    world.barrier()
+    ok = True
+    for q in range(n):
+        buf = bytearray(5000 + q)
+        ok &= b.get(f"own/{q}", memoryview(buf)) == len(buf) and bytes(buf) == body(q, 5000 + q)
+    out["read_all"] = ok
+
+    # 2. readers remember where "hot" is; another rank overwrites it, then a third deletes it
+    hot = next(owned_by(n - 1, "hot"))
+    if r == 0:
+        b.put(hot, body(1, 3000))
+    world.barrier()
+    buf = bytearray(8000)
+    out["first"] = b.get(hot, memoryview(buf)) == 3000 and bytes(buf[:3000]) == body(1, 3000)
+    out["first_again"] = b.get(hot, memoryview(buf)) == 3000 and bytes(buf[:3000]) == body(1, 3000)
+    world.barrier()
+    if r == 1:
+        b.put(hot, body(2, 7000))
+    world.barrier()
+    out["overwritten"] = b.get(hot, memoryview(buf)) == 7000 and bytes(buf[:7000]) == body(2, 7000)
+    out["stat_after_overwrite"] = b.stat(hot).size
+    world.barrier()
+    if r == n - 1:
+        b.delete(hot)
+    world.barrier()
+    seen = []
+    for verb in ("get", "get_range", "stat"):
+        try:
+            if verb == "get":
+                b.get(hot, memoryview(buf))
+            elif verb == "get_range":
+                b.get_range(hot, 10, memoryview(buf))
+            else:
+                b.stat(hot)
+            seen.append("found")
+        except NotFound:
+            seen.append("NotFound")
+    out["after_delete"] = seen
+    world.barrier()
+
+    # 3. cached gets and small puts ask the owner nothing (one grant at most for the puts)
+    cached = next(owned_by(1, "cached"))
+    if r == 0:
+        b.put(cached, body(3, 4096))
+        into = b.alloc(4096)
+        b.get(cached, into)
+    world.barrier()
+    before = world.allgather(m.shard.served)
+    if r == 0:
+        keys = owned_by(1, "quiet", avoid=cached)
+        for i in range(50):
+            b.get(cached, into)
+            b.put(next(keys), body(i, 1000))
+        out["cached_ok"] = bytes(into) == body(3, 4096)
+    world.barrier()
+    after = world.allgather(m.shard.served)
+    out["owner_requests"] = after[1] - before[1]
+    out["nudge"] = m._nudge().decode()  # decided by now, from what UCX reported
+    world.barrier()
+
+    # 4. more records than a ring holds, a key too long for a record: all there, list exact
+    if r == 0:
+        for i, k in zip(range(m.layout.ring * 2 + 10), owned_by(1, "many")):
+            b.put(k, body(i, 100))
+        b.put("long/" + "x" * 400, body(9, 100))
+    world.barrier()
+    out["many"] = len(list(b.list("many/")))
+    out["ring"] = m.layout.ring
+    buf = bytearray(100)
+    out["long_ok"] = b.get("long/" + "x" * 400, memoryview(buf)) == 100 and bytes(buf) == body(9, 100)
+    world.barrier()
+    for k in list(b.list("many/")) if r == 0 else []:
+        b.delete(k)
+    world.barrier()
+
+    # 5. rank 0 fills rank 1's pool: NoSpace, nothing stored is lost (read by the last rank,
+    # which never saw the keys); after deletes the same put fits again
+    fill = list(zip(range(200), owned_by(1, "fill")))
+    if r == 0:
+        stored, full = [], None
+        for i, k in fill:
+            try:
+                b.put(k, body(i, 64 << 10))
+                stored.append(i)
+            except NoSpace as exc:
+                full = str(exc)
+                break
+        out["fill_stored"], out["fill_error"] = len(stored), full
+    stored = world.allgather(out.get("fill_stored"))[0]
+    world.barrier()
+    if r == n - 1:
+        ok = True
+        back = bytearray(64 << 10)
+        for i, k in fill[:stored]:
+            ok &= b.get(k, memoryview(back)) == len(back) and bytes(back) == body(i, 64 << 10)
+        out["fill_intact"] = ok
+    world.barrier()
+    if r == 0:
+        for i, k in fill[:stored]:
+            b.delete(k)
+        b.put(fill[stored][1], body(0, 64 << 10))  # the put that did not fit now does
+        out["room_again"] = True
+    world.barrier()
+    b.close()
+    print("RESULT " + json.dumps(out), flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize(("np", "medium"), [(2, "shm"), (4, "shm"), (2, "tcp")])
+def test_the_tier_is_exact_without_asking_the_owner(tmp_path: Path, np: int, medium: str) -> None:
+    rows = _mpi_script(
+        tmp_path, np, {"transports": "tcp", "net_devices": "lo"} if medium == "tcp" else {}, TIER
+    )
+    for row in rows:
+        assert row["read_all"] and row["first"] and row["first_again"], row
+        assert row["overwritten"] and row["stat_after_overwrite"] == 7000, row
+        assert row["after_delete"] == ["NotFound", "NotFound", "NotFound"], row
+        assert row["many"] == row["ring"] * 2 + 10 and row["long_ok"], row
+    writer, reader = rows[0], rows[-1]
+    assert writer["cached_ok"], writer
+    # over tcp a one-sided transfer waits for the owner's UCX progress: each op nudges the owner's
+    # control thread to keep polling; over shared memory (cma) nothing is sent
+    assert writer["nudge"] == ("~" if medium == "tcp" else ""), writer
+    # 50 gets of a cached key and 50 small puts: at most one request (a grant) reached the owner
+    assert writer["owner_requests"] <= 1, rows
+    # rank 1's 4 MiB pool, 64 KiB objects: most of it fills before the put that does not fit
+    assert 40 <= writer["fill_stored"] < 64, writer
+    line = writer["fill_error"]
+    assert "\n" not in line and "nixl memory tier is full" in line and "storage.pool_bytes" in line
+    assert reader["fill_intact"] and writer["room_again"], rows
+
+
+def _record(shard: Shard, writer: int, seq: int, key: str, off: int, size: int, mtime: float) -> int:
+    """Write a commit record as a writer's WRITE leaves it in the owner's ring; returns its offset."""
+    raw = key.encode()
+    head = RECORD.pack(seq + 1, off, size, mtime, len(raw), 0)[:-4]
+    crc = zlib.crc32(raw, zlib.crc32(head))
+    at = shard.layout.slot(writer, seq)
+    shard.ctrl[at : at + RECORD.size + len(raw)] = head + crc.to_bytes(4, "little") + raw
+    return at
+
+
+def test_records_apply_in_order_whole_and_the_later_put_wins() -> None:
+    """The owner applies a ring's records in order, leaves a record it finds half written (bad
+    crc) and everything after it for the next drain, restamps the key's bucket before any change,
+    and of two puts of one key keeps the later (the earlier one's bytes are freed)."""
+    shard = Shard(1 << 20, 0, 2, memoryview(bytearray(Layout(2).size)))
+    a, b = shard.extents.take(4096), shard.extents.take(4096)
+    stamp0 = shard.stamp("k")
+    at = _record(shard, 1, 0, "k", b, 4096, 200.0)
+    _record(shard, 1, 1, "j", a, 100, 150.0)
+    shard.ctrl[at + RECORD.size] ^= 0xFF  # the key's first byte not there yet
+    shard.drain()
+    assert shard.keys == {} and shard.applied[1] == 0 and shard.stamp("k") == stamp0
+    shard.ctrl[at + RECORD.size] ^= 0xFF
+    shard.drain()
+    assert shard.applied[1] == 2 and shard.keys["k"].offset == b and shard.keys["j"].size == 100
+    stamp1 = shard.stamp("k")
+    assert stamp1 != stamp0
+    c = shard.extents.take(4096)
+    free = shard.extents.free_bytes
+    _record(shard, 1, 2, "k", c, 4096, 100.0)  # an earlier put of "k" that landed late
+    shard.drain()
+    assert shard.keys["k"].offset == b and shard.extents.free_bytes == free + 4096
+    assert shard.stamp("k") != stamp1  # restamped all the same: readers re-ask, never misread
+
+
+# a writer told the object's size writes each chunk straight to its place: what a checkpoint
+# burst through the tier-0 does. Keys owned by this rank and by the other are both used.
+SIZED = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from dlio_ext.storage import open_backend
+    from dlio_ext.storage.base import NotFound, StorageError
+    from dlio_ext.world import get_world
+
+    world = get_world()
+    r, n = world.rank, world.size
+    b = open_backend({"type": "nixl", "pool_bytes": 8 << 20, **json.loads(sys.argv[1])}, sys.argv[2])
+    out = {"rank": r, "owners": []}
+    peer = (r + 1) % n
+
+    def body(seed, size):
+        return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+
+    chunk = b.alloc(70_000)  # registered: each chunk is one WRITE, no staging
+    keys = [f"placed/{r}/{i}" for i in range(4)]
+    out["owners"] = [b.home(k) for k in keys]
+    writers = [b.sized_writer(k, 3 * 70_000) for k in keys]
+    for i, w in enumerate(writers):
+        for c in range(3):
+            chunk[:] = body(r * 100 + i * 10 + c, 70_000)
+            w.write(chunk)  # the buffer is ours again once write returns: restamp it
+    world.barrier()
+    # written but not closed: no rank finds the keys yet (a reader never sees half an object)
+    hidden = 0
+    for i in range(4):
+        try:
+            b.stat(f"placed/{peer}/{i}")
+        except NotFound:
+            hidden += 1
+    out["hidden_before_close"] = hidden
+    world.barrier()
+    for w in writers:
+        w.close()
+    world.barrier()
+    ok = []
+    for i in range(4):
+        got = bytearray(3 * 70_000)
+        want = b"".join(body(peer * 100 + i * 10 + c, 70_000) for c in range(3))
+        ok.append(b.get(f"placed/{peer}/{i}", memoryview(got)) == len(want) and bytes(got) == want)
+    out["peer_read_ok"] = ok
+    # a write past the size, and a close short of it, fail; neither leaves a key
+    w = b.sized_writer(f"over/{r}", 100)
+    try:
+        w.write(b"x" * 101)
+        out["over"] = "no error"
+    except StorageError as exc:
+        out["over"] = str(exc)
+        w.abort()
+    w = b.sized_writer(f"short/{r}", 100)
+    w.write(b"x" * 50)
+    try:
+        w.close()
+        out["short"] = "no error"
+    except StorageError as exc:
+        out["short"] = str(exc)
+    out["left"] = sorted(b.list("over/")) + sorted(b.list("short/"))
+    world.barrier()
+    # an aborted writer gives its room back: rank 0 alone aborts a 3 MiB writer, then puts and
+    # deletes 3 MiB, three times, in one 8 MiB pool (a leak would fill it by the third)
+    again = 0
+    if r == 0:
+        try:
+            for _ in range(3):
+                w = b.sized_writer("big", 3 << 20)
+                w.abort()
+                b.put("big", body(7, 3 << 20))
+                b.delete("big")
+                again += 1
+        except StorageError as exc:  # said, not raised: the other rank waits at the barrier
+            out["room_error"] = str(exc)
+    out["room_back"] = again
+    world.barrier()
+    b.close()
+    print("RESULT " + json.dumps(out), flush=True)
+    """
+)
+
+
+def test_a_sized_writer_places_the_object_and_commits_it_whole(tmp_path: Path) -> None:
+    rows = _mpi_script(tmp_path, 2, {}, SIZED)
+    owners = {o for row in rows for o in row["owners"]}
+    assert owners == {0, 1}, owners  # keys this rank owns and keys the other owns
+    for row in rows:
+        assert row["hidden_before_close"] == 4, row
+        assert row["peer_read_ok"] == [True] * 4, row
+        assert "101 bytes written to a writer opened for 100" in row["over"], row
+        assert "closed after 50 of the 100 bytes" in row["short"], row
+        assert row["left"] == [] and row["room_back"] == (3 if row["rank"] == 0 else 0), row

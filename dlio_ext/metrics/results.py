@@ -249,6 +249,15 @@ def merge_kernel(states: Sequence[dict[str, Any]], io: str | None, counted: int)
             "hosts": len(disks),
         }
     info: dict[str, Any] = {"proc_self_io": proc, "diskstats": disk, "device": ",".join(devices) or None}
+    # a background phase (an async persist, a tier-0 drain) cannot end on a barrier: each rank read
+    # the device at its own end, so diskstats covers the sampling rank's span, not every rank's
+    own_span = any(s.get("own_span") for s in states)
+    if own_span:
+        info["own_span"] = (
+            "a background phase: diskstats was read at the sampling rank's own end and misses what "
+            "other ranks wrote after it; /proc/self/io (every rank's own writes) is the figure, and "
+            "the two are not compared"
+        )
     if not devices:
         info["no_device"] = next((s["no_device"] for s in states if s.get("no_device")), "unknown")
         info["memory"] = memory
@@ -283,7 +292,7 @@ def merge_kernel(states: Sequence[dict[str, Any]], io: str | None, counted: int)
                 )
     elif io == "write":
         dev_proc = proc["write_bytes"] - proc["cancelled_write_bytes"] if proc and devices else None
-        dev_disk = disk["write_bytes"] if disk else None
+        dev_disk = disk["write_bytes"] if disk and not own_span else None
         if dev_disk is not None:
             out["device_bytes"], out["device_bytes_source"] = dev_disk, f"diskstats {disk['device']}"
         elif dev_proc is not None:

@@ -10,7 +10,6 @@ noise is unknown, and the table says so.
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ from typing import Any
 
 from dlio_ext.errors import OneLineParser, UsageError
 from dlio_ext.metrics import trials
+from dlio_ext.report.markup import Html, section, table, tag
+from dlio_ext.report.page import CSS
 
 #: the figures compared, in order, and whether more is better
 FIGURES: dict[str, bool] = {
@@ -167,34 +168,36 @@ def text(model: dict[str, Any]) -> str:
 
 
 def page(model: dict[str, Any]) -> str:
-    """A self-contained HTML page of the comparison (every value from a run escaped)."""
-    e = html.escape
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>dlio-ext compare</title><style>",
-        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th:first-child,td:first-child{text-align:left}"
-        ".mark{color:#b00}",
-        "</style></head><body>",
-        f"<h1>dlio-ext compare: {e(str(model['workload']))}</h1>",
-        f"<p>baseline: {e(model['baseline'])}; changes in % against it; 'noise' = within the trials' spread</p><ul>",
+    """A self-contained HTML page of the comparison, built with the run report's markup (every
+    value from a run escaped) and its style."""
+    runs = [
+        tag(
+            "li",
+            f"{r['run']}: {r['trials']} trial(s) ({r['path']})",
+            *([" ", tag("span", f"[{'; '.join(r['marks'])}]", class_="bad")] if r["marks"] else []),
+        )
+        for r in model["runs"]
     ]
-    for r in model["runs"]:
-        marks = f" <span class='mark'>[{e('; '.join(r['marks']))}]</span>" if r["marks"] else ""
-        parts.append(f"<li>{e(r['run'])}: {r['trials']} trial(s) ({e(r['path'])}){marks}</li>")
-    parts.append("</ul>")
+    body = [
+        tag("h1", f"dlio-ext compare: {model['workload']}"),
+        tag(
+            "p",
+            f"baseline: {model['baseline']}; changes in % against it; 'noise' = within the trials' spread",
+        ),
+        tag("ul", *runs),
+    ]
     for name, rows in model["phases"].items():
-        parts.append(f"<h2>phase {e(name)}</h2><table><tr><th>run</th>")
-        parts += [f"<th>{e(f)}</th>" for f in FIGURES]
-        parts.append("</tr>")
-        for row in rows:
-            parts.append(
-                f"<tr><td>{e(row['run'])}</td>"
-                + "".join(f"<td>{e(_cell(row, f))}</td>" for f in FIGURES)
-                + "</tr>"
+        body.append(
+            section(
+                f"phase-{name}",
+                f"phase {name}",
+                table(["run", *FIGURES], ([row["run"], *(_cell(row, f) for f in FIGURES)] for row in rows)),
             )
-        parts.append("</table>")
-    parts.append("</body></html>")
-    return "".join(parts)
+        )
+    head = tag(
+        "head", Html('<meta charset="utf-8">'), tag("title", "dlio-ext compare"), tag("style", Html(CSS))
+    )
+    return "<!doctype html>" + tag("html", head, tag("body", *body))
 
 
 def main(argv: Sequence[str]) -> int:

@@ -383,6 +383,7 @@ class Writer(abc.ABC):
 #: backend class defines is "native" unless the class declares otherwise in `capabilities`.
 OPTIONAL_VERBS: dict[str, Support] = {
     "delete_many": "emulated",
+    "sized_writer": "emulated",
     "mkdir": "unsupported",
     "rmdir": "unsupported",
     "rename": "unsupported",
@@ -474,6 +475,13 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def writer(self, key: str) -> Writer: ...
+
+    def sized_writer(self, key: str, size: int) -> Writer:
+        """A writer for an object of `size` bytes, exactly what the caller will write (a close
+        after fewer or a write past it raises StorageError). A medium that can use the size
+        overrides this (the nixl memory tier places the object at once and writes each chunk
+        straight to its place); the others stream as `writer` does."""
+        return self.writer(key)
 
     # metadata verbs
     @abc.abstractmethod

@@ -143,6 +143,8 @@ class KernelMeter:
             "fstype": self.device.fstype,
             "fsync_calls": fsync[0] - mark.fsync[0],
             "fsync_seconds": round(fsync[1] - mark.fsync[1], 9),
+            # a background phase (no barrier): the device was read at this rank's own end
+            "own_span": wait is None,
         }
 
 

@@ -36,6 +36,9 @@ RDMA = re.compile(r"^(rc|dc|ud)(_|$)|^(ib|gga|srd)")
 _TL = re.compile(r"([a-z][a-z0-9_]*)/([A-Za-z0-9_:.\-]+)")
 _RANGE = re.compile(r"^\d+(\.\.(\d+|inf))?$")
 
+#: descriptor lists kept for reuse (see Agent._descs)
+DESC_CACHE = 4096
+
 _nixl: ModuleType | None = None
 _lock = threading.Lock()
 
@@ -118,6 +121,7 @@ class Agent:
         self._reg_lock = threading.Lock()
         #: NIXL plugins that served transfers (query_xfer_backend), by verb
         self.plugins: dict[str, set[str]] = {}
+        self._desc_cache: dict[tuple[Any, ...], Any] = {}
 
     # registered memory ---------------------------------------------------------------------
     def register(self, buf: memoryview) -> None:
@@ -168,14 +172,55 @@ class Agent:
         transfer's until then."""
         ag = self.agent
         try:
-            h = ag.initialize_xfer(
-                op,
-                ag.get_xfer_descs([(a, n, 0) for a, n in local], "DRAM"),
-                ag.get_xfer_descs(remote, mem),
-                peer,
-            )
+            h = ag.initialize_xfer(op, self._descs(local, "DRAM"), self._descs(remote, mem), peer)
         except Exception as exc:
             raise error(exc, what) from None
+        self._finish(op, h, what)
+
+    def _descs(self, ranges: list[tuple[int, int]] | list[tuple[int, int, int]], mem: str) -> Any:
+        """NIXL's descriptor list for `ranges`, built once per distinct list: a workload moves the
+        same buffers again and again, and building one costs microseconds of a 4 KiB transfer."""
+        key = (mem, *ranges)
+        got = self._desc_cache.get(key)
+        if got is None:
+            if len(self._desc_cache) >= DESC_CACHE:
+                self._desc_cache.clear()  # a bound, not a policy
+            got = self._desc_cache[key] = self.agent.get_xfer_descs(
+                [r if len(r) == 3 else (r[0], r[1], 0) for r in ranges], mem
+            )
+        return got
+
+    def prep(self, peer: str | None, ranges: Any) -> Any:
+        """A prepped descriptor list of registered DRAM ranges (an Nx3 array of addr, length, 0):
+        this agent's own (peer None) or `peer`'s; transfers then name descriptors by index
+        (`move_prepped`)."""
+        try:
+            return self.agent.prep_xfer_dlist(peer if peer is not None else "NIXL_INIT_AGENT", ranges, "DRAM")
+        except Exception as exc:
+            raise error(exc, f"preparing descriptors for {peer or 'this rank'}") from None
+
+    def move_prepped(
+        self,
+        op: str,
+        local: Any,
+        local_idx: list[int],
+        remote: Any,
+        remote_idx: list[int],
+        what: str,
+        notif: bytes = b"",
+    ) -> None:
+        """`move` between descriptors of two prepped lists, chosen by index: no descriptor is
+        built or checked per transfer (NIXL did that once, in `prep`). A non-empty `notif` reaches
+        the peer once the transfer is done."""
+        try:
+            h = self.agent.make_prepped_xfer(op, local, local_idx, remote, remote_idx, notif)
+        except Exception as exc:
+            raise error(exc, what) from None
+        self._finish(op, h, what)
+
+    def _finish(self, op: str, h: Any, what: str) -> None:
+        """Post `h` and poll it to DONE (or an exception), then release it."""
+        ag = self.agent
         try:
             state = ag.transfer(h)
             while state == "PROC":

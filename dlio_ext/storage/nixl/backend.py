@@ -73,6 +73,10 @@ class NixlBackend(Backend):
     def writer(self, key: str) -> Writer:
         return self.medium.writer(key)
 
+    def sized_writer(self, key: str, size: int) -> Writer:
+        # the memory medium places the object at once; file and obj stream as writer does
+        return self.medium.sized_writer(key, size)
+
     def stat(self, key: str) -> ObjectInfo:
         return self.medium.stat(key)
 

@@ -50,6 +50,8 @@ class Medium(Protocol):
 
     def writer(self, key: str) -> Writer: ...
 
+    def sized_writer(self, key: str, size: int) -> Writer: ...
+
     def stat(self, key: str) -> ObjectInfo: ...
 
     def list(self, prefix: str = "", delimiter: str | None = None) -> Iterator[str]: ...
@@ -107,6 +109,12 @@ class MediumDefaults(abc.ABC):
 
     def check(self) -> None:
         return None
+
+    @abc.abstractmethod
+    def writer(self, key: str) -> Writer: ...
+
+    def sized_writer(self, key: str, size: int) -> Writer:
+        return self.writer(key)
 
     def ask_durable(self, source: str) -> Durability:
         return self.durability()

@@ -30,7 +30,7 @@ class Engine:
         fkey = c.file_key(ckpt, f.writer, f.index)
         fh = StreamHash()
         try:
-            w = self.b.writer(f.key)
+            w = self.b.sized_writer(f.key, f.nbytes)  # a file's size is known: a medium may place it at once
             ev.opened = time.perf_counter()
             closing = False
             try:

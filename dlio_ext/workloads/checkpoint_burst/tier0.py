@@ -176,7 +176,7 @@ class Drainer(threading.Thread):
         chunk = len(buf)
         t_rate, moved = time.perf_counter(), 0
         try:
-            w = self.durable.writer(f.key)
+            w = self.durable.sized_writer(f.key, f.nbytes)
             ev.opened = time.perf_counter()
             closing = False
             try:
