@@ -208,6 +208,45 @@ def test_missing_flag_and_used_out_dir_one_line_exit_2(tmp_path: Path) -> None:
     assert sorted(p.name for p in used.iterdir()) == ["keep"]
 
 
+def test_a_step_past_its_timeout_is_stopped_whole(tmp_path: Path) -> None:
+    """A run that outlasts the suite's timeout_s is stopped with mpirun and every rank, the
+    scorecard still written, the step named as failed, exit 1."""
+    import time
+
+    targets = _targets(tmp_path, f"targets:\n  - name: a\n    root: {tmp_path}\n")
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        "trials: 1\nranks: 2\ntimeout_s: 10\nruns:\n  checkpoint: [workload=checkpoint_burst/llama3_8b, "
+        "workload.scale=0.0002, workload.checkpoints=3, workload.restores=1, workload.compute_seconds=60]\n"
+    )
+    out = tmp_path / "out"
+    done = run_cli(
+        "evaluate", "--targets", str(targets), "--suite", str(suite), "--out", str(out), timeout=180
+    )
+    assert done.code == 1 and "1 step(s) failed" in done.err, done.err
+    card = json.loads((out / "scorecard.json").read_text())
+    assert card["steps"][0]["error"] == "stopped after 10 s (the suite's timeout_s)"
+    assert "stopped after 10 s" in (out / "scorecard.html").read_text()
+    # the ranks themselves were told (not mpirun alone), and the data evaluate made is gone
+    assert "interrupted by SIGTERM" in (out / "runs/a/checkpoint/INCOMPLETE").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("evaluate-")]
+
+    def ours() -> list[str]:
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if str(out).encode() in cmdline.read_bytes():
+                    found.append(cmdline.parent.name)
+            except OSError:
+                pass
+        return found
+
+    deadline = time.monotonic() + 30
+    while ours() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ours() == []  # neither mpirun nor a rank outlived the step
+
+
 def test_example_files_load(tmp_path: Path) -> None:
     """The shipped example and default suite are valid (their keys are the documented ones), and
     every run of the default suite passes the run's own config check on both example targets."""

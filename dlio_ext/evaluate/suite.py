@@ -9,8 +9,10 @@ exit 2, with nothing run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -45,6 +47,8 @@ FAULT_KEYS = {
     "retries": int,
 }
 SCENARIOS = ("proxy", "restart", "wrong-credentials")
+#: seconds a stopped step has to end after SIGTERM before it is killed
+STOP_GRACE_S = 20.0
 SUITE_KEYS = ("trials", "ranks", "timeout_s", "launcher", "runs")
 #: arguments the suite may not give a run: evaluate decides where a run goes and how often
 _OWNED_ARGS = ("storage", "run.dir", "run.results_dir", "run.trials", "tier0")
@@ -284,6 +288,20 @@ def _last_line(text: str, hidden: list[str]) -> str:
     return scrub(lines[-1], hidden) if lines else ""
 
 
+def _stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """SIGTERM the step's process group (mpirun passes it on to the ranks), then SIGKILL what is
+    left after STOP_GRACE_S; what it printed."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            out, err = proc.communicate(timeout=STOP_GRACE_S)
+            return out or "", err or ""
+        except subprocess.TimeoutExpired:
+            continue
+    return "", ""
+
+
 def execute(step: Step, env: Mapping[str, str], timeout_s: float, log: Path) -> Outcome:
     """Run one step to its end; its output goes to `log`, its one-line verdict to the outcome."""
     if step.skipped:
@@ -296,12 +314,21 @@ def execute(step: Step, env: Mapping[str, str], timeout_s: float, log: Path) -> 
         tmp = tempfile.mkdtemp(prefix="mpi", dir="/tmp")
         run_env["TMPDIR"] = tmp
     t0 = time.monotonic()
+    code: int | None
+    # its own session, so that a step stopped (its timeout, or evaluate interrupted) is stopped
+    # whole: mpirun and every rank, not mpirun alone
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=run_env, start_new_session=True
+    )
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, env=run_env, timeout=timeout_s)
-        code, out, err = done.returncode, done.stdout, done.stderr
-    except subprocess.TimeoutExpired as exc:
+        out, err = proc.communicate(timeout=timeout_s)
+        code = proc.returncode
+    except subprocess.TimeoutExpired:
+        out = _stop(proc)[0]
         code, err = None, f"stopped after {timeout_s:g} s (the suite's timeout_s)"
-        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+    except BaseException:
+        _stop(proc)
+        raise
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
