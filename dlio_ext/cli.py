@@ -8,6 +8,7 @@ dlio-ext s3-faults [--endpoint URL] [--slowdown F] [--reset F] [--latency F] [--
 dlio-ext compare RUN RUN [...] [--json FILE] [--html FILE] [--force]
 dlio-ext mlperf RUN_DIR --results DIR --org ORG --system NAME [--division closed|open]
 dlio-ext report RUN_DIR [--out FILE] [--text]
+dlio-ext evaluate --targets stores.yaml [--suite suite.yaml] [--out DIR]
 """
 
 from __future__ import annotations
@@ -74,6 +75,12 @@ def _report(argv: Sequence[str]) -> int:
     return report_main(list(argv))
 
 
+def _evaluate(argv: Sequence[str]) -> int:
+    from dlio_ext.evaluate import main as evaluate_main
+
+    return evaluate_main(list(argv))
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "run": _run,
     "dlio": _dlio,
@@ -83,6 +90,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "compare": _compare,
     "mlperf": _mlperf,
     "report": _report,
+    "evaluate": _evaluate,
 }
 
 

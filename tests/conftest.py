@@ -2,18 +2,25 @@
 
 - CLI: run `python -m dlio_ext.cli ...` as a subprocess.
 - Local S3 server: one real SeaweedFS for the whole session, always stopped at the end.
+- A second real S3 server: moto in server mode, for the session, stopped by its own pid.
 - S3 storage configs: `storage` dicts for `open_backend`, one prefix per test, for either client.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Done, run_cli
+from helpers import MOTO_BUCKET, MOTO_KEY, MOTO_SECRET, Done, run_cli
 
 from dlio_ext.s3server import ServerInfo, server_env, start_server, stop_server
 from dlio_ext.storage import Backend, open_backend
@@ -45,6 +52,56 @@ def s3_admin(s3_server: ServerInfo) -> Any:
     """A plain boto3 client on the session server, for looking behind a backend's back (built as
     the backend builds its own: one attempt a request, no CRC checksums)."""
     return boto3_client(S3Settings.from_config({"type": "s3", "prefix": ""}, server_env(s3_server)))
+
+
+# --- a second S3 server (moto) -------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`moto_server` on a loopback port, with the bucket MOTO_BUCKET (keys MOTO_KEY/MOTO_SECRET,
+    which moto does not check); stopped (by its own pid) at the end. Yields its endpoint."""
+    exe = Path(sys.executable).parent / "moto_server"
+    if not exe.exists():
+        pytest.skip("moto server mode not installed: pip install 'moto[server]'")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        cfg = {"endpoint": endpoint, "bucket": MOTO_BUCKET, "prefix": "", "access_key": MOTO_KEY,
+               "secret_key": MOTO_SECRET}  # fmt: skip
+        client = boto3_client(S3Settings.from_config(cfg, env={}))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client.create_bucket(Bucket=MOTO_BUCKET)
+                break
+            except Exception:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto_server did not start; see {log}") from None
+                time.sleep(0.2)
+        yield endpoint
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
 
 
 # --- S3 storage configs ---------------------------------------------------------------------

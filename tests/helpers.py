@@ -9,11 +9,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
+
+#: the keys and bucket of the session's moto S3 server (conftest's `moto_server`)
+MOTO_KEY, MOTO_SECRET = "MOTOKEY" + uuid.uuid4().hex[:10].upper(), "moto-secret-" + uuid.uuid4().hex
+MOTO_BUCKET = "compat"
 
 #: a KV-cache run small enough for a test: 96 KiB chunks, a handful of shared prefixes
 KV_SMALL = [

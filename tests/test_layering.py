@@ -1,8 +1,8 @@
 """The arrows between dlio-ext's packages run one way (issue #11):
 
-    cli -> (config, run, report, compat, dlio, mlperf); run -> workloads -> (storage, metrics);
+    cli -> (config, run, report, compat, dlio, mlperf, evaluate); run -> workloads -> (storage, metrics);
     report -> metrics; dlio -> (storage, workloads); compat -> (storage, workloads);
-    mlperf -> metrics
+    mlperf -> metrics; evaluate -> (run, compat, report)
 
 A package may import what it reaches by those arrows, and the leaf modules anyone may use
 (errors, world, the package's version, the validators, the registry of plug-ins found by name,
@@ -20,7 +20,11 @@ from helpers import ROOT
 PKG = ROOT / "dlio_ext"
 
 ARROWS: dict[str, set[str]] = {
-    "cli": {"config", "run", "report", "compat", "dlio", "mlperf"},
+    "cli": {"config", "run", "report", "compat", "dlio", "mlperf", "evaluate"},
+    # evaluate runs the suite as subprocesses of the CLI; in-process it checks runs' arguments
+    # (run's config check), reaches stores (compat's client), reads results (metrics, the
+    # checkpoint goodput formula of workloads) and builds its page with the report's markup
+    "evaluate": {"run", "compat", "report"},
     "run": {"config", "workloads"},
     "workloads": {"storage", "metrics"},
     "report": {"metrics"},

@@ -1,5 +1,5 @@
 """`dlio-ext s3-compat` against two real stores that really differ: SeaweedFS (session fixture)
-and moto in server mode (started here). The whole catalogue runs once, side by side, through the
+and moto in server mode (the `moto_server` fixture). The whole catalogue runs once, side by side, through the
 CLI with a --targets file; the tests then read what it reported.
 
 Every pinned outcome below was taken from what these servers answered (SeaweedFS from
@@ -11,26 +11,20 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ROOT, Done, run_cli
+from helpers import MOTO_BUCKET, MOTO_KEY, MOTO_SECRET, ROOT, Done, run_cli
 
 from dlio_ext.compat.probes import REGISTRY
 from dlio_ext.compat.runner import OUTCOMES
 from dlio_ext.s3server import ServerInfo
 from dlio_ext.storage.s3 import S3Settings, boto3_client
-
-MOTO_KEY, MOTO_SECRET = "MOTOKEY" + uuid.uuid4().hex[:10].upper(), "moto-secret-" + uuid.uuid4().hex
-MOTO_BUCKET = "compat"
 
 # What each server did, probe by probe, where it was not a pass (observed, then pinned).
 NOT_PASS = {
@@ -63,50 +57,6 @@ NOT_PASS = {
         "presign.tampered": ("differs", "HTTP 200 for a tampered signature"),
     },
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`moto_server` on a loopback port, with a bucket; stopped (by its own pid) at the end."""
-    exe = Path(sys.executable).parent / "moto_server"
-    if not exe.exists():
-        pytest.skip("moto server mode not installed: pip install 'moto[server]'")
-    port = _free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [str(exe), "-H", "127.0.0.1", "-p", str(port)],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        client = _client(endpoint, MOTO_KEY, MOTO_SECRET)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                client.create_bucket(Bucket=MOTO_BUCKET)
-                break
-            except Exception:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server did not start; see {log}") from None
-                time.sleep(0.2)
-        yield endpoint
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 def _client(endpoint: str, key: str, secret: str) -> Any:

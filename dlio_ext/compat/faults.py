@@ -1,6 +1,6 @@
 """`dlio-ext s3-faults`: a storage_sweep through faults in front of, or done to, a real store.
 
-dlio-ext s3-faults [--scenario proxy|restart|wrong-credentials|all] [--endpoint URL | --local]
+dlio-ext s3-faults [--scenario proxy|restart|wrong-credentials|all] [--endpoint URL | --local | --server-dir D]
                    [--bucket B] [--prefix P] [--slowdown 0.1] [--reset 0.05]
                    [--latency 0.2 --latency-ms 50] [--seed 1] [--client boto3|obstore] [--out DIR]
                    [--outage 1 --restart-retries 30 --restart-backoff-base 0.1 --restart-backoff-max 1]
@@ -53,7 +53,7 @@ from urllib.parse import unquote, urlsplit
 
 from dlio_ext.compat.runner import guard, make_client, make_target, scrub
 from dlio_ext.errors import UsageError
-from dlio_ext.s3server import DEFAULT_BUCKET, restart_server, start_server, stop_server
+from dlio_ext.s3server import DEFAULT_BUCKET, restart_server, server_status, start_server, stop_server
 from dlio_ext.storage.base import VerifyError
 from dlio_ext.storage.s3 import redact_url
 
@@ -605,6 +605,11 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
     parser.add_argument(
         "--local", action="store_true", help="ignore AWS_ENDPOINT_URL: start a SeaweedFS of our own"
     )
+    parser.add_argument(
+        "--server-dir",
+        help="the store is the SeaweedFS of `dlio-ext s3-server start --dir D` (its endpoint and keys); "
+        "the restart scenario restarts it (same ports, data, keys) and leaves it running",
+    )
     parser.add_argument("--bucket", help="bucket (default: DLIO_EXT_S3_BUCKET)")
     parser.add_argument("--prefix", help="a prefix of your own under which the sweep writes")
     parser.add_argument("--slowdown", type=float, default=0.1, help="fraction answered 503 SlowDown")
@@ -641,8 +646,10 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
     )
     args = parser.parse_args(list(argv))
     wanted = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
-    own = args.local or not (args.endpoint or env.get("AWS_ENDPOINT_URL"))
-    if "restart" in wanted and not own and args.scenario == "restart":
+    if args.server_dir and (args.local or args.endpoint):
+        raise UsageError("--server-dir names the store; drop --local/--endpoint")
+    own = not args.server_dir and (args.local or not (args.endpoint or env.get("AWS_ENDPOINT_URL")))
+    if "restart" in wanted and not own and not args.server_dir and args.scenario == "restart":
         raise UsageError(
             "the restart scenario stops and restarts the store, so it runs only on a SeaweedFS that "
             "s3-faults starts itself: drop --endpoint/AWS_ENDPOINT_URL or add --local"
@@ -653,7 +660,18 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
     skipped: dict[str, str] = {}
     scenarios: dict[str, Any] = {}
     try:
-        if own:
+        if args.server_dir:
+            info = server_status(args.server_dir)
+            if info is None:
+                raise UsageError(
+                    f"--server-dir {args.server_dir}: no SeaweedFS of dlio-ext s3-server runs there"
+                )
+            server_dir = Path(info.dir)
+            target = make_target(
+                "faults", info.endpoint, args.bucket or info.bucket, args.prefix, {}, info.region,
+                info.access_key, info.secret_key,
+            )  # fmt: skip
+        elif own:
             server_dir, info = _local_server(out, args.bucket)
             target = make_target(
                 "faults", info.endpoint, info.bucket, args.prefix, {}, info.region,
@@ -679,7 +697,7 @@ def main(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
             else:
                 scenarios["wrong_credentials"] = run_wrong_credentials(target, args, out, env)
     finally:
-        if server_dir is not None:
+        if server_dir is not None and own:  # a server given by --server-dir is the user's
             stop_server(server_dir)
     ok = all(r.get("intact", True) for r in scenarios.values())
     report = {
