@@ -105,3 +105,17 @@ def test_compare_bad_input_is_one_line(args: list[str], tmp_path: Path) -> None:
     lines = [ln for ln in done.err.splitlines() if ln.strip()]
     assert done.code == 2 and len(lines) == 1 and lines[0].startswith("dlio-ext: error: "), done.err
     assert "Traceback" not in done.err
+
+
+def test_report_of_a_trial_set_links_each_trial_page(trial_sets: list[Path]) -> None:
+    d = trial_sets[1]
+    done = run_cli("report", str(d))
+    assert done.code == 0, done.err
+    assert done.out.strip().splitlines()[-1] == f"report: {d / 'report.html'}"
+    page = (d / "report.html").read_text()
+    doc = json.loads((d / "trials.json").read_text())
+    for r in doc["runs"]:
+        assert (d / r / "report.html").is_file() and f'href="{r}/report.html"' in page
+    for name, p in doc["phases"].items():
+        assert f"<td>{name}</td>" in page and f'data-v="{p["GBps"]["median"]!r}"' in page
+    assert "3 trials of storage_sweep" in page and "VALID" in page

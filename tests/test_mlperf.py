@@ -141,6 +141,27 @@ def test_a_run_made_to_meet_the_rules_breaks_only_what_this_machine_cannot_meet(
     )
 
 
+def test_a_run_meeting_every_rule_is_written_under_closed(good_run: Path, other_fs: Path) -> None:
+    """The pass path of the check. No run on this machine can meet 4.6.3 (13 GiB a rank, 5 s
+    between checkpoints), so this copy of the real 8-rank run has those two recorded settings
+    changed, and nothing else; every other rule is judged from what the run really did."""
+    run = other_fs / "meets-every-rule" / good_run.name
+    shutil.copytree(good_run, run)
+    path = run / "summary.json"
+    s = json.loads(path.read_text())
+    s["workload_config"]["scale"] = 1.0
+    s["workload_config"]["compute_seconds"] = 5.0
+    path.write_text(json.dumps(s))
+    done = export(run, other_fs / "closed-ok", "--division", "closed")
+    assert done.code == 0, done.out + done.err
+    v = verdicts(done.out)
+    assert v and all(all(met) for met in v.values()), done.out
+    assert re.search(r"/closed/Acme/results/box-1/checkpointing/llama3-8b/\d{8}_\d{6}$", done.out, re.M), (
+        done.out
+    )
+    assert not (other_fs / "closed-ok" / "open").exists()
+
+
 def test_closed_is_refused_naming_each_broken_rule(good_run: Path, other_fs: Path) -> None:
     done = export(good_run, other_fs / "closed-try", "--division", "closed")
     assert done.code == 1, done.out + done.err

@@ -62,7 +62,19 @@ def _check(s: dict[str, Any], ranks: int, sizes: list[int], targets: list[int]) 
         assert row["cpu_s"] > 0 and row["cpu_s_per_GB"] == pytest.approx(
             row["cpu_s"] / (row["bytes"] / 1e9), rel=1e-3
         )
-    assert sec["post_vs_transfer"]["available"] is False and "telemetry" in sec["post_vs_transfer"]["note"]
+    posted = any(row["transfers"] for row in sec["phases"])
+    assert sec["post_vs_transfer"]["available"] is posted and "post call" in sec["post_vs_transfer"]["note"]
+    for row in sec["phases"]:
+        if not row["transfers"]:  # posix, s3: nothing posted, no split
+            assert row["post_s"] == row["wait_s"] == 0 and row["post_share"] is None
+            continue
+        # storage=nixl: a put is two transfers (the bytes, the commit record), a get one or two
+        assert row["transfers"] >= row["ops"], row
+        assert row["post_s"] > 0 and row["post_share"] == pytest.approx(
+            row["post_s"] / (row["post_s"] + row["wait_s"]), abs=1e-3
+        )
+        # both stay inside the phase: the ranks' transfer seconds cannot exceed their time in it
+        assert row["post_s"] + row["wait_s"] <= s["phases"][row["phase"]]["rank_seconds"]["max"] * ranks
     # every key was deleted after its size
     assert s["cleanup"]["failed"] == 0
     return sec
@@ -131,6 +143,10 @@ def test_nixl_memory(tmp_path: Path, ranks: int, pattern: str, targets: list[int
     _check(s, ranks, [4096, 65536, 1048576], targets)
     # NIXL's UCX plugin carried both verbs (as NIXL itself reports, not the configuration)
     assert s["storage"]["nixl_plugins"].keys() >= {"read", "write"}, s["storage"]
+    # and every phase has its post/wait split, counted around each NIXL transfer
+    assert s["transfer_sweep"]["post_vs_transfer"]["available"] is True
+    assert all(row["transfers"] > 0 for row in s["transfer_sweep"]["phases"])
+    assert s["counters"]["transfers"] >= sum(row["transfers"] for row in s["transfer_sweep"]["phases"])
 
 
 def test_bad_key_one_line_exit_2(tmp_path: Path):

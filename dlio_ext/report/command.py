@@ -11,9 +11,10 @@ import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from dlio_ext.errors import UsageError
-from dlio_ext.report import page, rundir, text
+from dlio_ext.report import page, rundir, text, trials
 
 USAGE = "usage: dlio-ext report RUN_DIR [--out FILE] [--text]"
 PAGE = "report.html"
@@ -50,12 +51,22 @@ def main(argv: Sequence[str]) -> int:
         print(__doc__.strip() if __doc__ else USAGE)
         return 0
     run_dir, out, only_text = parse(argv)
+    doc = trials.load(run_dir) if run_dir.is_dir() else None
+    if doc is not None:
+        return _trial_set(run_dir, doc, out, only_text)
     run = rundir.load(run_dir)
     if only_text:
         print("\n".join(text.summary(run)))
         return 0
     target = out or run_dir / PAGE
-    doc = page.render(run)
+    _write(target, page.render(run))
+    print("\n".join(text.summary(run)))
+    print(f"report: {target}", flush=True)
+    return 0
+
+
+def _write(target: Path, doc: str) -> None:
+    """The page, whole or not at all."""
     tmp = target.with_name(target.name + ".partial")
     try:
         tmp.write_text(doc, encoding="utf-8")
@@ -64,6 +75,29 @@ def main(argv: Sequence[str]) -> int:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         raise UsageError(f"cannot write the page {target}: {exc.strerror or exc}; give --out FILE") from None
-    print("\n".join(text.summary(run)))
+
+
+def _trial_set(run_dir: Path, doc: dict[str, Any], out: Path | None, only_text: bool) -> int:
+    """A set of trials: each trial's own page in its directory, then the set's page linking them."""
+    names = [str(d) for d in doc.get("runs", [])]
+    lines = [f"{doc.get('trials')} trials of {doc.get('workload')}: valid {doc.get('valid')}"]
+    for name, p in doc.get("phases", {}).items():
+        g, q = p["GBps"], p["p99_us"]
+        lines.append(
+            f"  {name:<18} GB/s {g['median']:.3f} (spread {g['spread_pct']:.1f}%)  "
+            f"p99 us {q['median']:,.0f} (spread {q['spread_pct']:.1f}%)"
+        )
+    if only_text:
+        print("\n".join(lines))
+        return 0
+    target = out or run_dir / PAGE
+    pages = {}
+    for d in names:
+        if (run_dir / d / "summary.json").is_file():
+            run = rundir.load(run_dir / d)
+            _write(run_dir / d / PAGE, page.render(run))
+            pages[d] = os.path.relpath(run_dir / d / PAGE, target.parent)
+    _write(target, trials.render(doc, pages))
+    print("\n".join(lines))
     print(f"report: {target}", flush=True)
     return 0

@@ -166,7 +166,7 @@ def kv_cache(run: Run) -> Html:
         )
     )  # fmt: skip
     hit = _d(sec.get("hit_rate"))
-    tiers = [t for t in ("memory", "write_queue", "storage", "total") if t in _d(hit.get("tokens"))]
+    tiers = [t for t in ("memory", "write_queue", "tier0", "storage", "total") if t in _d(hit.get("tokens"))]
     if tiers:
         out.append(tag("h3", "hit rate per tier"))
         rows = [

@@ -167,6 +167,11 @@ class Counters:
     errors_by_kind: dict[str, int] = field(default_factory=dict)
     fsync_calls: int = 0
     fsync_seconds: float = 0.0
+    #: transfers a medium posts and then waits for (NIXL): seconds inside the post call, and from
+    #: its return to DONE (a transport that copies while posting, like cma, spends it posting)
+    transfers: int = 0
+    post_seconds: float = 0.0
+    wait_seconds: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def retry(self, throttled: bool) -> None:
@@ -185,6 +190,17 @@ class Counters:
             self.fsync_calls += 1
             self.fsync_seconds += seconds
 
+    def transfer(self, post_s: float, wait_s: float) -> None:
+        with self._lock:
+            self.transfers += 1
+            self.post_seconds += post_s
+            self.wait_seconds += wait_s
+
+    def transfer_times(self) -> tuple[int, float, float]:
+        """(transfers, seconds posting, seconds waiting) so far, read together."""
+        with self._lock:
+            return self.transfers, self.post_seconds, self.wait_seconds
+
     def fsyncs(self) -> tuple[int, float]:
         """(fsync calls, seconds in them) so far, read together."""
         with self._lock:
@@ -199,7 +215,15 @@ class Counters:
                 "errors_by_kind": dict(self.errors_by_kind),
                 "fsync_calls": self.fsync_calls,
                 "fsync_seconds": self.fsync_seconds,
-            }
+            } | (  # only a medium that posts transfers has these
+                {
+                    "transfers": self.transfers,
+                    "post_seconds": self.post_seconds,
+                    "wait_seconds": self.wait_seconds,
+                }
+                if self.transfers
+                else {}
+            )
 
 
 @dataclass(frozen=True)

@@ -40,11 +40,14 @@ OPS = ("write", "read")
 PATTERNS = ("pairwise", "many_to_one")
 KiB, MiB = 1 << 10, 1 << 20
 
-#: why the section carries no post/transfer split (a fact about the backends, said in the summary)
+#: what the post/wait split is, and why a backend may have none (said in the summary)
 POST_VS_TRANSFER = (
-    "not measured: no Backend verb reports a transfer's post and completion times (storage=nixl "
-    "runs its agent with capture_telemetry off and keeps no per-transfer telemetry); its "
-    "registration cost is in the storage section (registration_seconds), apart from the phases"
+    "per phase, over every rank: the transfers a medium posted and waited for (storage=nixl: each "
+    "NIXL transfer), seconds inside the post call and from its return to DONE, timed by the "
+    "backend around NIXL's calls (not NIXL's telemetry); a transport that copies while it posts "
+    "(cma) spends its time posting, one that completes in the background (RDMA, tcp) waiting. "
+    "Backends that post nothing (posix, s3) have no split. Registration is apart, in the storage "
+    "section (registration_seconds)"
 )
 
 
@@ -169,6 +172,8 @@ class TransferSweep(Workload):
         self.target = target_of(self.cfg.pattern, ctx.rank, ctx.size)
         #: process seconds of each phase on this rank, by phase name
         self.cpu_s: dict[str, float] = {}
+        #: phase -> (transfers, post seconds, wait seconds) this rank's backend counted in it
+        self.posted: dict[str, tuple[int, float, float]] = {}
 
     @classmethod
     def footprint(cls, cfg: Config, ranks: int) -> tuple[int, str]:
@@ -234,9 +239,13 @@ class TransferSweep(Workload):
         """One phase through the runner, its process time (every thread: NIXL's and UCX's
         progress included, and the wait at the closing barrier) kept for the section."""
         name = phase_name(op, size)
+        counters = self.ctx.backend.counters
+        before = counters.transfer_times()
         t0 = time.process_time()
         res = self.ctx.runner.run(name, n, fn, self.cfg.batch_size, lambda t: bufs[t], io=op)
         self.cpu_s[name] = time.process_time() - t0
+        after = counters.transfer_times()
+        self.posted[name] = (after[0] - before[0], after[1] - before[1], after[2] - before[2])
         return res
 
     # ops: closures over locals, the per-op path (no attribute lookups but the backend's verb)
@@ -289,7 +298,11 @@ class TransferSweep(Workload):
         self.ctx.backend.leftovers.add(left)
 
     def rank_metrics(self) -> dict[str, Any]:
-        return {"cpu_s": {k: round(v, 6) for k, v in self.cpu_s.items()}, "target": self.target}
+        return {
+            "cpu_s": {k: round(v, 6) for k, v in self.cpu_s.items()},
+            "posted": {k: list(v) for k, v in self.posted.items()},
+            "target": self.target,
+        }
 
     def summarize(self, phases: dict[str, dict[str, Any]], per_rank: list[dict[str, Any]]) -> dict[str, Any]:
         cfg = self.cfg
@@ -301,6 +314,9 @@ class TransferSweep(Workload):
                 if p is None:
                     continue
                 cpu = sum(r["cpu_s"].get(name, 0.0) for r in per_rank)
+                posted = [r.get("posted", {}).get(name, [0, 0.0, 0.0]) for r in per_rank]
+                transfers = sum(x[0] for x in posted)
+                post_s, wait_s = sum(x[1] for x in posted), sum(x[2] for x in posted)
                 gb = p["bytes"] / 1e9
                 rows.append(
                     {
@@ -316,6 +332,12 @@ class TransferSweep(Workload):
                         "latency_us": {"p50": p["latency_us"]["p50"], "p99": p["latency_us"]["p99"]},
                         "cpu_s": round(cpu, 6),
                         "cpu_s_per_GB": round(cpu / gb, 6) if gb else None,
+                        "transfers": transfers,
+                        "post_s": round(post_s, 6),
+                        "wait_s": round(wait_s, 6),
+                        "post_share": round(post_s / (post_s + wait_s), 4)
+                        if transfers and post_s + wait_s
+                        else None,
                     }
                 )
         return {
@@ -330,6 +352,9 @@ class TransferSweep(Workload):
                 "cpu_definition": "process seconds (every thread) between the phase's barriers, "
                 "summed over the ranks, per 1e9 bytes moved",
                 "phases": rows,
-                "post_vs_transfer": {"available": False, "note": POST_VS_TRANSFER},
+                "post_vs_transfer": {
+                    "available": any(r["transfers"] for r in rows),
+                    "note": POST_VS_TRANSFER,
+                },
             }
         }

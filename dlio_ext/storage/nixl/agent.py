@@ -26,7 +26,7 @@ from types import ModuleType
 from typing import Any
 
 from dlio_ext.errors import UsageError
-from dlio_ext.storage.base import StorageError, Unreachable
+from dlio_ext.storage.base import Counters, StorageError, Unreachable
 from dlio_ext.storage.buffers import address, aligned_buffer
 
 INSTALL = "storage=nixl needs NIXL: pip install --no-deps nixl-cu12"
@@ -122,6 +122,8 @@ class Agent:
         #: NIXL plugins that served transfers (query_xfer_backend), by verb
         self.plugins: dict[str, set[str]] = {}
         self._desc_cache: dict[tuple[Any, ...], Any] = {}
+        #: the backend's tallies, once its medium is handed them (Medium.share)
+        self.counters: Counters | None = None
 
     # registered memory ---------------------------------------------------------------------
     def register(self, buf: memoryview) -> None:
@@ -219,14 +221,20 @@ class Agent:
         self._finish(op, h, what)
 
     def _finish(self, op: str, h: Any, what: str) -> None:
-        """Post `h` and poll it to DONE (or an exception), then release it."""
+        """Post `h` and poll it to DONE (or an exception), then release it; the seconds in the
+        post and in the wait go to the backend's Counters (three clock reads: NIXL's own
+        telemetry costs more, see docs/nixl.md)."""
         ag = self.agent
         try:
+            t0 = time.perf_counter()
             state = ag.transfer(h)
+            t1 = time.perf_counter()
             while state == "PROC":
                 state = ag.check_xfer_state(h)
             if state != "DONE":
                 raise StorageError(f"{what}: NIXL transfer ended {state}")
+            if self.counters is not None:
+                self.counters.transfer(t1 - t0, time.perf_counter() - t1)
             seen = self.plugins.setdefault(op, set())
             if not seen:  # one query per verb is enough: every transfer of a verb takes one path
                 seen.add(str(ag.query_xfer_backend(h)))

@@ -217,6 +217,7 @@ class FileMedium(PosixBackend):
 
     def share(self, counters: Counters, liveness: Liveness) -> None:
         self.counters, self.liveness = counters, liveness
+        self.agent.counters = counters
 
     def notes(self) -> dict[str, object]:
         with self._lock:

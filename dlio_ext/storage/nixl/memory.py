@@ -54,7 +54,9 @@ from typing import Any
 from dlio_ext.errors import UsageError
 from dlio_ext.storage.base import (
     CacheControl,
+    Counters,
     Durability,
+    Liveness,
     NoSpace,
     NotFound,
     ObjectInfo,
@@ -582,6 +584,9 @@ class MemoryMedium(MediumDefaults):
         return call.value
 
     # data plane ----------------------------------------------------------------------------
+    def share(self, counters: Counters, liveness: Liveness) -> None:
+        self.agent.counters = counters  # the transfers' post and wait seconds
+
     def alloc(self, nbytes: int) -> memoryview:
         return self.agent.alloc(nbytes)
 

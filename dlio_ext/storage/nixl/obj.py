@@ -206,7 +206,7 @@ class ObjMedium(S3Backend):
 
     def share(self, counters: Counters, liveness: Liveness) -> None:
         # the s3 retry loop counts in (and watches) what its backend held when it was built
-        self.counters = self._calls.counters = counters
+        self.counters = self._calls.counters = self.agent.counters = counters
         self.liveness = liveness
 
     def notes(self) -> dict[str, object]:
