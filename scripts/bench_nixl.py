@@ -538,16 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         unavailable=skipped,
                     )
                 )
-        rows.append(
-            Row(
-                "tier-0 checkpoint stall, Llama 3 8B (scaled), vs posix O_DIRECT + fsync",
-                "-",
-                "ratio",
-                0,
-                "-",
-                unavailable="not measured yet: needs the tier-0 checkpoint (issue #12 item 2), not built",
-            )
-        )
+        # the tier-0 checkpoint stall has a script of its own: scripts/bench_tier0.py
     except Exception:
         crashed = traceback.format_exc()
         say(f"benchmark crashed:\n{crashed}")
