@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""How long does `dlio-ext report` take on a 1,024-rank run, and how much memory? (issue #13)
+"""How long do `dlio-ext report` of a 1,024-rank run and `compare` of 10 such runs take, and how
+much memory? (issue #13)
 
     .venv/bin/python scripts/bench_report.py [--reps N] [--ranks R] [--out DIR]
 
@@ -9,7 +10,8 @@ from it (default 1,024): rank r's file is real rank r % 4's, renamed r, on host 
 phase's end stretched by a fixed per-rank factor (up to 1.3x: stragglers to find); the summary
 says R ranks. Then times `dlio-ext report DIR --out FILE` as a fresh process N times (default 5):
 wall time and the process's peak RSS (os.wait4's ru_maxrss, the report process alone), against
-the targets < 10 s and < 500 MiB. Prints a Markdown table with the machine's load and the
+the targets < 10 s and < 500 MiB; likewise `dlio-ext compare` of 10 copies of that run (each
+its own directory, compared as text, JSON and HTML). Prints a Markdown table with the machine's load and the
 command; writes it to results/bench-report/<UTC time>/table.md. Exit 0 whether or not a target is
 met (a miss is printed as one); 2 when a run failed.
 """
@@ -43,6 +45,8 @@ from benchlib import (
 TARGET_S = 10.0
 TARGET_MIB = 500.0
 SOURCE_RANKS = 4
+#: how many runs `compare` is timed on
+COMPARED = 10
 
 
 def real_run(work: Path) -> Path:
@@ -94,11 +98,16 @@ def synthesise(src: Path, dst: Path, ranks: int) -> int:
 
 def one_report(run_dir: Path, page: Path) -> tuple[float, float]:
     """(seconds, peak RSS MiB) of one `dlio-ext report` process."""
+    return one_cli(["report", str(run_dir), "--out", str(page)])
+
+
+def one_cli(args: list[str]) -> tuple[float, float]:
+    """(seconds, peak RSS MiB) of one `dlio-ext` process."""
     env = dict(os.environ) | {"PYTHONPATH": str(ROOT)}
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: wait4 never waits on a full pipe
         t0 = time.perf_counter()
         p = subprocess.Popen(
-            [*dlio_ext_module(), "report", str(run_dir), "--out", str(page)],
+            [*dlio_ext_module(), *args],
             stdout=subprocess.DEVNULL,
             stderr=err,
             env=env,
@@ -108,7 +117,9 @@ def one_report(run_dir: Path, page: Path) -> tuple[float, float]:
         p.returncode = code = os.waitstatus_to_exitcode(status)
         if code != 0:
             err.seek(0)
-            raise RuntimeError(f"report: exit {code}: {err.read().decode(errors='replace').strip()[-600:]}")
+            raise RuntimeError(
+                f"{args[0]}: exit {code}: {err.read().decode(errors='replace').strip()[-600:]}"
+            )
     return seconds, usage.ru_maxrss / 1024  # KiB on Linux
 
 
@@ -131,6 +142,22 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.reps):
             samples.append(one_report(big, work / "report.html"))
             say(f"report {i + 1}/{args.reps}: {samples[-1][0]:.2f} s, {samples[-1][1]:.0f} MiB", "report")
+        runs = []
+        for i in range(COMPARED):  # ten runs of that size: compare reads each one's summary
+            d = work / "compare" / f"run-{i:02d}"
+            d.mkdir(parents=True, exist_ok=True)
+            shutil.copy(big / "summary.json", d / "summary.json")
+            runs.append(str(d))
+        cmp_args = [
+            "compare",
+            *runs,
+            "--json",
+            str(work / "compare.json"),
+            "--html",
+            str(work / "compare.html"),
+        ]
+        csamples = [one_cli(cmp_args) for _ in range(args.reps)]
+        say(f"compare of {COMPARED}: " + ", ".join(f"{s:.2f} s" for s, _ in csamples), "report")
     except RuntimeError as exc:
         print(f"bench_report: {exc}", file=sys.stderr)
         return 2
@@ -145,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         f"| its peak RSS (largest of {args.reps}) | {peak:.0f} MiB | < {TARGET_MIB:g} MiB | "
         f"{'yes' if peak < TARGET_MIB else '**no**'} |",
         f"| the page | {page_mb:.1f} MB | (reported) | - |",
+        f"| `dlio-ext compare` of {COMPARED} such runs (text, JSON and HTML), median of {args.reps} | "
+        f"{statistics.median(s for s, _ in csamples):.2f} s | < {TARGET_S:g} s | "
+        f"{'yes' if statistics.median(s for s, _ in csamples) < TARGET_S else '**no**'} |",
+        f"| its peak RSS (largest of {args.reps}) | {max(m for _, m in csamples):.0f} MiB | < {TARGET_MIB:g} MiB | "
+        f"{'yes' if max(m for _, m in csamples) < TARGET_MIB else '**no**'} |",
     ]
     foot = [
         "",
