@@ -73,8 +73,10 @@ def _check(s: dict[str, Any], ranks: int, sizes: list[int], targets: list[int]) 
         assert row["post_s"] > 0 and row["post_share"] == pytest.approx(
             row["post_s"] / (row["post_s"] + row["wait_s"]), abs=1e-3
         )
-        # both stay inside the phase: the ranks' transfer seconds cannot exceed their time in it
-        assert row["post_s"] + row["wait_s"] <= s["phases"][row["phase"]]["rank_seconds"]["max"] * ranks
+        # both stay inside the phase: the transfer seconds of every rank's batch_size threads
+        # (each may have one in flight) cannot exceed their time in it
+        wall = s["phases"][row["phase"]]["rank_seconds"]["max"] * ranks * sec["batch_size"]
+        assert row["post_s"] + row["wait_s"] <= wall, (row, wall)
     # every key was deleted after its size
     assert s["cleanup"]["failed"] == 0
     return sec
