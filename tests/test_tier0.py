@@ -171,8 +171,12 @@ class _Run:
         )
         self.out: list[str] = []
         self.err: list[str] = []
-        for stream, into in ((self.p.stdout, self.out), (self.p.stderr, self.err)):
-            threading.Thread(target=lambda s=stream, i=into: i.extend(s), daemon=True).start()
+        self.readers = [
+            threading.Thread(target=lambda s=stream, i=into: i.extend(s), daemon=True)
+            for stream, into in ((self.p.stdout, self.out), (self.p.stderr, self.err))
+        ]
+        for r in self.readers:
+            r.start()
 
     def wait_for(self, pattern: str, timeout: float = 120) -> None:
         rx, deadline = re.compile(pattern), time.monotonic() + timeout
@@ -190,7 +194,8 @@ class _Run:
             self.p.kill()
             self.p.wait()
             pytest.fail(f"still running after {timeout} s:\n{''.join(self.err)[-3000:]}")
-        time.sleep(0.2)  # the reader threads' last lines
+        for r in self.readers:  # every line the process wrote, to the end of its pipes
+            r.join(30)
         return Done(self.p.returncode, "".join(self.out), "".join(self.err))
 
     def rank_pid(self, rank: int) -> int:
