@@ -5,13 +5,18 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -88,3 +93,63 @@ def run_cli(
     full_env.update(env or {})
     p = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=cwd or ROOT, timeout=timeout)
     return Done(p.returncode, p.stdout, p.stderr)
+
+
+class LiveRun:
+    """The CLI (under mpirun when np > 1) with its output read as it comes: wait for a line,
+    inject a fault, then finish and read every line to the end of the pipes."""
+
+    def __init__(self, args: list[str], np: int = 1, env: dict[str, str] | None = None):
+        cmd = [PY, "-m", "dlio_ext.cli", *args]
+        full = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DLIO_EXT_S3_"))}
+        full["PYTHONPATH"] = str(ROOT)
+        if np > 1:
+            cmd, mpi_env = mpi_cmd(np, cmd)
+            full.update(mpi_env)
+        full.update(env or {})
+        self.p = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full, cwd=ROOT
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self.readers = [
+            threading.Thread(target=lambda s=stream, i=into: i.extend(s), daemon=True)
+            for stream, into in ((self.p.stdout, self.out), (self.p.stderr, self.err))
+        ]
+        for r in self.readers:
+            r.start()
+
+    def wait_for(self, pattern: str, timeout: float = 120) -> None:
+        """Until a stderr line matches; a run that ends first, or the timeout, fails the test."""
+        rx, deadline = re.compile(pattern), time.monotonic() + timeout
+        while time.monotonic() < deadline and self.p.poll() is None:
+            if any(rx.search(line) for line in list(self.err)):
+                return
+            time.sleep(0.05)
+        if any(rx.search(line) for line in list(self.err)):
+            return
+        self.p.kill()
+        pytest.fail(f"no line matching {pattern!r}:\n{''.join(self.err)[-3000:]}")
+
+    def finish(self, timeout: float = 180) -> Done:
+        try:
+            self.p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+            pytest.fail(f"still running after {timeout} s:\n{''.join(self.err)[-3000:]}")
+        for r in self.readers:  # every line the process wrote, to the end of its pipes
+            r.join(30)
+        return Done(self.p.returncode, "".join(self.out), "".join(self.err))
+
+    def rank_pid(self, rank: int) -> int:
+        """The pid of MPI rank `rank` (a descendant of mpirun with that rank in its environment)."""
+        import psutil
+
+        for child in psutil.Process(self.p.pid).children(recursive=True):
+            try:
+                if child.environ().get("OMPI_COMM_WORLD_RANK") == str(rank):
+                    return child.pid
+            except psutil.Error:
+                continue
+        raise AssertionError(f"no rank {rank} under mpirun {self.p.pid}")

@@ -11,9 +11,7 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import S3_CLIENTS
-from helpers import KV_SMALL, PY, ROOT, Done, mpi_cmd
+from helpers import KV_SMALL, Done, LiveRun
 
 from dlio_ext.s3server import ServerInfo, restart_server, server_env, start_server, stop_server
 from dlio_ext.storage import open_backend
@@ -143,64 +141,12 @@ def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path,
         stop_server(d)
 
 
-class _Run:
-    """The CLI under mpirun (or alone), its stderr read as it comes."""
-
-    def __init__(self, args: list[str], np: int, env: dict[str, str]):
-        cmd = [PY, "-m", "dlio_ext.cli", *args]
-        full = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DLIO_EXT_S3_"))}
-        full["PYTHONPATH"] = str(ROOT)
-        if np > 1:
-            cmd, mpi_env = mpi_cmd(np, cmd)
-            full.update(mpi_env)
-        full.update(env)
-        self.p = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full, cwd=ROOT
-        )
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self.readers = [
-            threading.Thread(target=self._read, args=(self.p.stdout, self.out), daemon=True),
-            threading.Thread(target=self._read, args=(self.p.stderr, self.err), daemon=True),
-        ]
-        for r in self.readers:
-            r.start()
-
-    @staticmethod
-    def _read(stream: Any, into: list[str]) -> None:
-        for line in stream:
-            into.append(line)
-
-    def wait_for(self, pattern: str, timeout: float) -> None:
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(rx.search(line) for line in list(self.err)):
-                return
-            if self.p.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.p.kill()
-        pytest.fail(f"no line matching {pattern!r}:\n{''.join(self.err)[-3000:]}")
-
-    def finish(self, timeout: float) -> Done:
-        try:
-            self.p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            self.p.wait()
-            pytest.fail(f"still running after {timeout} s:\n{''.join(self.err)[-3000:]}")
-        for r in self.readers:
-            r.join(10)
-        return Done(self.p.returncode, "".join(self.out), "".join(self.err))
-
-
 @pytest.mark.parametrize(("np", "client"), [(1, "obstore"), (2, "boto3")])
 def test_killed_server_ends_the_sweep_on_every_rank(
     tmp_path: Path, own_server: tuple[Path, ServerInfo], np: int, client: str
 ) -> None:
     d, info = own_server
-    run = _Run(
+    run = LiveRun(
         [
             "run",
             "storage=s3",
@@ -282,7 +228,7 @@ def test_killed_server_ends_self_timed_workloads(
 ) -> None:
     """kv_cache and checkpoint_burst time their ops themselves: they too stop, on both ranks."""
     _d, info = own_server
-    run = _Run(
+    run = LiveRun(
         ["run", *args, "storage=s3", f"storage.prefix={workload}", f"run.results_dir={tmp_path}"],
         2,
         server_env(info),

@@ -7,18 +7,13 @@ Real parts: mpirun with 2 and 4 ranks, NIXL/UCX over shared memory, SeaweedFS.""
 from __future__ import annotations
 
 import os
-import re
 import signal
-import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
-from helpers import PY, ROOT, Done, mpi_cmd, run_cli
+from helpers import LiveRun, run_cli
 
 from dlio_ext.metrics import results
 from dlio_ext.s3server import ServerInfo, server_env, start_server, stop_server
@@ -159,63 +154,13 @@ def test_a_posix_tier0_works_as_flash_in_front_of_storage(tmp_path: Path) -> Non
 # --- faults: a durable store gone mid-drain, a rank lost mid-drain -----------------------------------
 
 
-class _Run:
-    """The CLI under mpirun, its stderr read as it comes."""
-
-    def __init__(self, args: list[str], np: int, env: dict[str, str] | None = None):
-        cmd, mpi_env = mpi_cmd(np, [PY, "-m", "dlio_ext.cli", "run", *args])
-        full = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DLIO_EXT_S3_"))}
-        full |= {"PYTHONPATH": str(ROOT), **mpi_env, **(env or {})}
-        self.p = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full, cwd=ROOT
-        )
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self.readers = [
-            threading.Thread(target=lambda s=stream, i=into: i.extend(s), daemon=True)
-            for stream, into in ((self.p.stdout, self.out), (self.p.stderr, self.err))
-        ]
-        for r in self.readers:
-            r.start()
-
-    def wait_for(self, pattern: str, timeout: float = 120) -> None:
-        rx, deadline = re.compile(pattern), time.monotonic() + timeout
-        while time.monotonic() < deadline and self.p.poll() is None:
-            if any(rx.search(line) for line in list(self.err)):
-                return
-            time.sleep(0.05)
-        self.p.kill()
-        pytest.fail(f"no line matching {pattern!r}:\n{''.join(self.err)[-3000:]}")
-
-    def finish(self, timeout: float = 180) -> Done:
-        try:
-            self.p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            self.p.wait()
-            pytest.fail(f"still running after {timeout} s:\n{''.join(self.err)[-3000:]}")
-        for r in self.readers:  # every line the process wrote, to the end of its pipes
-            r.join(30)
-        return Done(self.p.returncode, "".join(self.out), "".join(self.err))
-
-    def rank_pid(self, rank: int) -> int:
-        """The pid of MPI rank `rank` (a descendant of mpirun with that rank in its environment)."""
-        for child in psutil.Process(self.p.pid).children(recursive=True):
-            try:
-                if child.environ().get("OMPI_COMM_WORLD_RANK") == str(rank):
-                    return child.pid
-            except psutil.Error:
-                continue
-        raise AssertionError(f"no rank {rank} under mpirun {self.p.pid}")
-
-
 #: slow drains (1 MB/s a rank) so a fault lands while checkpoint 0 is being drained
 SLOW = [*SMALL, "workload.checkpoints=2", "workload.restores=1", "workload.drain_mbps=1"]
 
 
 def test_a_rank_killed_mid_drain_says_which_checkpoint_was_not_durable(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    run = _Run([*SLOW, f"run.dir={run_dir}"], np=2)
+    run = LiveRun(["run", *SLOW, f"run.dir={run_dir}"], np=2)
     run.wait_for(r"checkpoint 1/2 to the tier-0 written by rank 0")
     os.kill(run.rank_pid(1), signal.SIGKILL)
     done = run.finish()
@@ -242,8 +187,9 @@ def test_a_durable_store_gone_mid_drain_leaves_the_checkpoints_not_durable(
     tmp_path: Path, own_server: ServerInfo
 ) -> None:
     info = own_server
-    run = _Run(
+    run = LiveRun(
         [
+            "run",
             *SLOW,
             "storage=s3",
             "storage.prefix=tier0-gone",

@@ -158,6 +158,7 @@ class Drainer(threading.Thread):
                 if not ev.ok:
                     failures.append(ev.error or f"{f.name} failed")
                 log.draining = {"checkpoint": ckpt, "files_done": n + 1 - len(failures), "files": len(files)}
+                log.save()  # a few hundred bytes a drained file: an ending names how far it got
             phase.stop(collective=False)
             self.ok[ckpt] = not failures
             log.draining = None
