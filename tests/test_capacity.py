@@ -71,8 +71,8 @@ def _used(mnt: Path) -> int:
 
 
 def test_kv_tier_holds_its_bound_under_mpirun(tmp_path: Path, request: pytest.FixtureRequest):
-    """2 ranks, a tier of 16 chunks: the file system never holds more than 16 chunks, during
-    the run (sampled every millisecond) or after it."""
+    """2 ranks, a tier of 16 chunks: the file system never holds more than 16 named chunks,
+    during the run (sampled every millisecond, plus the evicted chunks open by readers) or after it."""
     root = _tmpfs(tmp_path, request, "64m")
     bound_chunks = 16
     samples: list[int] = []
@@ -118,7 +118,10 @@ def test_kv_tier_holds_its_bound_under_mpirun(tmp_path: Path, request: pytest.Fi
     assert left == _used(root)  # the tmpfs counts file data only: the samples measure the chunks
     owned = k["write"]["bytes"] - st["evicted_bytes"]  # a chunk both ranks wrote is one file, or none
     assert left <= bound and left <= owned and (k["writes"]["duplicate_writes"] or left == owned)
-    assert len(samples) > 100 and bound // 2 <= max(samples) <= bound, (max(samples), bound)
+    # named chunks never pass the bound; an evicted chunk a reader still has open keeps its
+    # pages until the read ends (POSIX), at most ranks x max_inflight chunks for a moment
+    reading = 2 * 4 * stored
+    assert len(samples) > 100 and bound // 2 <= max(samples) <= bound + reading, (max(samples), bound)
     assert st["peak_bytes_sum_of_ranks"] <= bound
     # a chunk once stored and evicted since is looked up again: a miss, counted as such
     assert st["misses_after_eviction"] > 0

@@ -115,13 +115,16 @@ class StorageTier:
 
     Capacity (`capacity_bytes`, this rank's share of the tier; None = unbounded): every rank
     owns the chunks it wrote and evicts only those, least recently used first, so the ranks
-    never talk about evictions and the tier's footprint is at most the sum of the shares.
+    never talk about evictions and the named chunks are at most the sum of the shares.
     `make_room(key)` reserves a chunk's bytes before its write and deletes as many of this
     rank's oldest chunks as it takes (untimed: the caller runs it before its clock starts);
     `write` turns the reservation into an owned chunk, or releases it when the write fails.
-    In-flight writes count against the share, so the bound holds on the medium at every moment,
-    temporary names included. LRU, not FIFO: the hot chunks of a serving trace are the shared
-    prefixes (system prompts, popular documents) written first, which FIFO would evict first.
+    In-flight writes count against the share, so the named chunks (temporary names included)
+    never pass the bound. An evicted or replaced chunk that a reader on some rank still has open
+    keeps its space until that read ends (POSIX keeps an unlinked file whole for its readers), so
+    the medium may hold up to ranks x max_inflight chunks more for the length of a read.
+    LRU, not FIFO: the hot chunks of a serving trace are the shared prefixes (system prompts,
+    popular documents) written first, which FIFO would evict first.
     "Used" is what the owner sees: its writes and its own storage hits (`touch`); another rank's
     reads of a chunk do not refresh it (that would take a message per read). A reader whose
     chunk was evicted by its owner meanwhile gets what any absent chunk gives: `NotFound`, a miss.
