@@ -264,3 +264,21 @@ def test_obj_wrong_endpoint_or_bucket_is_one_line(
     assert s3_server.secret_key not in d.out + d.err
     for p in (p for p in tmp_path.rglob("*") if p.is_file()):
         assert s3_server.secret_key.encode() not in p.read_bytes(), p
+
+
+def test_ucx_log_directory_is_made(tmp_path: Path) -> None:
+    """UCX aborts its process (SIGABRT, no message) when it cannot open its log file: a run
+    directory that does not exist yet is made, in a fresh process (UCX reads the path once)."""
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "not" / "yet"
+    code = (
+        "from dlio_ext.storage import open_backend\n"
+        f"b = open_backend({{'type': 'nixl', 'medium': 'memory', 'pool_bytes': 1 << 20}}, {str(run_dir)!r})\n"
+        "b.put('k', b'x' * 4096); assert b.get('k', bytearray(4096)) == 4096; b.close()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in NIXL_ENV}
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert list(run_dir.glob("nixl-ucx-rank*.log")), sorted(os.listdir(tmp_path))

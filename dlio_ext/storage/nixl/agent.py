@@ -64,6 +64,8 @@ def load_nixl(log_file: str) -> ModuleType:
             os.environ.setdefault("UCX_MODULES", "^ib")
         os.environ.setdefault("UCX_PROTO_INFO", "y")
         os.environ.setdefault("UCX_LOG_FILE", log_file)
+        # UCX aborts the process (SIGABRT, no message) when it cannot open its log file
+        os.makedirs(os.path.dirname(os.environ["UCX_LOG_FILE"]) or ".", exist_ok=True)
         try:
             import nixl_cu12 as nixl  # the PyPI wheel's name; `import nixl` needs the CUDA meta package
         except ImportError:
