@@ -229,3 +229,44 @@ def test_a_tier0_that_asked_for_rdma_and_got_none_makes_the_run_invalid(tmp_path
     assert s["tier0"]["require_rdma"] is True and s["tier0"]["rdma"] is False
     # the storage behind it asked for nothing of the kind: its own reasons are not the tier-0's
     assert all(r.startswith("tier-0: ") for r in s["invalid_reasons"])
+
+
+def _wipe(root: Path) -> list[str]:
+    """A wiped tier-0: every file there is zeroed in place (its size kept, as a flash device
+    secure-erased under a live file system would read) and the first one removed."""
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    for p in files:
+        with open(p, "r+b") as fh:
+            fh.write(b"\0" * p.stat().st_size)
+    files[0].unlink()
+    return [str(p) for p in files]
+
+
+def test_a_tier0_wiped_mid_drain_never_makes_a_checkpoint_durable(tmp_path: Path) -> None:
+    """The tier-0 (posix 'flash') loses its contents while checkpoint 0 drains: the drain checks
+    each chunk it copies against what was written, so no wiped byte reaches the durable store as
+    a durable checkpoint, and the run says which checkpoint is not durable and why."""
+    flash, run_dir = tmp_path / "flash", tmp_path / "run"
+    args = [a for a in SLOW if not a.startswith("tier0")]
+    run = LiveRun(
+        ["run", *args, "tier0=posix", f"tier0.root={flash}", "workload.checkpoints=1", f"run.dir={run_dir}"],
+        np=2,
+    )
+    run.wait_for(r"checkpoint 1/1 to the tier-0 written by rank 0")
+    wiped = _wipe(flash)
+    assert wiped
+    done = run.finish()
+    assert done.code != 0, done.err[-3000:]
+    s = done.summary()
+    t = _tier0(s)
+    assert t["not_durable"] == [0], t
+    reason = t["per_checkpoint"][0]["reason"]
+    assert "(from the tier-0): block at offset 0 holds zeros" in reason or "not found" in reason.lower(), reason
+    assert s["errors"] > 0 and not s["valid"], s["invalid_reasons"]
+    assert "tier-0: stall p50" in done.err and "no checkpoint durable" in done.err, done.err[-3000:]
+    assert "drain FAILED on rank" in done.err, done.err[-3000:]
+    # nothing of checkpoint 0 stays on the durable store looking whole: a file whose drain failed
+    # was aborted (absent); one drained before the wipe is whole and checks out
+    on_store = [p for p in (run_dir / "data").rglob("*") if p.is_file()]
+    for p in on_store:
+        assert p.read_bytes()[:8] != b"\0" * 8, p

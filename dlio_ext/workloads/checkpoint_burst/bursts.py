@@ -211,7 +211,14 @@ class Bursts:
             # unless the user chose storage.fsync
             b.ask_durable("checkpoint_burst's tier-0 drain")
             self.drain_log = DrainLog(ctx.run_dir, ctx.rank)
-            self.drainer = Drainer(tier0, b, [alloc(cfg.chunk_size)], cfg.drain_mbps, self.drain_log)
+            self.drainer = Drainer(
+                tier0,
+                b,
+                [alloc(cfg.chunk_size)],
+                cfg.drain_mbps,
+                self.drain_log,
+                self.content if cfg.verify else None,
+            )
         self.dcp = cfg.layout == "dcp"
         #: this rank writes DCP's .metadata (rank 0, once a checkpoint's data is down)
         self.writes_metadata = self.dcp and ctx.rank == 0

@@ -433,10 +433,12 @@ def summarize(
     w, r = out["write"]["overall"], out["restore"]["overall"]
     if tiered:
         t = out["tier0"]
+        any_durable = len(t["not_durable"]) < len(t["per_checkpoint"])
         ctx.log.info(
-            "tier-0: stall p50 %.3f s, durable after p50 %.3f s, drain %.3f GB/s; not durable: %s",
-            t["stall_s"]["p50"], t["durable_s"]["p50"], t["drain_GBps"],
-            ", ".join(map(str, t["not_durable"])) or "none",
+            "tier-0: stall p50 %.3f s, %s, drain %.3f GB/s; not durable: %s",
+            t["stall_s"]["p50"],
+            f"durable after p50 {t['durable_s']['p50']:.3f} s" if any_durable else "no checkpoint durable",
+            t["drain_GBps"], ", ".join(map(str, t["not_durable"])) or "none",
         )  # fmt: skip
     elif w:
         ctx.log.info(

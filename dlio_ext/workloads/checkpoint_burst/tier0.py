@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dlio_ext.storage.base import Backend, StorageError, Unreachable, VerifyError
+from dlio_ext.workloads.checkpoint_burst.content import Content
 from dlio_ext.workloads.checkpoint_burst.engine import abort
 from dlio_ext.workloads.checkpoint_burst.plan import PlannedFile
 from dlio_ext.workloads.phases import FileEvent, FilePhase
@@ -113,10 +114,19 @@ class Drainer(threading.Thread):
     into that checkpoint's drain phase (begun with the burst, measured here)."""
 
     def __init__(
-        self, tier0: Backend, durable: Backend, bufs: Sequence[memoryview], mbps: float, log: DrainLog
+        self,
+        tier0: Backend,
+        durable: Backend,
+        bufs: Sequence[memoryview],
+        mbps: float,
+        log: DrainLog,
+        content: Content | None,
     ):
         super().__init__(daemon=True, name="checkpoint-drain")
         self.tier0, self.durable, self.bufs, self.log = tier0, durable, list(bufs), log
+        #: what the drain checks each chunk against before it may call a checkpoint durable
+        #: (None: workload.verify=false, the bytes are copied unchecked)
+        self.content = content
         self.rate = mbps * 1e6
         self.q: queue.Queue = queue.Queue()
         self.done: dict[int, threading.Event] = {}
@@ -171,10 +181,13 @@ class Drainer(threading.Thread):
 
     def copy(self, f: PlannedFile, ckpt: int) -> FileEvent:
         """One file from the tier-0 to the durable store, chunk by chunk through the drainer's
-        buffer (each call owns it until it returns)."""
+        buffer (each call owns it until it returns), each chunk checked against what the writer
+        wrote once the durable store has it; a chunk that differs aborts the file."""
         ev = FileEvent("drain", ckpt, f.name, f.nbytes, time.perf_counter())
         buf = self.bufs[0]
         chunk = len(buf)
+        c = self.content
+        fkey = c.file_key(ckpt, f.writer, f.index) if c is not None else 0
         t_rate, moved = time.perf_counter(), 0
         try:
             w = self.durable.sized_writer(f.key, f.nbytes)
@@ -189,6 +202,11 @@ class Drainer(threading.Thread):
                             f"{f.key}: the tier-0 gave {got} of {n} bytes at offset {off}", f.key
                         )
                     w.write(buf[:n])
+                    if c is not None:
+                        # after the write returned (the backend is done with buf): a tier-0 that
+                        # lost or altered a shard since it took it never yields a durable checkpoint
+                        i = off // chunk
+                        c.verify(buf, fkey, i, n, c.body(f.writer, f.index, i), f"{f.key} (from the tier-0)")
                     if off == 0:
                         ev.first_byte = time.perf_counter()
                     moved += n
