@@ -261,7 +261,9 @@ def test_a_tier0_wiped_mid_drain_never_makes_a_checkpoint_durable(tmp_path: Path
     t = _tier0(s)
     assert t["not_durable"] == [0], t
     reason = t["per_checkpoint"][0]["reason"]
-    assert "(from the tier-0): block at offset 0 holds zeros" in reason or "not found" in reason.lower(), reason
+    assert "(from the tier-0): block at offset 0 holds zeros" in reason or "not found" in reason.lower(), (
+        reason
+    )
     assert s["errors"] > 0 and not s["valid"], s["invalid_reasons"]
     assert "tier-0: stall p50" in done.err and "no checkpoint durable" in done.err, done.err[-3000:]
     assert "drain FAILED on rank" in done.err, done.err[-3000:]

@@ -333,7 +333,11 @@ class BlockStamped:
             bad = int(np.flatnonzero(slots != want)[0])
             zeros = int(slots[bad]) == 0  # not another stream's block: a wiped or unwritten one
             self.restore(buf, p, n)
-            whose = "holds zeros where its stamp belongs" if zeros else f"belongs to {self.stale} (its stamp differs)"
+            whose = (
+                "holds zeros where its stamp belongs"
+                if zeros
+                else f"belongs to {self.stale} (its stamp differs)"
+            )
             raise VerifyError(f"{where}: block at offset {start + bad * ALIGN} {whose}", str(where))
         slots[:] = self.orig[p][: len(slots)]
         body = _h64(buf[:n])
