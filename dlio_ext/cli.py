@@ -13,6 +13,7 @@ dlio-ext evaluate --targets stores.yaml [--suite suite.yaml] [--out DIR]
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -24,6 +25,9 @@ USAGE = __doc__ or ""
 
 
 def _run(argv: Sequence[str]) -> int:
+    # before numpy loads: its OpenBLAS starts a thread a core in every rank at import (16 ranks
+    # on a node: 16 x cores threads, ~50 ms of CPU a rank), and a run does no linear algebra
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from dlio_ext.run.lifecycle import take_signals
 
     take_signals()  # first: every thread started from here on (OpenBLAS's, MPI's) leaves them alone

@@ -12,8 +12,17 @@ seconds per rank, which is what must stay flat; also the size of the rank files 
 rank adds. Prints a Markdown table with the machine's load and the command; writes it to
 results/bench-harness/<UTC time>/table.md.
 
+`--startup N` (default 16 ranks; 0 skips it) also measures a whole N-rank `dlio-ext run` whose
+workload does almost nothing (metadata, one empty file a rank), against the floor of any MPI
+Python job (`python -c "from mpi4py import MPI; MPI.COMM_WORLD.Barrier()"` under the same
+mpirun), interleaved, medians: the wall seconds and the CPU seconds of every process (mpirun
+and its descendants, from the kernel's rusage), so the start-up a rank costs beyond MPI's own is
+read off per rank in CPU, which a loaded machine inflates far less than wall time. A third row
+runs the same dlio-ext run with OpenBLAS's default thread count (what it cost before the CLI
+asked for one thread), and a per-process breakdown of the harness's imports follows.
+
 What it does not cover yet: the workload's own summarize (per-rank metrics, e.g. the checkpoint
-timeline) and a 16-rank run's start-up cost (both named by issue #14).
+timeline), named by issue #14.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -29,7 +39,7 @@ import time
 from pathlib import Path
 
 from bench_report import real_run, synthesise
-from benchlib import ROOT, command_line, load_line, say, utc_stamp
+from benchlib import OMPI_ENV, ROOT, command_line, dlio_ext_module, load_line, mpirun, say, utc_stamp
 
 #: run in a fresh interpreter: the merge of one run directory, its seconds and peak RSS
 MERGE = """
@@ -53,20 +63,105 @@ def one_merge(run_dir: Path) -> dict[str, float]:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+FLOOR = "from mpi4py import MPI; MPI.COMM_WORLD.Barrier()"
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system of every descendant reaped) of one command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:8])}...: exit {p.returncode}: {p.stderr.strip()[-600:]}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def startup(work: Path, ranks: int, reps: int) -> list[str]:
+    """The start-up rows (see the module's docstring): a Markdown table's lines."""
+    env = dict(os.environ) | OMPI_ENV | {"PYTHONPATH": str(ROOT)}
+    env.pop("OPENBLAS_NUM_THREADS", None)
+    run = [
+        *mpirun(ranks),
+        *dlio_ext_module(),
+        "run",
+        "workload=metadata/easy",
+        "workload.items_per_rank=1",
+        "workload.phases=[file_create]",
+    ]
+    steps = {
+        "MPI floor (python + mpi4py, a barrier)": ([*mpirun(ranks), sys.executable, "-c", FLOOR], env),
+        "dlio-ext run (1 empty file a rank)": (run, env),
+        "dlio-ext run, OpenBLAS's default threads": (
+            run,
+            env | {"OPENBLAS_NUM_THREADS": str(os.cpu_count())},
+        ),
+    }
+    got: dict[str, list[tuple[float, float]]] = {k: [] for k in steps}
+    names = list(steps)
+    for rep in range(reps):
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
+            cmd, e = steps[name]
+            if "dlio-ext" in name:
+                cmd = [*cmd, f"run.results_dir={work / 'startup-runs'}"]
+            got[name].append(timed(cmd, e))
+        say(
+            f"start-up round {rep + 1}/{reps}: "
+            + ", ".join(f"{k.split(' (')[0]} {v[-1][0]:.2f} s" for k, v in got.items()),
+            "harness",
+        )
+    floor_cpu = statistics.median(c for _, c in got[names[0]])
+    lines = [
+        f"| {ranks}-rank job (median of {reps}) | wall | CPU, all processes | CPU a rank | a rank beyond the floor |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, xs in got.items():
+        wall = statistics.median(w for w, _ in xs)
+        cpu = statistics.median(c for _, c in xs)
+        lines.append(
+            f"| {name} | {wall:.2f} s | {cpu:.2f} s | {cpu / ranks * 1e3:.0f} ms | {(cpu - floor_cpu) / ranks * 1e3:+.0f} ms |"
+        )
+    lines += [
+        "",
+        "Per process, CPU seconds of an import (median of 5 fresh interpreters, OPENBLAS_NUM_THREADS=1):",
+        "",
+    ]
+    lines += ["| import | CPU |", "| --- | --- |"]
+    for what in (
+        "pass",
+        "import numpy",
+        "import mpi4py.MPI",
+        "import omegaconf, hydra",
+        "import dlio_ext.run.harness",
+    ):
+        cpu = statistics.median(
+            timed([sys.executable, "-c", what], env | {"OPENBLAS_NUM_THREADS": "1"})[1] for _ in range(5)
+        )
+        lines.append(f"| `{what}` | {cpu * 1e3:.0f} ms |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ranks", default="2,16,128,1024")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--startup", type=int, default=16, help="ranks of the start-up rows (0: skip them)")
+    ap.add_argument("--only", choices=("merge", "startup"), help="run only this section")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench-harness" / utc_stamp())
     args = ap.parse_args(argv)
-    counts = [int(x) for x in args.ranks.split(",")]
+    counts = [int(x) for x in args.ranks.split(",")] if args.only != "startup" else []
     work: Path = args.out
     work.mkdir(parents=True, exist_ok=True)
     load0, t0 = os.getloadavg(), time.monotonic()
     rows = []
+    extra: list[str] = []
     try:
-        say("a real 4-rank checkpoint run", "harness")
-        src = real_run(work)
+        if args.startup and args.only != "merge":
+            extra = startup(work, args.startup, args.reps)
+        if counts:
+            say("a real 4-rank checkpoint run", "harness")
+            src = real_run(work)
         for n in counts:
             d = Path(tempfile.mkdtemp(dir=work, prefix=f"run{n}-"))
             d.rmdir()
@@ -79,11 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         print(f"bench_harness: {exc}", file=sys.stderr)
         return 2
-    base = rows[0][1] / rows[0][0]
-    table = [
-        "| ranks | merge of every phase (median) | per rank | per rank vs the smallest | peak RSS | rank files |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
+    base = rows[0][1] / rows[0][0] if rows else 1.0
+    table = (
+        [
+            "| ranks | merge of every phase (median) | per rank | per rank vs the smallest | peak RSS | rank files |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        if rows
+        else []
+    )
     for n, secs, rss, nbytes in rows:
         table.append(
             f"| {n:,} | {secs:.3f} s | {secs / n * 1e3:.3f} ms | {secs / n / base:.2f}x | {rss:.0f} MiB | "
@@ -94,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         load_line(load0, time.monotonic() - t0, f"{args.reps} merges a rank count, each a fresh interpreter"),
         f"command: {command_line(argv)}",
     ]
-    text = "\n".join(table + foot)
+    text = "\n".join(table + ([""] if table and extra else []) + extra + foot)
     print(text)
     (work / "table.md").write_text(text + "\n")
     print(f"results: {work}")

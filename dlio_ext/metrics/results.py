@@ -16,7 +16,6 @@ import os
 import platform
 import statistics
 from collections.abc import Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -373,6 +372,8 @@ def _sum_extras(extras: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def host_info() -> dict[str, Any]:
+    from importlib import metadata  # rank 0, once: 15 ms of import every rank would pay
+
     versions = {}
     for pkg in ("dlio-ext", "numpy", "boto3", "obstore", "mpi4py", "hydra-core", "dlio-benchmark"):
         try:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dlio_ext import __version__
-from dlio_ext.config import RunConfig, load, redact_args
+from dlio_ext.config import RunConfig, check, composed, redact_args
 from dlio_ext.errors import Failed, UsageError
 from dlio_ext.metrics import results as res
 from dlio_ext.metrics import trials
@@ -47,9 +47,14 @@ from dlio_ext.world import SoloWorld, get_world
 T = TypeVar("T")
 
 
+def check_config(raw: dict[str, Any]) -> RunConfig:
+    """A composed configuration checked, its schemas looked up in the registries by name."""
+    return check(raw, workload_schema=lambda name: workload_class(name).Config, storage_schema=storage_schema)
+
+
 def load_config(argv: list[str]) -> RunConfig:
-    """The run's configuration, its schemas looked up in the registries by name."""
-    return load(argv, workload_schema=lambda name: workload_class(name).Config, storage_schema=storage_schema)
+    """The run's configuration: composed and checked in this process."""
+    return check_config(composed(argv))
 
 
 def _verdict(exc: Exception) -> tuple[str, bool]:
@@ -224,7 +229,11 @@ def run(argv: list[str], figures: Figures | None = None) -> int:
     take_signals()  # a no-op when the CLI took them already, before numpy's threads started
     try:
         world = ending.world = get_world()
-        cfg = on_every_rank(world, lambda: load_config(argv))
+        # every rank has the same command line: rank 0 composes it, every rank checks the
+        # composition (plain data), so only rank 0 imports Hydra and composes (~0.3 s of CPU a
+        # rank; scripts/bench_harness.py --only startup)
+        raw = on_rank0(world, lambda: composed(argv))
+        cfg = on_every_rank(world, lambda: check_config(raw))
         lock: list[RunDirLock] = []
         run_dir, run_id = on_rank0(world, lambda: _make_run_dir(cfg, lock))
         ending.run_dir = run_dir
