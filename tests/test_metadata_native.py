@@ -227,3 +227,15 @@ def test_the_library_is_built_once_per_source_and_loaded(tmp_path: Path) -> None
     assert (
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "True"
     )
+
+
+def test_a_build_directory_others_can_write_is_not_used(tmp_path: Path) -> None:
+    """A library from a directory another user could write would run their code: refused."""
+    if native._compiler() is None:
+        pytest.skip("no C compiler")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(RuntimeError, match="is not this user's alone"):
+        native.build(shared)
+    assert not list(shared.iterdir())

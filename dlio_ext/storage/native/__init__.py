@@ -60,6 +60,13 @@ def _compiler() -> str | None:
     return shutil.which(os.environ.get("CC") or "cc")
 
 
+def _ours(home: Path) -> bool:
+    """Whether only this user can put a library in `home` (one loaded from a shared /tmp
+    directory another user could write would run their code)."""
+    st = home.stat()
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
 def build(into: Path | None = None) -> Path:
     """Compile fastloop.c (once per version of it) and return the library's path; raises
     RuntimeError saying why it cannot. Safe when several ranks build at once: each writes a file
@@ -77,10 +84,13 @@ def build(into: Path | None = None) -> Path:
     last = ""
     for home in homes:
         lib = home / f"fastloop-{tag}.so"
-        if lib.is_file():
-            return lib
         try:
-            home.mkdir(parents=True, exist_ok=True)
+            home.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not _ours(home):
+                last = f"{home} is not this user's alone"
+                continue
+            if lib.is_file():
+                return lib
             fd, tmp = tempfile.mkstemp(prefix=".fastloop-", suffix=".so", dir=home)
             os.close(fd)
         except OSError as exc:
