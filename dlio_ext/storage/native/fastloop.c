@@ -22,6 +22,10 @@
 #include <time.h>
 #include <unistd.h>
 
+/* A call interrupted by a signal is made again, as CPython's os functions do (PEP 475); the
+ * signal's Python handler runs when the loop returns, a chunk later. */
+#define AGAIN(call) ({ int r_; do { r_ = (call); } while (r_ < 0 && errno == EINTR); r_; })
+
 enum { DONE = 0, FAILED = 1, MISMATCH = 2, TOO_BIG = 3, MISSING_DIR = 4 };
 
 typedef struct {
@@ -67,7 +71,7 @@ void fl_stat(const char *blob, const int64_t *off, int64_t start, int64_t stop, 
     stop_at(res, stop, DONE, 0, 0);
     for (int64_t i = start; i < stop; i++) {
         double t0 = now();
-        if (stat(blob + off[i], &st) != 0) {
+        if (AGAIN(stat(blob + off[i], &st)) != 0) {
             stop_at(res, i, FAILED, errno, 0);
             break;
         }
@@ -89,7 +93,7 @@ void fl_unlink(const char *blob, const int64_t *off, int64_t start, int64_t stop
     stop_at(res, stop, DONE, 0, 0);
     for (int64_t i = start; i < stop; i++) {
         double t0 = now();
-        if (unlink(blob + off[i]) != 0) {
+        if (AGAIN(unlink(blob + off[i])) != 0) {
             stop_at(res, i, FAILED, errno, 0);
             break;
         }
@@ -113,7 +117,7 @@ void fl_put(const char *blob, const int64_t *off, int64_t start, int64_t stop, d
             memcpy(buf, stamp, (size_t)stamp_len);
         }
         double t0 = now();
-        int fd = open(blob + off[i], O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        int fd = AGAIN(open(blob + off[i], O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
         if (fd < 0) {
             stop_at(res, i, errno == ENOENT ? MISSING_DIR : FAILED, errno, 0);
             break;
@@ -155,7 +159,7 @@ void fl_get(const char *blob, const int64_t *off, int64_t start, int64_t stop, d
     stop_at(res, stop, DONE, 0, 0);
     for (int64_t i = start; i < stop; i++) {
         double t0 = now();
-        int fd = open(blob + off[i], O_RDONLY | O_CLOEXEC);
+        int fd = AGAIN(open(blob + off[i], O_RDONLY | O_CLOEXEC));
         if (fd < 0) {
             stop_at(res, i, FAILED, errno, 0);
             break;
@@ -163,7 +167,7 @@ void fl_get(const char *blob, const int64_t *off, int64_t start, int64_t stop, d
         int64_t want = cap, got = 0;
         int err = 0;
         if (whole) {
-            if (fstat(fd, &st) != 0) {
+            if (AGAIN(fstat(fd, &st)) != 0) {
                 err = errno;
             } else if ((int64_t)st.st_size > cap) {
                 close(fd);
