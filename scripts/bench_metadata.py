@@ -1,21 +1,29 @@
 #!/usr/bin/env python3
-"""Is the metadata workload its own bottleneck? dlio-ext against bare loops of the same calls.
+"""Is the metadata workload near the limit? dlio-ext against C mdtest (hpc/ior) of the same shape.
 
     .venv/bin/python scripts/bench_metadata.py [--reps N] [--ranks R] [--items N] [--only posix|s3]
+                                               [--ior-src DIR]
 
-One run on one machine, dlio-ext and its baseline interleaved (who goes first alternates), so a
+One run on one machine, dlio-ext and its baselines interleaved (who goes first alternates), so a
 noisy neighbour hits both alike; the table shows medians over the repetitions.
 
 1. posix file create / stat / read / remove, on a RAM file system by default (/dev/shm: the
    cheapest system calls, so the strictest test of the harness's own cost, and none of the shared
    disk's journal stalls, which swing creates 10x between runs here; --data picks another
-   directory): the real CLI under mpirun (`workload=metadata/easy`
-   with 3,901-byte files, stride 1, verified reads; rates from summary.json: items over the
-   slowest rank's time) against this script's own bare loop of the same system calls under the
-   same mpirun with the same ranks (os.open+pwrite+close / os.stat / os.open+fstat+preadv+close /
-   os.unlink on precomputed paths of the same shape as dlio-ext's, neighbour's files, no checks),
-   rate defined the same way.
-   Target: dlio-ext >= 0.8 x the bare loop.
+   directory): the real CLI under mpirun (`workload=metadata/easy` with 3,901-byte files, stride 1;
+   rates from summary.json: items over the slowest rank's time) against C mdtest built from
+   hpc/ior by this script, under the same mpirun with the same ranks, items, size and stride
+   (`mdtest -F -u -N 1 -n <items> -w 3901 -e 3901 -P --print-all-procs`; rates from its per-rank
+   phase times, defined as dlio-ext's: all items over the slowest rank's time to its last op).
+   Target: dlio-ext with verification on (the default) >= 0.8 x mdtest. Beside it, for what it
+   tells: dlio-ext with `verify=false` (mdtest checks nothing it reads), and the bare compiled loop
+   (dlio-ext's own storage/native verbs called on all of a phase's paths at once, under the same
+   mpirun, with no harness and no checks: the same system calls with nothing around them, a
+   stricter floor than mdtest, which adds an lseek to every create and read and formats each path).
+   mdtest is built once per source into .cache/mdtest/<source id>/ (autotools and the venv's
+   mpicc; scripts/setup.sh installs autoconf, automake and libtool) from `--ior-src`: an hpc/ior
+   checkout or git directory (default: the snapshot at /work/.mirror/hpc+ior when there is one).
+   Without a source, or when the build fails, those rows say "not measured" and why; the others run.
 2. S3 0-byte PUT and HEAD against a local SeaweedFS (started here, stopped in a `finally`):
    dlio-ext with its defaults (obstore) and io_depth > 1 on R ranks, against a single-threaded
    boto3 put_object / head_object loop. Target: >= 2 x.
@@ -28,8 +36,10 @@ code is 0 unless a dlio-ext run failed or was invalid (2).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import statistics
@@ -56,14 +66,26 @@ class Row:
     project: list[float] = field(default_factory=list)
     baseline: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    #: why the baseline was not measured (no mdtest source, a failed build), shown in its place
+    missing: str | None = None
 
     @property
     def ratio(self) -> float | None:
         return median_ratio(self.project, self.baseline)
 
+    #: per-repetition ratios, of the repetitions where both sides have a sample (`pair`)
+    pairs: list[float] = field(default_factory=list)
+
+    def pair(self, seen: tuple[int, int]) -> None:
+        """Close a repetition: `seen` is (len(project), len(baseline)) from before it."""
+        if len(self.project) > seen[0] and len(self.baseline) > seen[1] and self.baseline[-1]:
+            self.pairs.append(self.project[-1] / self.baseline[-1])
+
     @property
     def paired_ratio(self) -> float | None:
         """Median of the per-repetition ratios: robust to load drifting over the run."""
+        if self.pairs:
+            return statistics.median(self.pairs)
         pairs = [p / b for p, b in zip(self.project, self.baseline, strict=False) if b]
         return statistics.median(pairs) if pairs else None
 
@@ -103,66 +125,45 @@ def run_dlio(
 
 
 # --------------------------------------------------------------------------------------------
-# 1. posix: the bare loop, run by every rank under mpirun (`--posix-baseline`)
+# 1. posix: the bare compiled loop, run by every rank under mpirun (`--posix-baseline`)
 
 
 def posix_baseline_rank(root: str, items: int, size: int) -> None:
-    """One rank of the bare loop; rank 0 prints {phase: items/s} (total over the slowest rank)."""
+    """One rank of the bare loop: dlio-ext's own compiled verbs (storage/native, the same system
+    calls) over all of a phase's paths in one call, with no harness around them and no checks;
+    rank 0 prints {phase: items/s} (total over the slowest rank)."""
+    from array import array
+
     from mpi4py import MPI
 
+    from dlio_ext.storage import native
+
+    lib = native.library()
+    if lib is None:
+        raise SystemExit(f"no compiled loops: {native.status()}")
     comm = MPI.COMM_WORLD
     rank, ranks = comm.Get_rank(), comm.Get_size()
     mine = f"{root}/r{rank}"
     other = (rank + 1) % ranks
     os.makedirs(mine, exist_ok=True)
-    own = [f"{mine}/f.{rank}.{i}" for i in range(items)]
-    theirs = [f"{root}/r{other}/f.{other}.{i}" for i in range(items)]
-    payload = memoryview(bytearray(os.urandom(size)))
-    buf = memoryview(bytearray(size))
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    o_open, o_close, o_pwrite, o_stat, o_fstat, o_preadv, o_unlink = (
-        os.open,
-        os.close,
-        os.pwrite,
-        os.stat,
-        os.fstat,
-        os.preadv,
-        os.unlink,
-    )
-
-    def create() -> None:
-        for p in own:
-            fd = o_open(p, flags, 0o644)
-            if size:
-                o_pwrite(fd, payload, 0)
-            o_close(fd)
-
-    def stat() -> None:
-        for p in theirs:
-            o_stat(p)
-
-    def read() -> None:
-        for p in theirs:
-            fd = o_open(p, os.O_RDONLY)
-            o_fstat(fd)
-            o_preadv(fd, [buf], 0)
-            o_close(fd)
-
-    def remove() -> None:
-        for p in theirs:
-            o_unlink(p)
-
+    own = native.Paths([f"{mine}/f.{rank}.{i}" for i in range(items)])
+    theirs = native.Paths([f"{root}/r{other}/f.{other}.{i}" for i in range(items)])
+    buf = memoryview(bytearray(os.urandom(size) or b"\0"))[:size]
+    lat = array("d")
     rates = {}
-    for name, fn in (
-        ("file_create", create),
-        ("file_stat", stat),
-        ("file_read", read),
-        ("file_remove", remove),
+    for name, verb, paths in (
+        ("file_create", "put", own),
+        ("file_stat", "stat", theirs),
+        ("file_read", "get", theirs),
+        ("file_remove", "delete", theirs),
     ):
+        loop = native.NativeVerb(lib, verb, buf if verb in ("put", "get") else None)
         comm.Barrier()
         t0 = time.perf_counter()
-        fn()
+        r = loop.run(paths, 0, items, lat)
         mine_s = time.perf_counter() - t0
+        if r.kind != native.DONE:
+            raise SystemExit(f"{name}: op {r.index} stopped the loop (kind {r.kind}, errno {r.err})")
         slowest = comm.allreduce(mine_s, op=MPI.MAX)
         rates[name] = items * ranks / slowest
     comm.Barrier()
@@ -177,6 +178,167 @@ def posix_baseline(root: Path, ranks: int, items: int, size: int, log: Path) -> 
     if p.returncode:
         raise RuntimeError(f"baseline failed (log: {log})")
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------------------------
+# 1. posix: C mdtest, built here from hpc/ior
+
+#: where an hpc/ior snapshot is looked for when --ior-src is not given (a bare git directory)
+DEFAULT_IOR_SRC = (Path("/work/.mirror/hpc+ior/repo"), Path("/work/.mirror/hpc+ior"))
+MDTEST_CACHE = ROOT / ".cache" / "mdtest"
+#: mdtest's SUMMARY lines (ops/sec: max, min, mean, std dev), for the phases dlio-ext times too
+MDTEST_PHASES = {
+    "File creation": "file_create",
+    "File stat": "file_stat",
+    "File read": "file_read",
+    "File removal": "file_remove",
+}
+_MDTEST_LINE = re.compile(
+    r"^\s*(File creation|File stat|File read|File removal)\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)"
+)
+
+
+def _is_git_dir(p: Path) -> bool:
+    return (p / "HEAD").is_file() and (p / "objects").is_dir()
+
+
+def _ior_source(given: str | None) -> Path | None:
+    """The hpc/ior source to build: --ior-src, else the default snapshot if it is there."""
+    if given:
+        return Path(given).resolve()
+    return next((p for p in DEFAULT_IOR_SRC if _is_git_dir(p) or (p / "src" / "mdtest.c").is_file()), None)
+
+
+def _source_id(src: Path) -> str:
+    """A name for one version of the source: its git commit, else a hash of its mdtest.c and
+    configure.ac (a plain directory)."""
+    git_dir = src if _is_git_dir(src) else src / ".git"
+    if git_dir.exists():
+        p = subprocess.run(
+            ["git", "--git-dir", str(git_dir), "rev-parse", "HEAD"], capture_output=True, text=True
+        )
+        if p.returncode == 0:
+            return p.stdout.strip()[:12]
+    h = hashlib.sha256()
+    for name in ("src/mdtest.c", "configure.ac"):
+        h.update((src / name).read_bytes())
+    return "dir-" + h.hexdigest()[:12]
+
+
+def build_mdtest(given: str | None, log: Path) -> tuple[Path | None, str]:
+    """(mdtest binary, what was built) or (None, why it is not measured). Built once per source
+    version into .cache/mdtest/<id>/ with ./bootstrap, ./configure CC=<the venv's mpicc>, make:
+    the same MPI as dlio-ext's mpi4py. Never raises: a missing baseline is a row, not a crash."""
+    src = _ior_source(given)
+    if src is None:
+        return None, "not measured: give --ior-src (an hpc/ior checkout or git directory)"
+    if not (_is_git_dir(src) or (src / "src" / "mdtest.c").is_file()):
+        return None, f"not measured: --ior-src {src} is neither an hpc/ior checkout nor its git directory"
+    mpicc = Path(sys.executable).parent / "mpicc"
+    cc = str(mpicc) if mpicc.exists() else shutil.which("mpicc")
+    tools = [t for t in ("autoreconf", "automake", "libtoolize", "make") if shutil.which(t) is None]
+    if cc is None or tools:
+        missing = ", ".join(tools + ([] if cc else ["mpicc"]))
+        return None, f"not measured: {missing} missing to build mdtest (run scripts/setup.sh)"
+    try:
+        sid = _source_id(src)
+    except OSError as exc:
+        return None, f"not measured: cannot read --ior-src {src}: {exc.strerror}"
+    home = MDTEST_CACHE / sid
+    binary = home / "mdtest"
+    what = f"mdtest from hpc/ior {sid} ({src}), CC={cc}"
+    if binary.is_file() and os.access(binary, os.X_OK):
+        return binary, what
+    MDTEST_CACHE.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix="build.", dir=MDTEST_CACHE))
+    say(f"building {what} (once, about a minute)")
+    steps: list[list[str]] = [
+        ["./bootstrap"],
+        ["./configure", f"CC={cc}"],
+        ["make", f"-j{os.cpu_count() or 1}"],
+    ]
+    try:
+        with log.open("w") as out:
+            if _is_git_dir(src):
+                archive = subprocess.run(
+                    ["git", "--git-dir", str(src), "archive", "HEAD"], stdout=subprocess.PIPE, stderr=out
+                )
+                if archive.returncode:
+                    return None, f"not measured: git archive of {src} failed (log: {log})"
+                subprocess.run(["tar", "-x", "-C", str(build)], input=archive.stdout, check=True)
+            else:
+                shutil.copytree(src, build, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git"))
+            for step in steps:
+                out.write(f"$ {shlex.join(step)}\n")
+                out.flush()
+                p = subprocess.run(step, cwd=build, stdout=out, stderr=subprocess.STDOUT, timeout=1200)
+                if p.returncode:
+                    return None, f"not measured: mdtest build failed at `{shlex.join(step)}` (log: {log})"
+        home.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(build / "src" / "mdtest", binary)
+        return binary, what
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, f"not measured: mdtest build failed: {exc} (log: {log})"
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+
+
+def mdtest_command(binary: Path, ranks: int, items: int, size: int, stride: int, where: Path) -> list[str]:
+    """mdtest of dlio-ext's shape: files only (-F), a directory per rank (-u), every phase after
+    the create on rank r + stride's items (-N), `items` per rank (-n), `size` bytes written and
+    read back (-w, -e); every rank's own phase times printed (-P --print-all-procs)."""
+    return mpirun(ranks) + [
+        str(binary),
+        "-F",
+        "-u",
+        "-N",
+        str(stride),
+        "-n",
+        str(items),
+        "-w",
+        str(size),
+        "-e",
+        str(size),
+        "-P",
+        "--print-all-procs",
+        "-d",
+        str(where),
+    ]
+
+
+def parse_mdtest(text: str, items: int) -> dict[str, float]:
+    """{phase: ops/s} with dlio-ext's definition: all ranks' `items` over the slowest rank's time
+    from the opening barrier to its last op, from mdtest's per-process times (before its closing
+    barrier, which its SUMMARY rates include: about 1 % here). Without them, the SUMMARY rates."""
+    rates: dict[str, float] = {}
+    timed = text.partition("Per process result (time):")[2]
+    for line in timed.splitlines():
+        name, _, values = line.strip().removeprefix("Test ").rpartition(" ")
+        if name in MDTEST_PHASES and values:
+            times = [float(v) for v in values.split(",")]
+            if max(times) > 0:
+                rates[MDTEST_PHASES[name]] = items * len(times) / max(times)
+    if not rates:
+        for line in text.splitlines():
+            m = _MDTEST_LINE.match(line)
+            if m:
+                rates[MDTEST_PHASES[m.group(1)]] = float(m.group(4))
+    missing = [p for p in MDTEST_PHASES.values() if p not in rates]
+    if missing:
+        raise RuntimeError(f"mdtest printed no rate for {', '.join(missing)}")
+    return rates
+
+
+def run_mdtest(cmd: list[str], items: int, where: Path, log: Path) -> dict[str, float]:
+    where.mkdir(parents=True, exist_ok=True)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | OMPI_ENV, timeout=900)
+    log.write_text(f"$ {shlex.join(cmd)}\n--- exit {p.returncode}\n{p.stdout}\n--- stderr\n{p.stderr}")
+    if p.returncode:
+        raise RuntimeError(f"mdtest exited {p.returncode} (log: {log})")
+    try:
+        return parse_mdtest(p.stdout, items)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc} (log: {log})") from None
 
 
 def fs_type(path: Path) -> str:
@@ -199,7 +361,9 @@ def default_data(out: Path) -> Path:
     return out / "data"
 
 
-def bench_posix(a: argparse.Namespace, out: Path, rows: list[Row], commands: list[str]) -> None:
+def bench_posix(
+    a: argparse.Namespace, out: Path, rows: list[Row], commands: list[str], baselines: list[str]
+) -> None:
     data = Path(a.data) if a.data else default_data(out)
     data.mkdir(parents=True, exist_ok=True)
     what = f"{a.ranks} ranks x {a.items:,} files of {a.bytes:,} B, unique dirs, stride 1, {fs_type(data.resolve())}"
@@ -209,20 +373,29 @@ def bench_posix(a: argparse.Namespace, out: Path, rows: list[Row], commands: lis
         "file_read": "open+read+close",
         "file_remove": "remove",
     }
-    base_label = f"bare Python loop, same syscalls, {a.ranks} ranks"
-    # The target is the harness's own cost: dlio-ext doing the same calls (verify=false: no size check
-    # on stat, no stamp and hash check on read). The default, verify=true, is measured beside it.
-    mine = {p: Row(f"posix file {labels[p]} ({what})", base_label, 0.8) for p in POSIX_PHASES}
-    checked = {
-        p: Row(f"posix file {labels[p]}, verify=true (the default)", base_label, 0.0)
-        for p in ("file_stat", "file_read")
+    binary, built = build_mdtest(a.ior_src, out / "logs" / "mdtest-build.log")
+    say(built if binary is None else f"baseline: {built}")
+    md_label = f"C mdtest -F -u -N 1 -n {a.items} -w {a.bytes} -e {a.bytes} -P, {a.ranks} ranks"
+    missing = None if binary is not None else built
+
+    def row(name: str, target: float) -> Row:
+        return Row(name, md_label, target, missing=missing)
+
+    # the target: dlio-ext as it runs by default (verify=true: every stat's size, every read's
+    # stamp and hash checked) against mdtest, which checks nothing
+    mine = {p: row(f"posix file {labels[p]} ({what})", 0.8) for p in POSIX_PHASES}
+    # for what they tell: dlio-ext without its checks, and the system calls with nothing around them
+    unchecked = {p: row(f"posix file {labels[p]}, verify=false", 0.0) for p in ("file_stat", "file_read")}
+    bare = {
+        p: row(f"posix file {labels[p]}, bare compiled loop, no harness, no checks", 0.0)
+        for p in POSIX_PHASES
     }
-    rows += mine.values()
-    rows += checked.values()
+    mdrows = [*mine.values(), *unchecked.values(), *bare.values()]
+    rows += mdrows
     for rep in range(a.reps):
 
         def project(rep: int = rep) -> None:
-            for verify, into in ((False, mine), (True, checked)):
+            for verify, into in ((True, mine), (False, unchecked)):
                 try:
                     s = run_dlio(
                         [
@@ -240,32 +413,55 @@ def bench_posix(a: argparse.Namespace, out: Path, rows: list[Row], commands: lis
                         commands,
                         {},
                     )
-                    for p, row in into.items():
-                        row.project.append(s["metadata"]["phases"][p]["rate"])
+                    for p, r in into.items():
+                        r.project.append(s["metadata"]["phases"][p]["rate"])
                 except RuntimeError as exc:
                     for r in into.values():
                         r.failures.append(str(exc))
                     say(f"  dlio-ext failed: {exc}")
 
         def baseline(rep: int = rep) -> None:
+            if binary is not None:
+                where = data / f"mdtest-{rep}"
+                cmd = mdtest_command(binary, a.ranks, a.items, a.bytes, 1, where)
+                if not baselines:
+                    baselines.append(shlex.join(cmd))
+                try:
+                    rates = run_mdtest(cmd, a.items, where, out / f"logs/posix-mdtest-{rep}.log")
+                except RuntimeError as exc:
+                    # a baseline that failed is a hole in its samples, said once a round
+                    say(f"  mdtest failed: {exc}")
+                else:
+                    for p in POSIX_PHASES:
+                        mine[p].baseline.append(rates[p])
+                        bare[p].baseline.append(rates[p])
+                    for p, r in unchecked.items():
+                        r.baseline.append(rates[p])
             # the same path shape as dlio-ext's (storage root / run id / md1 / r<rank> / f.<rank>.<i>):
-            # every component is a lookup, and the harness's cost is what is compared, not its layout
+            # every component is a lookup
             root = data / f"bare-{rep}-paths" / "metadata-00000000T000000Z-000000" / "md1"
-            rates = posix_baseline(root, a.ranks, a.items, a.bytes, out / f"logs/posix-bare-{rep}.log")
-            for p in POSIX_PHASES:
-                mine[p].baseline.append(rates[p])
-            for p, row in checked.items():
-                row.baseline.append(rates[p])
+            try:
+                floor = posix_baseline(root, a.ranks, a.items, a.bytes, out / f"logs/posix-bare-{rep}.log")
+            except RuntimeError as exc:
+                say(f"  bare compiled loop failed: {exc}")
+            else:
+                for p in POSIX_PHASES:
+                    bare[p].project.append(floor[p])
 
+        seen = {id(r): (len(r.project), len(r.baseline)) for r in mdrows}
         for step in (project, baseline) if rep % 2 == 0 else (baseline, project):
             # the other side's dirty pages are written back before, not during, this side's run
             os.sync()
             step()
+        for r in mdrows:
+            r.pair(seen[id(r)])
         shutil.rmtree(data, ignore_errors=True)
+        data.mkdir(parents=True, exist_ok=True)
         say(
             f"posix {rep + 1}/{a.reps}: "
             + ", ".join(f"{p} {_last(mine[p].project)} vs {_last(mine[p].baseline)}" for p in POSIX_PHASES)
         )
+    shutil.rmtree(data, ignore_errors=True)
 
 
 def _last(xs: list[float]) -> str:
@@ -355,17 +551,24 @@ def bench_s3(a: argparse.Namespace, out: Path, rows: list[Row], commands: list[s
 
 
 def table(rows: list[Row]) -> str:
+    """The Markdown table; a row's ratio is the median of its per-repetition ratios (the range
+    in brackets) where it has them, else the ratio of its medians."""
     out = [
-        "| measurement | dlio-ext (items/s) | baseline (items/s) | ratio | target | met? |",
+        "| measurement | measured (items/s) | baseline (items/s) | ratio | target | met? |",
         "| --- | ---: | ---: | ---: | ---: | :---: |",
     ]
     for r in rows:
-        p, b, q = median_or_none(r.project), median_or_none(r.baseline), r.ratio
+        p, b = median_or_none(r.project), median_or_none(r.baseline)
+        q = r.paired_ratio if r.pairs else r.ratio
         met = "-" if q is None or not r.target else ("yes" if q >= r.target else "**no**")
         target = f">= {r.target:g}" if r.target else "-"
+        base = r.missing if r.missing else f"{f'{b:,.0f}' if b else '-'} ({r.baseline_label})"
+        shown = f"{q:.2f}" if q else "-"
+        if r.pairs and len(r.pairs) > 1:
+            shown += f" ({min(r.pairs):.2f}-{max(r.pairs):.2f})"
         out.append(
-            f"| {r.name} | {f'{p:,.0f}' if p else 'failed'} | {f'{b:,.0f}' if b else '-'} ({r.baseline_label}) "
-            f"| {f'{q:.2f}' if q else '-'} | {target} | {met} |"
+            f"| {r.name} | {f'{p:,.0f}' if p else 'failed'} | {base} "
+            f"| {shown} | {target} | {'not measured' if r.missing and r.target else met} |"
         )
     return "\n".join(out)
 
@@ -380,21 +583,32 @@ def main() -> int:
     ap.add_argument("--s3-depth", type=int, default=8, help="dlio-ext io_depth on S3")
     ap.add_argument("--data", default=None, help="posix directory under test (default: under /dev/shm)")
     ap.add_argument("--only", choices=("posix", "s3"), default=None)
+    ap.add_argument(
+        "--ior-src",
+        default=None,
+        help="hpc/ior checkout or git directory to build mdtest from "
+        "(default: the snapshot at /work/.mirror/hpc+ior when there is one)",
+    )
     a = ap.parse_args()
     out = ROOT / "results" / "bench_metadata" / benchlib.utc_stamp()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     commands: list[str] = []
+    baselines: list[str] = []
+    load = os.getloadavg()
     t0 = time.perf_counter()
     if a.only in (None, "posix"):
-        bench_posix(a, out, rows, commands)
+        bench_posix(a, out, rows, commands, baselines)
     if a.only in (None, "s3"):
         bench_s3(a, out, rows, commands)
     text = table(rows)
     print(text)
+    print(f"\n$ {benchlib.command_line(None)}")
+    for cmd in [*commands[:1], *baselines]:
+        print(f"  runs, interleaved: {cmd}")
     print(
-        f"\n{a.reps} repetitions, medians; {time.perf_counter() - t0:,.0f} s on {os.uname().nodename} "
-        f"({os.cpu_count()} CPUs); commands and samples: {out / 'bench.json'}"
+        benchlib.load_line(load, time.perf_counter() - t0, f"{a.reps} repetitions, medians")
+        + f"; commands and samples: {out / 'bench.json'}"
     )
     (out / "bench.json").write_text(
         json.dumps(
@@ -403,6 +617,7 @@ def main() -> int:
                 "table": text,
                 "rows": [r.as_dict() for r in rows],
                 "dlio_ext_commands": commands,
+                "baseline_commands": baselines,
             },
             indent=2,
         )

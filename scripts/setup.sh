@@ -32,6 +32,27 @@ chromium_step() {
 }
 chromium_step
 
+# autoconf, automake and libtool, with which scripts/bench_metadata.py builds C mdtest (hpc/ior) as
+# its baseline (its mdtest rows say "not measured" without them). Debian packages, installed as
+# root only and only when one is missing, like chromium above. DLIO_EXT_AUTOTOOLS=0 skips it.
+autotools_step() {
+  if command -v autoreconf >/dev/null 2>&1 && command -v automake >/dev/null 2>&1 &&
+     command -v libtoolize >/dev/null 2>&1; then
+    return 0
+  fi
+  if [ "${DLIO_EXT_AUTOTOOLS:-1}" = 0 ] || [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup: autoconf/automake/libtool not installed: bench_metadata.py's mdtest rows will say" \
+      "not measured (install those packages to build mdtest)"
+  else
+    echo "setup: installing autoconf, automake, libtool (apt-get) to build mdtest for bench_metadata.py"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends autoconf automake libtool >/dev/null; }; then
+      echo "setup: autotools could not be installed: bench_metadata.py's mdtest rows will say not measured"
+    fi
+  fi
+}
+autotools_step
+
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
    "$VENV/bin/python" -c "import dlio_ext, dlio_benchmark, mpi4py, torch, nixl_cu12, awscrt" 2>/dev/null; then
   echo "setup: $VENV is up to date"

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, cast
 from dlio_ext.registry import Registry
 
 if TYPE_CHECKING:
+    from dlio_ext.storage.native import NativeVerb
     from dlio_ext.storage.settings import Settings
 
 Support = Literal["native", "emulated", "unsupported"]
@@ -149,6 +150,9 @@ class Bare(NamedTuple):
     chunk: int = 1
     #: the size, from what a "stat" call returns
     size: Callable[[Any], int] = attrgetter("size")
+    #: the same verb as a compiled loop over many targets (storage.native), or None; a loop that
+    #: uses it handles in Python, with `call` and `error`, each op the compiled loop stops at
+    native: NativeVerb | None = None
 
 
 #: verbs `Backend.bare` strips; "put" and "get"/"get_head" take the buffer and return bytes moved
@@ -577,6 +581,10 @@ class Backend(abc.ABC):
         else:
             raise ValueError(f"no bare form of {verb!r}; one of {BARE_VERBS}")
         return Bare(call, StorageError, _as_is)
+
+    def bare_loops(self) -> str:
+        """Why `bare` verbs have no compiled loop (`Bare.native`) here, for the results."""
+        return f"{self.name} has no compiled verbs"
 
     # memory
     def alloc(self, nbytes: int) -> memoryview:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from dlio_ext.storage.base import (
     AccessDenied,
@@ -39,6 +39,9 @@ from dlio_ext.storage.base import (
 )
 from dlio_ext.storage.buffers import ALIGN, aligned_buffer, is_aligned, round_up
 from dlio_ext.storage.settings import Settings, setting
+
+if TYPE_CHECKING:
+    from dlio_ext.storage.native import NativeVerb
 
 FSYNC_POLICIES = ("none", "file", "file_and_dir")
 _DIRECT = getattr(os, "O_DIRECT", 0)
@@ -352,7 +355,38 @@ class PosixBackend(Backend):
             def call(path: str) -> object:
                 return inner(path[cut:])
 
-        return Bare(call, (OSError, StorageError), self._bare_error, BARE_CHUNK, attrgetter("st_size"))
+        return Bare(
+            call,
+            (OSError, StorageError),
+            self._bare_error,
+            BARE_CHUNK,
+            attrgetter("st_size"),
+            self._native(verb, buf),
+        )
+
+    def bare_loops(self) -> str:
+        if self.direct or self.fsync_policy != "none":
+            return "O_DIRECT and fsync policies take the full verbs"
+        from dlio_ext.storage import native
+
+        return native.status()
+
+    def _native(self, verb: str, buf: memoryview | None) -> NativeVerb | None:
+        """The compiled loop of `verb` (storage.native), where it makes the same calls as the
+        Python verb: not under O_DIRECT or an fsync policy (their padding and counters are the
+        full verbs'), not mkdir/rmdir (tree set-up), and not where it cannot be built."""
+        if (
+            verb not in ("stat", "delete", "put", "get", "get_head")
+            or self.direct
+            or self.fsync_policy != "none"
+        ):
+            return None
+        from dlio_ext.storage import native  # numpy, and a build on first use: not at import
+
+        lib = native.library()
+        if lib is None:
+            return None
+        return native.NativeVerb(lib, verb, buf, whole=verb != "get_head")
 
     def _bare_put(self, buf: memoryview) -> Callable[[str], int]:
         mv = memoryview(buf).cast("B")

@@ -31,6 +31,7 @@ import xxhash
 
 from dlio_ext.storage.base import VerifyError
 from dlio_ext.storage.buffers import ALIGN, fill_random
+from dlio_ext.storage.native import Expect, Stamp
 
 #: gives a writable buffer of n bytes (a workload's `ctx.backend.alloc`)
 Alloc = Callable[[int], memoryview]
@@ -155,6 +156,17 @@ class HeadStamped:
 
             return before_short
         return None
+
+    # the same, for a compiled loop (storage.native): what `stamper` stamps and `checker` checks
+
+    def native_stamp(self, a: int) -> Stamp:
+        """What `stamper(a)` writes into each object's head."""
+        return Stamp(a, self.stamp_len)
+
+    def native_expect(self, a: int, order: Sequence[int] | None) -> Expect:
+        """What `checker(a, order, ...)` accepts: the body compared byte for byte with the
+        template (what the hash stands for)."""
+        return Expect(self.read, self.head, a, order, self.template)
 
     def checker(
         self, a: int, order: Sequence[int] | None, names: Sequence[object]

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from dlio_ext.storage.base import Backend, Bare, StoreGone, VerifyError
+from dlio_ext.storage.native import Expect, Stamp
 from dlio_ext.validate import first_problem, io_depth, one_of, positive
 from dlio_ext.workloads.base import Workload, register
 from dlio_ext.workloads.content import HeadStamped
@@ -309,6 +310,15 @@ def _bare_of(st: _Thread) -> Bare:
     return cast(Bare, st.bare)  # set whenever a phase runs a bare loop
 
 
+def _checking(
+    bare: Bare, *, stamp: Stamp | None = None, expect: Expect | None = None, size: int = -1
+) -> Bare:
+    """`bare`, its compiled verb (if any) told what the Python hooks stamp and check."""
+    if bare.native is not None:
+        bare.native.checking(stamp=stamp, expect=expect, size=size)
+    return bare
+
+
 # --------------------------------------------------------------------------------------------
 # running
 
@@ -360,7 +370,12 @@ class Metadata(Workload):
         self.rank, self.size = ctx.rank, ctx.size
         self.target = (self.rank + self.cfg.stride) % self.size
         self.resolve = self.b.resolve
-        self.chunk = self.b.bare("stat").chunk
+        probe = self.b.bare("stat")
+        self.chunk = probe.chunk
+        #: the backend loops its bare verbs in compiled code (storage.native): phases lay their
+        #: targets out for it before the clock, and tell each thread's verb what to stamp and check
+        self.native = probe.native is not None
+        self.loops = "compiled" if self.native else f"python ({self.b.bare_loops()})"
         self.results: list[PhaseResult] = []
         self.per_rank: dict[str, dict[str, Any]] = {}
 
@@ -520,11 +535,12 @@ class Metadata(Workload):
         else:
             # every file differs in its head (its stamp), so no dedup can make the writes cheap
             before = self.content.stamper(rank)
+            stamp = self.content.native_stamp(rank)
             res = self.timed(
                 label,
                 n,
-                loop=bare_loop(keys, _bare_of, before=before, moves=True),
-                bare=lambda buf: b.bare("put", buf),
+                loop=bare_loop(keys, _bare_of, before=before, moves=True, native=self.native),
+                bare=lambda buf: _checking(b.bare("put", buf), stamp=stamp),
                 buffers=True,
                 stonewall=True,
                 how=how,
@@ -534,17 +550,22 @@ class Metadata(Workload):
 
     def stat(self, label: str, ns: _Namespace, tag: str, count: int, salt: int, how: str) -> None:
         targets = ns.keys(self.target, tag, count, self.order(count, salt), self.resolve)
-        stat_ = self.b.bare("stat")
+        b = self.b
         check: Callable[[int, _Thread, Any], None] | None = None
+        w = -1
         if self.cfg.verify and tag == "f":
-            w, size = self.cfg.write_bytes, stat_.size
+            w, size = self.cfg.write_bytes, b.bare("stat").size
 
             def check(i: int, _st: _Thread, info: Any) -> None:
                 if size(info) != w:
                     raise VerifyError(f"{targets[i]}: stat says {size(info)} bytes, {w} were written")
 
         self.timed(
-            label, count, loop=bare_loop(targets, _bare_of, check=check), bare=lambda _buf: stat_, how=how
+            label,
+            count,
+            loop=bare_loop(targets, _bare_of, check=check, native=self.native),
+            bare=lambda _buf: _checking(b.bare("stat"), size=w),  # a verb per thread: its own tallies
+            how=how,
         )
 
     def read(self, label: str, ns: _Namespace, count: int, salt: int, how: str) -> None:
@@ -554,12 +575,13 @@ class Metadata(Workload):
         w, e = cfg.write_bytes, cfg.read_size
         # the writer's stamp (target rank, item index), then the body's hash
         check = self.content.checker(t, order, targets) if cfg.verify else None
+        expect = self.content.native_expect(t, order) if cfg.verify else None
         verb = "get" if e == w else "get_head"  # a whole file, or its first read_bytes
         self.timed(
             label,
             count,
-            loop=bare_loop(targets, _bare_of, check=check, moves=True),
-            bare=lambda buf: b.bare(verb, buf[:e] if verb == "get_head" else buf),
+            loop=bare_loop(targets, _bare_of, check=check, moves=True, native=self.native),
+            bare=lambda buf: _checking(b.bare(verb, buf[:e] if verb == "get_head" else buf), expect=expect),
             buffers=True,
             how=how,
         )
@@ -614,8 +636,14 @@ class Metadata(Workload):
         batch = self.cfg.delete_batch
         if dirs or not batch:
             targets = ns.keys(self.target, tag, count, order, self.resolve)
-            verb = self.b.bare("rmdir" if dirs else "delete")
-            self.timed(label, count, loop=bare_loop(targets, _bare_of), bare=lambda _buf: verb, how=how)
+            b, name = self.b, "rmdir" if dirs else "delete"
+            self.timed(
+                label,
+                count,
+                loop=bare_loop(targets, _bare_of, native=self.native),
+                bare=lambda _buf: b.bare(name),  # a verb per thread: its own tallies
+                how=how,
+            )
             return
         keys = ns.keys(self.target, tag, count, order)
         batches = [[keys[j] for j in range(s, min(s + batch, count))] for s in range(0, count, batch)]
@@ -739,6 +767,7 @@ class Metadata(Workload):
             "write_bytes": cfg.write_bytes,
             "read_bytes": cfg.read_size,
             "fsync": b.describe().get("fsync", "n/a"),
+            "loops": self.loops,
             "iterations": cfg.iterations,
             "phases": out,
             "unsupported": [p for p, q in out.items() if q["support"] == "unsupported"],

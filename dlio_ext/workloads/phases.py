@@ -484,6 +484,7 @@ def bare_loop(
     before: Callable[[int, Any], None] | None = None,
     check: Callable[[int, Any, Any], None] | None = None,
     moves: bool = False,
+    native: bool = False,
 ) -> Chunk:
     """A chunk op calling a backend's bare verb (`bare_of(thread state)`) on `targets[i]`.
 
@@ -493,7 +494,25 @@ def bare_loop(
     state)` (e.g. a stamp into the buffer) and `check(i, state, result)` (a verification; it
     raises StorageError) run outside the op's latency, at the cost of a second clock read.
     `moves` sums what the calls return as bytes moved.
+
+    `native` (the caller's backend has compiled verbs, and the verbs `bare_of` gives were told
+    what `before` stamps and `check` checks: `NativeVerb.checking`): the targets are laid out for
+    the compiled loop now, before any clock, and a thread whose Bare has a `native` verb runs its
+    chunks there; each op the compiled loop stops at is handled here (see `_native_chunk`).
     """
+    python = _python_loop(targets, bare_of, before, check, moves)
+    if native and isinstance(targets, list):
+        return _native_chunk(targets, bare_of, check, python)
+    return python
+
+
+def _python_loop(
+    targets: Sequence[Any],
+    bare_of: Callable[[Any], Bare],
+    before: Callable[[int, Any], None] | None,
+    check: Callable[[int, Any, Any], None] | None,
+    moves: bool,
+) -> Chunk:
     if before is None and check is None and not moves:
 
         def lean(start: int, stop: int, state: Any, lat: array, failures: list) -> int:
@@ -540,6 +559,55 @@ def bare_loop(
         return moved
 
     return hooked
+
+
+def _native_chunk(
+    targets: list[Any],
+    bare_of: Callable[[Any], Bare],
+    check: Callable[[int, Any, Any], None] | None,
+    python: Chunk,
+) -> Chunk:
+    """`bare_loop` on the compiled verbs: ops run in C until one stops the loop, which is
+    handled here, then C goes on from the next. A failed system call becomes the StorageError
+    the Python verb would raise (`Bare.error` of an OSError with its errno); a failed check is
+    explained by `check` itself, on the data the op left in the thread's buffer (the same
+    VerifyError); a create whose directory is missing, or a file too large for the buffer, is
+    done again by the Python loop (it makes the directory and retries; it raises the error)."""
+    from dlio_ext.storage import native as nat  # numpy-backed layout of the targets
+
+    paths = nat.Paths(targets)
+
+    def compiled(start: int, stop: int, state: Any, lat: array, failures: list) -> int:
+        bare = bare_of(state)
+        verb = bare.native
+        if verb is None:
+            return python(start, stop, state, lat, failures)
+        moved, i = 0, start
+        while i < stop:
+            r = verb.run(paths, i, stop, lat)
+            moved += r.moved
+            if r.kind == nat.DONE:
+                break
+            j = r.index
+            if r.kind == nat.FAILED:
+                exc = OSError(r.err, os.strerror(r.err), targets[j])
+                failures.append((j, bare.error(exc, targets[j])))
+            elif r.kind == nat.MISMATCH and check is not None:
+                got: Any = (
+                    r.value if verb.verb != "stat" else os.stat_result((0,) * 6 + (r.value,) + (0,) * 3)
+                )
+                try:
+                    check(j, state, got)
+                except StorageError as exc:
+                    failures.append((j, exc))
+                else:
+                    raise RuntimeError(f"{targets[j]}: the compiled check failed where the Python one passed")
+            else:  # MISSING_DIR, TOO_BIG: the Python verb's own retry or error
+                moved += python(j, j + 1, state, lat, failures)
+            i = j + 1
+        return moved
+
+    return compiled
 
 
 # --- open-loop phases (KV server) ------------------------------------------------------------------
