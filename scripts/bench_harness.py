@@ -78,8 +78,22 @@ def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def startup(work: Path, ranks: int, reps: int) -> list[str]:
-    """The start-up rows (see the module's docstring): a Markdown table's lines."""
+def checkout(work: Path, ref: str) -> Path:
+    """A detached worktree of `ref` under `work` (the code a row compares against)."""
+    where = work / f"ref-{ref.replace('/', '_')}"
+    p = subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), ref],
+        capture_output=True,
+        text=True,
+    )
+    if p.returncode:
+        raise RuntimeError(f"git worktree add {ref}: {p.stderr.strip()[-300:]}")
+    return where
+
+
+def startup(work: Path, ranks: int, reps: int, ref: str | None = None) -> list[str]:
+    """The start-up rows (see the module's docstring): a Markdown table's lines. With `ref`, the
+    same run of the code at that git ref too, interleaved (what a change to start-up bought)."""
     env = dict(os.environ) | OMPI_ENV | {"PYTHONPATH": str(ROOT)}
     env.pop("OPENBLAS_NUM_THREADS", None)
     run = [
@@ -98,6 +112,10 @@ def startup(work: Path, ranks: int, reps: int) -> list[str]:
             env | {"OPENBLAS_NUM_THREADS": str(os.cpu_count())},
         ),
     }
+    old = None
+    if ref:
+        old = checkout(work, ref)
+        steps[f"dlio-ext run at {ref}"] = (run, env | {"PYTHONPATH": str(old)})
     got: dict[str, list[tuple[float, float]]] = {k: [] for k in steps}
     names = list(steps)
     for rep in range(reps):
@@ -111,6 +129,8 @@ def startup(work: Path, ranks: int, reps: int) -> list[str]:
             + ", ".join(f"{k.split(' (')[0]} {v[-1][0]:.2f} s" for k, v in got.items()),
             "harness",
         )
+    if old is not None:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], check=False)
     floor_cpu = statistics.median(c for _, c in got[names[0]])
     lines = [
         f"| {ranks}-rank job (median of {reps}) | wall | CPU, all processes | CPU a rank | a rank beyond the floor |",
@@ -148,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--startup", type=int, default=16, help="ranks of the start-up rows (0: skip them)")
     ap.add_argument("--only", choices=("merge", "startup"), help="run only this section")
+    ap.add_argument("--ref", help="git ref whose start-up is measured beside this checkout's")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench-harness" / utc_stamp())
     args = ap.parse_args(argv)
     counts = [int(x) for x in args.ranks.split(",")] if args.only != "startup" else []
@@ -158,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     extra: list[str] = []
     try:
         if args.startup and args.only != "merge":
-            extra = startup(work, args.startup, args.reps)
+            extra = startup(work, args.startup, args.reps, args.ref)
         if counts:
             say("a real 4-rank checkpoint run", "harness")
             src = real_run(work)
@@ -190,7 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     foot = [
         "",
-        load_line(load0, time.monotonic() - t0, f"{args.reps} merges a rank count, each a fresh interpreter"),
+        load_line(
+            load0,
+            time.monotonic() - t0,
+            f"{args.reps} rounds" + (", each merge a fresh interpreter" if rows else ", interleaved"),
+        ),
         f"command: {command_line(argv)}",
     ]
     text = "\n".join(table + ([""] if table and extra else []) + extra + foot)
