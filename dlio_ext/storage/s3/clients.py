@@ -5,25 +5,30 @@ TLS the same way (`S3Settings.tls_verify`)."""
 from __future__ import annotations
 
 import email.utils
+import re
 from datetime import datetime
 from typing import Any
 
 from dlio_ext.storage.s3.settings import S3Settings
 
+#: the HTTP-date every S3 store sends (RFC 9110's IMF-fixdate), the only form `http_date` reads itself
+IMF_FIXDATE = re.compile(r"[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT")
+
 
 def http_date(value: Any) -> datetime:
-    """botocore's timestamp parser, except that an HTTP-date ("Sun, 29 Nov 2026 15:53:14 GMT",
+    """botocore's timestamp parser, except that an IMF-fixdate ("Sun, 29 Nov 2026 15:53:14 GMT",
     what Last-Modified carries) is read by the stdlib's RFC 5322 parser: ~3 us against ~50 us
     for dateutil's format-guessing one, for the same datetime with botocore's own UTC tzinfo.
-    Anything else (ISO 8601 in XML answers, epoch numbers) goes to botocore's parser."""
+    Anything else (ISO 8601 in XML answers, the obsolete HTTP-date forms, epoch numbers) goes to
+    botocore's parser."""
     from botocore.utils import parse_timestamp
     from dateutil.tz import tzutc
 
-    if isinstance(value, str) and value.endswith(" GMT"):
+    if isinstance(value, str) and IMF_FIXDATE.fullmatch(value):
         try:
             return email.utils.parsedate_to_datetime(value).replace(tzinfo=tzutc())
-        except (TypeError, ValueError):
-            pass  # not the fixed HTTP-date form after all: botocore's parser decides
+        except ValueError:
+            pass  # a day or month out of range: botocore's parser says what is wrong
     parsed: datetime = parse_timestamp(value)
     return parsed
 
