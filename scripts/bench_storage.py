@@ -21,7 +21,9 @@ neighbour hits both sides alike, and the table shows medians, never single numbe
    available: <why>"). For PUT and for GET separately, the fastest raw client that read back
    exactly the bytes it wrote is the baseline.
 3. S3 4 KiB PUT/GET ops/s: dlio-ext with io_depth=16 against a plain single-threaded boto3
-   put_object/get_object loop.
+   put_object/get_object loop. The loop's CPU a request and the local server's (from /proc) are
+   noted under the client=boto3 rows, with the rate that requests of that cost can reach on these
+   cores (botocore holds the GIL: one core for the client, the server's CPU beside it).
 
 Prints a Markdown table (| measurement | dlio-ext | baseline | ratio | target | met? |), then the
 raw-client survey and every sample, and writes the lot with the exact command, the machine's
@@ -721,7 +723,7 @@ def bench_s3(bench: Bench, sections: set[str], external: bool) -> None:
         missing = [k for k in S3_ENV if not os.environ.get(k)]
         if missing:
             raise RuntimeError(f"--s3-external needs {', '.join(missing)} in the environment")
-        _bench_s3_sections(bench, sections, {k: os.environ[k] for k in S3_ENV})
+        _bench_s3_sections(bench, sections, {k: os.environ[k] for k in S3_ENV}, None)
         return
     try:
         from dlio_ext.s3server import server_env, start_server, stop_server
@@ -735,19 +737,19 @@ def bench_s3(bench: Bench, sections: set[str], external: bool) -> None:
     say(f"starting SeaweedFS in {server_dir}")
     info = start_server(str(server_dir))
     try:
-        _bench_s3_sections(bench, sections, {k: str(v) for k, v in server_env(info).items()})
+        _bench_s3_sections(bench, sections, {k: str(v) for k, v in server_env(info).items()}, info.pid)
     finally:
         say("stopping SeaweedFS")
         stop_server(str(server_dir))
 
 
-def _bench_s3_sections(bench: Bench, sections: set[str], env: dict[str, str]) -> None:
+def _bench_s3_sections(bench: Bench, sections: set[str], env: dict[str, str], server_pid: int | None) -> None:
     os.environ.update(env)  # for clients that take credentials from the environment only (CRT, s3dlio)
     say(f"S3 endpoint {env['AWS_ENDPOINT_URL']} bucket {env['DLIO_EXT_S3_BUCKET']}")
     if "s3-large" in sections:
         bench_s3_large(bench, env)
     if "s3-small" in sections:
-        bench_s3_small(bench, env)
+        bench_s3_small(bench, env, server_pid)
 
 
 def _dlio_s3_args(client: str, size: int, n: int, io_depth: int, phases: str) -> list[str]:
@@ -883,7 +885,33 @@ def bench_s3_large(bench: Bench, env: dict[str, str]) -> None:
             bench.measurements.append(m)
 
 
-def bench_s3_small(bench: Bench, env: dict[str, str]) -> None:
+def _cpu_seconds(pid: int | None) -> float:
+    """CPU time (user + system) a process has used so far; 0 when there is none to read."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _ceiling_note(client: list[float], server: list[float], loop: list[float]) -> str:
+    """What the loop's CPU says a threaded client of the same cost can reach on this machine:
+    one core for the client (botocore holds the GIL), the server's CPU on the cores left."""
+    c, srv, rate = statistics.median(client), statistics.median(server), statistics.median(loop)
+    cores = os.cpu_count() or 1
+    top = min(1 / c, cores / (c + srv)) if srv else 1 / c
+    where = f", SeaweedFS {srv * 1e3:.2f} ms" if srv else ""
+    return (
+        f"the loop's CPU a request (medians): boto3 {c * 1e3:.2f} ms{where}, {1e3 / rate:.2f} ms wall; "
+        f"requests costing boto3 that much CPU under one GIL"
+        + (f", the server's on the same {cores} cores," if srv else "")
+        + f" top out near {top:,.0f} ops/s = {top / rate:.2f}x the loop"
+    )
+
+
+def bench_s3_small(bench: Bench, env: dict[str, str], server_pid: int | None = None) -> None:
     plan = bench.plan
     size, n, depth = plan.small_object, plan.small_objects, plan.small_io_depth
     kib = size // 1024
@@ -904,15 +932,23 @@ def bench_s3_small(bench: Bench, env: dict[str, str]) -> None:
             )
     bench.measurements += list(rows.values())
 
+    # the loop's own CPU and the server's, a request: what is left for threads to overlap
+    cpu: dict[str, tuple[list[float], list[float]]] = {"PUT": ([], []), "GET": ([], [])}
+
     def baseline(rep: int) -> tuple[float, float]:
         keys = [f"small/{rep}/obj{i:06d}" for i in range(n)]
-        t0 = time.perf_counter()
+        c0, s0, t0 = time.process_time(), _cpu_seconds(server_pid), time.perf_counter()
         for k in keys:
             c.put_object(Bucket=bucket, Key=k, Body=body)
         put = n / (time.perf_counter() - t0)
-        t0 = time.perf_counter()
+        c1, s1, t0 = time.process_time(), _cpu_seconds(server_pid), time.perf_counter()
         got = [c.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys]
         get = n / (time.perf_counter() - t0)
+        c2, s2 = time.process_time(), _cpu_seconds(server_pid)
+        if rep >= 0:
+            for verb, client, server in (("PUT", c1 - c0, s1 - s0), ("GET", c2 - c1, s2 - s1)):
+                cpu[verb][0].append(client / n)
+                cpu[verb][1].append(server / n)
         if any(g != body for g in got):
             raise RuntimeError("boto3 read back other bytes than it wrote")
         benchlib.delete_keys(c, bucket, keys)
@@ -957,6 +993,9 @@ def bench_s3_small(bench: Bench, env: dict[str, str]) -> None:
             )
             + f", boto3 loop {put:.0f}/{get:.0f}"
         )
+    for (client, verb), m in rows.items():
+        if client == "boto3" and m.baseline:
+            m.note = _ceiling_note(*cpu[verb], m.baseline)
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,11 +13,13 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.utils import parse_timestamp
 from conftest import S3_CLIENTS
 
 from dlio_ext.compat.faults import FaultProxy
@@ -33,6 +35,8 @@ from dlio_ext.storage.base import (
     Unreachable,
 )
 from dlio_ext.storage.s3 import S3Backend, S3Settings, boto3_client
+from dlio_ext.storage.s3.boto3_driver import COPY_BODY_UP_TO
+from dlio_ext.storage.s3.clients import http_date
 
 MIB = 1 << 20
 #: an object store issues no fsync: its counters stay at zero
@@ -647,6 +651,61 @@ def test_boto3_gets_reuse_pooled_connections(backend_for: Callable[..., S3Backen
     pools = [manager.pools[k] for k in manager.pools.keys()]
     assert sum(p.num_requests for p in pools) >= 100 + 5 * 3 + 2
     assert sum(p.num_connections for p in pools) <= 3  # the parts in flight at once, no more
+
+
+def test_boto3_small_puts_go_as_bytes_without_expect_continue(backend_for: Callable[..., S3Backend]) -> None:
+    # botocore waits for "100 Continue" before a file-like body: a small PUT is sent as bytes in
+    # one exchange, a large one still streams from the caller's view (uncopied)
+    b = backend_for("boto3", part_size=5 * MIB)
+    expects: list[bool] = []
+    b._driver.client.meta.events.register(  # type: ignore[union-attr]
+        "before-send.s3.PutObject", lambda request, **_: expects.append("Expect" in request.headers)
+    )
+    small, large = _payload(4096), _payload(COPY_BODY_UP_TO + 1, seed=7)
+    b.put("small", small)
+    b.put("edge", large[:COPY_BODY_UP_TO])
+    b.put("large", large)
+    with b.writer("streamed") as w:  # a writer's one-part object is a PutObject as well
+        w.write(small)
+    assert expects == [False, False, True, False]
+    for key, data in (
+        ("small", small),
+        ("edge", large[:COPY_BODY_UP_TO]),
+        ("large", large),
+        ("streamed", small),
+    ):
+        back = memoryview(bytearray(len(data)))
+        assert b.get(key, back) == len(data) and back == data
+
+
+def test_boto3_driver_reads_timestamps_as_botocore_does(
+    backend_for: Callable[..., S3Backend], s3_admin: Any
+) -> None:
+    # the driver's client reads HTTP-dates with the stdlib (clients.http_date), not dateutil:
+    # the same datetimes, with the same tzinfo, as a stock client gets
+    b = backend_for("boto3")
+    b.put("dated", b"x")
+    full = f"{b.settings.prefix}/dated"
+    ours = b._driver.client.head_object(Bucket=b.settings.bucket, Key=full)["LastModified"]  # type: ignore[union-attr]
+    stock = s3_admin.head_object(Bucket=b.settings.bucket, Key=full)["LastModified"]
+    assert ours == stock and type(ours.tzinfo) is type(stock.tzinfo) and ours.utcoffset() == timedelta(0)
+    assert b.stat("dated").mtime == stock.timestamp()
+    # a listing's timestamps are ISO 8601 in XML: botocore's parser still reads them
+    listed = b._driver.client.list_objects_v2(Bucket=b.settings.bucket, Prefix=full)  # type: ignore[union-attr]
+    assert listed["Contents"][0]["LastModified"] == stock
+    for value in (
+        "Sun, 29 Nov 2026 15:53:14 GMT",
+        "2026-11-29T15:53:14.000Z",
+        "Sun, 29 Nov 2026 16:53:14 +0100",
+        "Sunday, 29-Nov-26 15:53:14 GMT",  # RFC 850, the obsolete form: botocore's parser reads it
+    ):
+        parsed, expected = http_date(value), parse_timestamp(value)
+        assert parsed == expected and type(parsed.tzinfo) is type(expected.tzinfo)
+    for bad in ("Sun, 99 Nov 2026 15:53:14 GMT", "Someday, 99 Nov 2026 15:53:14 GMT", "no date GMT"):
+        with pytest.raises(ValueError):
+            parse_timestamp(bad)
+        with pytest.raises(ValueError):
+            http_date(bad)
 
 
 class _TruncatingServer:
