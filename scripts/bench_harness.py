@@ -63,6 +63,92 @@ def one_merge(run_dir: Path) -> dict[str, float]:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+#: in a fresh interpreter: a workload's own summarize (rank 0's sections of summary.json from every
+#: rank's metrics) over N ranks, synthesised from a real 4-rank run's rank files: its seconds and
+#: peak RSS. The world says N ranks (rank 0 of N: what rank 0 sees); nothing else is made up.
+SUMMARIZE = """
+import copy, json, logging, resource, sys, tempfile, time
+from pathlib import Path
+from dlio_ext.metrics import results
+from dlio_ext.run.harness import load_config
+from dlio_ext.storage import open_backend
+from dlio_ext.workloads.base import workload_class
+from dlio_ext.workloads.context import Context
+from dlio_ext.world import SoloWorld
+
+src, n, argv = Path(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
+
+class RankZeroOf(SoloWorld):
+    size = n
+
+cfg = load_config(argv)
+real = [json.loads((src / f"rank-{r:05d}.json").read_text())["metrics"] for r in range(4)]
+per_rank = [copy.deepcopy(real[r % 4]) for r in range(n)]
+phases = results.reanalyse(src)
+with tempfile.TemporaryDirectory() as d:
+    backend = open_backend({"type": "posix", "root": d + "/data"}, d)
+    ctx = Context(RankZeroOf(), backend, None, cfg.workload, Path(d), "synth", 1, logging.getLogger("synth"))
+    wl = workload_class(cfg.workload_name)(ctx)
+    t0 = time.perf_counter()
+    out = wl.summarize(phases, per_rank)
+    dt = time.perf_counter() - t0
+    size = len(json.dumps(out, default=str))
+print(json.dumps({"seconds": dt, "rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "bytes": size}))
+"""
+
+#: the workloads whose summarize is measured, with the arguments of their real 4-rank runs
+SUMMARIZED = {
+    "checkpoint_burst": [
+        "workload=checkpoint_burst/custom",
+        "workload.bytes_per_rank=4194304",
+        "workload.chunk_size=1048576",
+        "workload.buffer_pool_bytes=4194304",
+        "workload.compute_seconds=0",
+        "workload.checkpoints=2",
+        "workload.restores=2",
+    ],
+    "kv_cache": ["workload=kv_cache/custom", "workload.scale=0.02", "workload.requests_per_user=3"],
+    "metadata": ["workload=metadata/easy", "workload.items_per_rank=200"],
+}
+
+
+def summarize_rows(work: Path, counts: list[int], reps: int) -> list[str]:
+    """Each workload's summarize at each rank count (see SUMMARIZE): a Markdown table's lines."""
+    env = dict(os.environ) | OMPI_ENV | {"PYTHONPATH": str(ROOT)}
+    lines = [
+        "| workload | ranks | summarize (median) | per rank | per rank vs the smallest | peak RSS | its sections |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, argv in SUMMARIZED.items():
+        run_dir = work / f"summarize-{name}"
+        p = subprocess.run(
+            [*mpirun(4), *dlio_ext_module(), "run", *argv, f"run.dir={run_dir}", "run.progress_interval=0"],
+            capture_output=True, text=True, env=env, timeout=900,
+        )  # fmt: skip
+        if p.returncode:
+            raise RuntimeError(f"the 4-rank {name} run: exit {p.returncode}: {p.stderr.strip()[-600:]}")
+        base = None
+        for n in counts:
+            got = []
+            for _ in range(reps):
+                q = subprocess.run(
+                    [sys.executable, "-c", SUMMARIZE, str(run_dir), str(n), json.dumps(argv)],
+                    capture_output=True, text=True, env=env, timeout=900,
+                )  # fmt: skip
+                if q.returncode:
+                    raise RuntimeError(f"{name} summarize at {n} ranks: {q.stderr.strip()[-600:]}")
+                got.append(json.loads(q.stdout.strip().splitlines()[-1]))
+            secs = statistics.median(g["seconds"] for g in got)
+            rss = max(g["rss_kib"] for g in got) / 1024
+            base = base or secs / n
+            lines.append(
+                f"| {name} | {n:,} | {secs:.3f} s | {secs / n * 1e3:.3f} ms | {secs / n / base:.2f}x | "
+                f"{rss:.0f} MiB | {got[0]['bytes'] / 1e6:.2f} MB |"
+            )
+            say(f"{name} summarize, {n} ranks: {secs:.3f} s, {rss:.0f} MiB", "harness")
+    return lines
+
+
 FLOOR = "from mpi4py import MPI; MPI.COMM_WORLD.Barrier()"
 
 
@@ -167,19 +253,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ranks", default="2,16,128,1024")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--startup", type=int, default=16, help="ranks of the start-up rows (0: skip them)")
-    ap.add_argument("--only", choices=("merge", "startup"), help="run only this section")
+    ap.add_argument("--only", choices=("merge", "summarize", "startup"), help="run only this section")
     ap.add_argument("--ref", help="git ref whose start-up is measured beside this checkout's")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench-harness" / utc_stamp())
     args = ap.parse_args(argv)
-    counts = [int(x) for x in args.ranks.split(",")] if args.only != "startup" else []
+    all_counts = [int(x) for x in args.ranks.split(",")]
+    counts = all_counts if args.only in (None, "merge") else []
     work: Path = args.out
     work.mkdir(parents=True, exist_ok=True)
     load0, t0 = os.getloadavg(), time.monotonic()
     rows = []
     extra: list[str] = []
     try:
-        if args.startup and args.only != "merge":
-            extra = startup(work, args.startup, args.reps, args.ref)
+        if args.only in (None, "summarize"):
+            extra += ["", *summarize_rows(work, all_counts, args.reps)]
+        if args.startup and args.only in (None, "startup"):
+            extra += ["", *startup(work, args.startup, args.reps, args.ref)]
         if counts:
             say("a real 4-rank checkpoint run", "harness")
             src = real_run(work)
@@ -218,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         f"command: {command_line(argv)}",
     ]
-    text = "\n".join(table + ([""] if table and extra else []) + extra + foot)
+    text = "\n".join(table + (extra if table else extra[1:]) + foot)
     print(text)
     (work / "table.md").write_text(text + "\n")
     print(f"results: {work}")

@@ -43,3 +43,34 @@ def test_submicrosecond_and_empty():
     assert Histogram().summary()["count"] == 0
     s = _hist([1e-7, 2e-7]).summary()
     assert s["max"] < 1.0 and s["count"] == 2
+
+
+def test_histograms_read_from_state_merge_and_summarise_as_the_dense_ones():
+    """Rank 0 merges and summarises histograms read from rank states through their non-empty
+    buckets only: the same counts and the same summary as bucket by bucket, including after
+    samples are recorded into one (which drops its sparse form)."""
+    rng = np.random.default_rng(11)
+    dense, states = [], []
+    for r in range(40):
+        h = Histogram()
+        h.record_many(rng.lognormal(np.log(50e-6 * (1 + r % 7)), 1.0, 500))
+        dense.append(h)
+        states.append(h.to_state())
+    read = [Histogram.from_state(s) for s in states]
+    for h, d in zip(read, dense, strict=True):
+        assert h.counts == d.counts and h.summary() == d.summary()
+    merged = Histogram.merged(read)
+    whole = Histogram()
+    for d in dense:  # the dense walk, bucket by bucket
+        for i, c in enumerate(d.counts):
+            whole.counts[i] += c
+        whole.n += d.n
+        whole.total_us += d.total_us
+        whole.min_us, whole.max_us = min(whole.min_us, d.min_us), max(whole.max_us, d.max_us)
+    assert merged.counts == whole.counts and merged.summary() == whole.summary()
+    # a histogram read from state and then recorded into summarises what it now holds
+    late = Histogram.from_state(states[0])
+    late.record(2.0)
+    late.record_many(np.array([3.0, 4.0]))
+    assert late.summary()["max"] == pytest.approx(4e6) and late.summary()["count"] == dense[0].n + 3
+    assert late.summary()["p999"] > dense[0].summary()["p999"]
