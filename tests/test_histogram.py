@@ -74,3 +74,8 @@ def test_histograms_read_from_state_merge_and_summarise_as_the_dense_ones():
     late.record_many(np.array([3.0, 4.0]))
     assert late.summary()["max"] == pytest.approx(4e6) and late.summary()["count"] == dense[0].n + 3
     assert late.summary()["p999"] > dense[0].summary()["p999"]
+
+
+def test_a_state_with_buckets_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="buckets outside"):
+        Histogram.from_state({"idx": [10**6], "cnt": [1], "n": 1, "total_us": 1.0, "min_us": 1.0, "max_us": 1.0})

@@ -29,18 +29,29 @@ PERCENTILES = {"p50": 0.50, "p90": 0.90, "p95": 0.95, "p99": 0.99, "p999": 0.999
 
 
 class Histogram:
-    __slots__ = ("counts", "n", "total_us", "min_us", "max_us", "_sparse")
+    __slots__ = ("_counts", "n", "total_us", "min_us", "max_us", "_sparse")
 
     def __init__(self) -> None:
-        self.counts = [0] * NBUCKETS
+        self._counts: list[int] | None = [0] * NBUCKETS
         self.n = 0
         self.total_us = 0.0
         self.min_us = float("inf")
         self.max_us = 0.0
         #: (bucket indexes, counts) of the non-empty buckets, ascending, while they are known
         #: (a histogram read from a rank's state): rank 0 merges and summarises thousands of
-        #: those, and a walk over all NBUCKETS buckets in Python costs ~0.3 ms each time
+        #: those, and a walk over all NBUCKETS buckets in Python costs ~0.3 ms each time; their
+        #: dense counts (48 KiB each) are made only when asked for
         self._sparse: tuple[list[int], list[int]] | None = None
+
+    @property
+    def counts(self) -> list[int]:
+        """Every bucket's count (NBUCKETS of them)."""
+        if self._counts is None:
+            assert self._sparse is not None
+            self._counts = [0] * NBUCKETS
+            for i, c in zip(*self._sparse, strict=True):
+                self._counts[i] = c
+        return self._counts
 
     def record(self, seconds: float) -> None:
         us = seconds * 1e6
@@ -91,11 +102,15 @@ class Histogram:
     # merging ------------------------------------------------------------------------------
     def to_state(self) -> dict[str, object]:
         """A compact, picklable form: only non-empty buckets travel between ranks."""
-        arr = np.asarray(self.counts, dtype=np.int64)
-        nz = np.nonzero(arr)[0]
+        if self._sparse is not None:
+            idx, cnt = list(self._sparse[0]), list(self._sparse[1])
+        else:
+            arr = np.asarray(self.counts, dtype=np.int64)
+            nz = np.nonzero(arr)[0]
+            idx, cnt = nz.tolist(), arr[nz].tolist()
         return {
-            "idx": nz.tolist(),
-            "cnt": arr[nz].tolist(),
+            "idx": idx,
+            "cnt": cnt,
             "n": self.n,
             "total_us": self.total_us,
             "min_us": self.min_us if self.n else None,
@@ -105,10 +120,11 @@ class Histogram:
     @classmethod
     def from_state(cls, state: dict) -> Histogram:
         h = cls()
-        for i, c in zip(state["idx"], state["cnt"], strict=True):
-            h.counts[i] = c
         pairs = sorted(zip(state["idx"], state["cnt"], strict=True))
+        if pairs and not 0 <= pairs[0][0] <= pairs[-1][0] < NBUCKETS:
+            raise ValueError(f"histogram state with buckets outside 0..{NBUCKETS - 1}")
         h._sparse = ([i for i, _ in pairs], [c for _, c in pairs])
+        h._counts = None
         h.n = state["n"]
         h.total_us = state["total_us"]
         h.min_us = state["min_us"] if state["min_us"] is not None else float("inf")
