@@ -32,6 +32,24 @@ chromium_step() {
 }
 chromium_step
 
+# fio: the limit the file benches (bench_kvcache.py, bench_checkpoint.py) measure dlio-ext against.
+# The same pattern: root with apt-get, only when missing; without it those rows say so.
+fio_step() {
+  if dpkg -s fio >/dev/null 2>&1 || command -v fio >/dev/null 2>&1; then
+    return 0
+  fi
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup: fio not installed and not root with apt-get: the benches' fio rows will say so"
+  else
+    echo "setup: installing fio (apt-get) for the benches' limits"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends fio >/dev/null; }; then
+      echo "setup: fio could not be installed: the benches' fio rows will say so"
+    fi
+  fi
+}
+fio_step
+
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] &&
    "$VENV/bin/python" -c "import dlio_ext, dlio_benchmark, mpi4py, torch, nixl_cu12, awscrt" 2>/dev/null; then
   echo "setup: $VENV is up to date"
