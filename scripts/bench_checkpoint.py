@@ -401,7 +401,7 @@ def main() -> int:
     lines.append(
         f"memory run ({a.ranks} ranks x {rss_bytes / GiB:.2f} GiB, 1 write + 1 restore): write "
         f"{rss_c['write']['overall']['GBps']:.3f} GB/s, restore {rss_c['restore']['overall']['GBps']:.3f} GB/s, "
-        f"buffer pool {rss_c['buffer_pool_bytes'] // MiB} MiB + 2 read buffers per rank"
+        f"buffer pool {rss_c['buffer_pool_bytes'] // MiB} MiB + read_ahead + 1 read buffers per rank"
     )
     if dlio:
         lines.append(
