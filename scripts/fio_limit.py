@@ -5,7 +5,8 @@ after the other, block size `bs`, O_DIRECT, optionally fsync at each file's clos
 every config of a short grid once (ioengine psync, libaio, io_uring; the number of jobs, i.e. how
 the shape's slices are dealt out; iodepth 1, 4, 16 for the async engines) and returns the best;
 the bench scripts then run that one config interleaved with dlio-ext for their medians. fio's
-buffers sit on transparent huge pages, as dlio-ext's do (see FIO_ENV).
+buffers sit on transparent huge pages and are touched before the clock, as dlio-ext's are
+(see FIO_ENV).
 
 fio reports GB/s as all bytes over the longest job's runtime (its group_reporting), which is how
 the benches define dlio-ext's figures too (bytes over the span of the whole transfer).
@@ -24,14 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ENGINES = ("psync", "libaio", "io_uring")
-#: fio's I/O buffers on transparent huge pages, as dlio-ext's (`storage.buffers`: MADV_HUGEPAGE from
-#: 2 MiB up): with 4 KiB pages, pinning a 32 MiB O_DIRECT buffer page by page held fio to 1.2-1.4
-#: GB/s where the same files read at 2.0-2.6 GB/s (measured on this project's VM, THP `madvise`);
-#: glibc (2.35+) then madvises its mmap'd allocations, fio's buffers among them.
+#: fio's I/O buffers as dlio-ext's are (`storage.buffers`): on transparent huge pages (MADV_HUGEPAGE
+#: from 2 MiB up) and touched before the clock. With 4 KiB pages, pinning a 32 MiB O_DIRECT buffer
+#: page by page held fio to 1.2-1.4 GB/s where the same files read at 2.0-2.6 GB/s; and a read
+#: buffer first touched by its first read put the page faults of jobs x iodepth buffers (1 GiB at
+#: 8 x 4 x 32 MiB) inside fio's clock: 0.9-1.6 GB/s against 2.4-3.2 pre-touched (both measured on
+#: this project's VM, THP `madvise`). glibc (2.35+) madvises its mmap'd allocations with
+#: glibc.malloc.hugetlb=1, and MALLOC_PERTURB_ fills every allocation when it is made.
 _TUNE = "glibc.malloc.hugetlb=1"
 FIO_ENV = {
     **os.environ,
     "GLIBC_TUNABLES": ":".join(x for x in (os.environ.get("GLIBC_TUNABLES"), _TUNE) if x),
+    "MALLOC_PERTURB_": "85",
 }
 DEPTHS = (1, 4, 16)  # per job, async engines only (psync has one I/O in flight per job)
 
@@ -68,7 +73,7 @@ class Shape:
 
     def describe(self, cfg: Config) -> str:
         sync = ", fsync per file" if self.fsync_on_close else ""
-        return f"fio {cfg.label}, {self.rw} bs={self.bs} direct=1{sync}, THP buffers"
+        return f"fio {cfg.label}, {self.rw} bs={self.bs} direct=1{sync}, THP buffers touched first"
 
 
 def available() -> bool:
