@@ -193,7 +193,7 @@ def limit_row(
     if fio is None:
         return f"| {name} | {med[key]:.3f} GB/s | fio is not installed (scripts/setup.sh installs it) | - | >= 0.9 | - |"
     r = statistics.median(ratios[key])
-    met = "yes" if r >= 0.9 else f"**no** ({r - 0.9:+.2f})"
+    met = "yes" if r >= 0.9 else f"**no** ({r - 0.9:+.3f})"
     if r > 1.0:
         met += ": RATIO ABOVE 1 against a limit, the limit was measured wrongly"
     return (

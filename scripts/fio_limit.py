@@ -129,6 +129,7 @@ def jobfile(shape: Shape, cfg: Config) -> str:
         f"ioengine={cfg.engine}",
         f"iodepth={cfg.iodepth}",
         "fallocate=none",  # dlio-ext does not preallocate either
+        "invalidate=0",  # nor drop a file's cache at each open (O_DIRECT bypasses it anyway)
         "create_on_open=1",
     ]
     if shape.rw == "read":

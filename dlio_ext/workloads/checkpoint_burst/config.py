@@ -49,7 +49,7 @@ class Config:
     io_threads: int = 1
     # chunks a restore's I/O thread has in flight while it verifies the one before (each a
     # chunk_size read buffer); threads of one file's reads, so one rank keeps several I/Os queued
-    read_ahead: int = 2
+    read_ahead: int = 4
     verify: bool = True
     keep_checkpoints: int = 0
     cleanup: bool = True
