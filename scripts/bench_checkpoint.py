@@ -7,19 +7,25 @@
 One run on this machine, every comparison over the same bytes and the same ranks:
 1. burst write: `dlio-ext run workload=checkpoint_burst/custom` (N MPI ranks, a G GiB shard
    each in DeepSpeed's two files, model 1/7 and optimizer 6/7, O_DIRECT + fsync per file, every
-   rank at once) against N shells started at once, each writing the same two files with
-   `dd oflag=direct conv=fsync` and the same block size (16 MiB); GB/s = all bytes over the span
-   from the first start to the last end;
+   rank at once) against the LIMIT: the best fio does writing the same files (same names and
+   sizes, bs 16 MiB, O_DIRECT, fsync at each file's close, no preallocation). A short sweep in
+   the first round (`fio_limit.py`: psync, libaio and io_uring; 1 job up to twice the ranks and
+   beyond, the shard's blocks dealt in equal runs; iodepth 1, 4, 16 for the async engines) picks
+   the fastest config, which then runs in every round. N shells each writing the two files with
+   `dd oflag=direct conv=fsync` stay as a sanity row (GB/s = all bytes over the span from the
+   first start to the last end, as dlio-ext's);
 2. cold restore: the same run's restores (O_DIRECT, rank r reads rank r+1's shard, every byte
-   verified) against N `dd iflag=direct` reading those very files the same way round;
+   verified) against the best fio reading those very files (swept the same way), and N
+   `dd iflag=direct` reading them the same way round (sanity);
 3. DLIO 2.0.0's own checkpointing (PyTorchCheckpointing, checkpoint.type=all_ranks, the same
    G GiB per rank as one int8 tensor, via `dlio-ext dlio` with DLIO untouched): its checkpoint
    time as DLIO records it (rank 0's), the `sync` still owed when it returned, its peak RSS;
 4. peak RSS per rank (VmHWM) of the burst engine with a shard of at least 4 GiB (target <= 512 MiB),
    from one more burst with that shard.
 
-Rounds interleave dlio-ext and dd (who goes first alternates) so a noisy neighbour hits both;
-the table shows median GB/s and the median (and range) of the per-round ratios.
+Rounds interleave dlio-ext, fio and dd (who goes first alternates) so a noisy neighbour hits
+all; the table shows median GB/s and the median (and range) of the per-round ratios. A ratio
+above 1.0 against fio means the limit was measured wrongly, and the table says so.
 Prints a Markdown table and writes it, with every sample, to results/bench_checkpoint/<UTC>/.
 Missed targets are reported, not hidden; the exit code is 0 unless a run failed.
 """
@@ -40,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import benchlib
+import fio_limit
 from benchlib import ROOT, mpirun
 
 MiB, GiB = 1 << 20, 1 << 30
@@ -174,12 +181,33 @@ def spread(v: list[float]) -> str:
     return f"{min(v):.2f}-{max(v):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
 
 
+def limit_row(
+    name: str,
+    key: str,
+    fio: tuple[fio_limit.Shape, fio_limit.Config] | None,
+    med: dict[str, float],
+    ratios: dict[str, list[float]],
+) -> str:
+    """dlio-ext against the best of the fio sweep; above 1.0 the limit was measured wrongly."""
+    side = "fio_write" if key == "write" else "fio_read"
+    if fio is None:
+        return f"| {name} | {med[key]:.3f} GB/s | fio is not installed (scripts/setup.sh installs it) | - | >= 0.9 | - |"
+    r = statistics.median(ratios[key])
+    met = "yes" if r >= 0.9 else f"**no** ({r - 0.9:+.3f})"
+    if r > 1.0:
+        met += ": RATIO ABOVE 1 against a limit, the limit was measured wrongly"
+    return (
+        f"| {name} | {med[key]:.3f} GB/s | {fio[0].describe(fio[1])}: {med[side]:.3f} GB/s | "
+        f"{r:.2f} ({spread(ratios[key])}) | >= 0.9 | {met} |"
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--gib-per-rank", type=float, default=2.0, help="shard per rank for the GB/s comparisons")
     ap.add_argument("--rss-gib-per-rank", type=float, default=4.0, help="shard per rank for the memory run")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--dir", type=Path, default=None, help="scratch on the file system under test")
     ap.add_argument("--skip-dlio", action="store_true")
     a = ap.parse_args()
@@ -191,8 +219,28 @@ def main() -> int:
     scratch = a.dir or (outdir / "scratch")
     scratch.mkdir(parents=True, exist_ok=True)
     total = nbytes * a.ranks
-    samples: dict[str, list[float]] = {"write": [], "dd_write": [], "restore": [], "dd_read": []}
-    ratios: dict[str, list[float]] = {"write": [], "restore": []}
+    samples: dict[str, list[float]] = {
+        "write": [],
+        "fio_write": [],
+        "dd_write": [],
+        "restore": [],
+        "fio_read": [],
+        "dd_read": [],
+    }
+    ratios: dict[str, list[float]] = {"write": [], "restore": [], "write_dd": [], "restore_dd": []}
+    # the limit: fio's sweep in round 1, its best config in every round (None: fio is missing)
+    jobs = sorted({1, 2, 4, 8, a.ranks, 2 * a.ranks})
+    fio_w: tuple[fio_limit.Shape, fio_limit.Config] | None = None
+    fio_r: tuple[fio_limit.Shape, fio_limit.Config] | None = None
+    sweeps: dict[str, dict[str, list[float]]] = {}
+
+    def say(msg: str) -> None:
+        print(msg, file=sys.stderr)
+
+    def shard_shape(rw: str, files: list[list[Path]]) -> fio_limit.Shape:
+        flat = [(f, n) for fs in files for f, n in zip(fs, (nbytes // 7, nbytes - nbytes // 7), strict=True)]
+        return fio_limit.Shape(rw, CHUNK, fio_limit.split_files(flat, CHUNK), fsync_on_close=rw == "write")
+
     summaries = []
     t_start = time.perf_counter()
 
@@ -222,6 +270,19 @@ def main() -> int:
                 dd_write(rnd)  # alternate who goes first, so a neighbour's burst favours neither
             work = scratch / f"burst{rnd}"
             s, files = burst_run(a.ranks, nbytes, work, outdir / "runs")
+            # fio reads the very files, rank r's job(s) first reading rank r+1's shard
+            shifted = [files[(r + 1) % a.ranks] for r in range(a.ranks)]
+            fw = scratch / "fio-write"
+            if rnd == 0 and fio_limit.available():
+                say(f"fio sweeps: {len(fio_limit.grid(jobs))} configs each for write and read")
+                fw.mkdir(exist_ok=True)
+                mine = [[fw / f.name for f in fs] for fs in files]
+                shape_r, shape_w = shard_shape("read", shifted), shard_shape("write", mine)
+                best_r, sweeps["read"] = fio_limit.sweep(shape_r, jobs, say)
+                best_w, sweeps["write"] = fio_limit.sweep(shape_w, jobs, say)
+                fio_r, fio_w = (shape_r, best_r), (shape_w, best_w)
+            if fio_r is not None:
+                fio_r = (shard_shape("read", shifted), fio_r[1])
             c = s["checkpoint_burst"]
             samples["write"].append(c["write"]["overall"]["GBps"])
             samples["restore"].append(c["restore"]["overall"]["GBps"])
@@ -232,11 +293,20 @@ def main() -> int:
                 for r in range(a.ranks)
             ]
             samples["dd_read"].append(total / parallel_dd(cmds) / 1e9)
+            if fio_r is not None:
+                samples["fio_read"].append(fio_limit.run(*fio_r))
             shutil.rmtree(work)
+            if fio_w is not None:
+                samples["fio_write"].append(fio_limit.run(*fio_w))
+                shutil.rmtree(fw)  # fio's files: the disk as free as for the next burst
+                fw.mkdir()
             if not rnd % 2:
                 dd_write(rnd)
-            ratios["write"].append(samples["write"][-1] / samples["dd_write"][-1])
-            ratios["restore"].append(samples["restore"][-1] / samples["dd_read"][-1])
+            if fio_w is not None and fio_r is not None:
+                ratios["write"].append(samples["write"][-1] / samples["fio_write"][-1])
+                ratios["restore"].append(samples["restore"][-1] / samples["fio_read"][-1])
+            ratios["write_dd"].append(samples["write"][-1] / samples["dd_write"][-1])
+            ratios["restore_dd"].append(samples["restore"][-1] / samples["dd_read"][-1])
             print(
                 f"round {rnd + 1}/{a.rounds}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in samples.items()),
                 file=sys.stderr,
@@ -269,8 +339,8 @@ def main() -> int:
         if a.dir is None:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    med = {k: statistics.median(v) for k, v in samples.items()}
-    rw, rr = statistics.median(ratios["write"]), statistics.median(ratios["restore"])
+    med = {k: statistics.median(v) if v else float("nan") for k, v in samples.items()}
+    rwd, rrd = statistics.median(ratios["write_dd"]), statistics.median(ratios["restore_dd"])
     peak = max(rss_c["memory"]["peak_rss_bytes"]["per_rank"])
     peak_small = max(max(c["memory"]["peak_rss_bytes"]["per_rank"]) for c in summaries)
     label = f"{a.ranks} ranks x {nbytes / GiB:.2f} GiB"
@@ -280,12 +350,20 @@ def main() -> int:
         "",
         "| measurement | dlio-ext | baseline | ratio | target | met? |",
         "| --- | --- | --- | --- | --- | --- |",
-        f"| burst write, O_DIRECT + fsync per file ({label}) | {med['write']:.3f} GB/s | "
-        f"dd oflag=direct conv=fsync: {med['dd_write']:.3f} GB/s | {rw:.2f} ({spread(ratios['write'])}) | >= 0.9 | "
-        f"{'yes' if rw >= 0.9 else 'NO'} |",
-        f"| cold restore, O_DIRECT, rank shift 1, every byte verified ({label}) | {med['restore']:.3f} GB/s | "
-        f"dd iflag=direct: {med['dd_read']:.3f} GB/s | {rr:.2f} ({spread(ratios['restore'])}) | >= 0.9 | "
-        f"{'yes' if rr >= 0.9 else 'NO'} |",
+        limit_row(f"burst write, O_DIRECT + fsync per file ({label})", "write", fio_w, med, ratios),
+        limit_row(
+            f"cold restore, O_DIRECT, rank shift 1, every byte verified ({label})",
+            "restore",
+            fio_r,
+            med,
+            ratios,
+        ),
+        f"| burst write vs dd (sanity) | {med['write']:.3f} GB/s | "
+        f"{a.ranks} x dd oflag=direct conv=fsync: {med['dd_write']:.3f} GB/s | {rwd:.2f} ({spread(ratios['write_dd'])}) "
+        "| - | - |",
+        f"| cold restore vs dd (sanity) | {med['restore']:.3f} GB/s | "
+        f"{a.ranks} x dd iflag=direct: {med['dd_read']:.3f} GB/s | {rrd:.2f} ({spread(ratios['restore_dd'])}) "
+        "| - | - |",
     ]
     if dlio:
         ratio = med["write"] / dlio["GBps"]
@@ -310,6 +388,12 @@ def main() -> int:
         + f" | - | <= 512 MiB | {'yes' if peak <= 512 * MiB else 'NO'} |"
     )
     lines.append("")
+    for side, fio in (("write", fio_w), ("read", fio_r)):
+        if fio is not None:
+            lines.append(
+                f"fio {side} limit: {fio[0].describe(fio[1])}, the best of a sweep over jobs {jobs}, "
+                f"psync / libaio / io_uring, iodepth {fio_limit.DEPTHS} (every config's GB/s: bench.json)"
+            )
     shown = {k: [round(x, 3) for x in v] for k, v in samples.items()}
     if dlio:
         shown["dlio"] = dlio["GBps_samples"]
@@ -317,7 +401,7 @@ def main() -> int:
     lines.append(
         f"memory run ({a.ranks} ranks x {rss_bytes / GiB:.2f} GiB, 1 write + 1 restore): write "
         f"{rss_c['write']['overall']['GBps']:.3f} GB/s, restore {rss_c['restore']['overall']['GBps']:.3f} GB/s, "
-        f"buffer pool {rss_c['buffer_pool_bytes'] // MiB} MiB + 2 read buffers per rank"
+        f"buffer pool {rss_c['buffer_pool_bytes'] // MiB} MiB + read_ahead + 1 read buffers per rank"
     )
     if dlio:
         lines.append(
@@ -343,6 +427,8 @@ def main() -> int:
                 "ranks": a.ranks,
                 "bytes_per_rank": nbytes,
                 "rss_run": rss_c,
+                "fio_sweeps": sweeps,
+                "fio_best": {k: v[1].label for k, v in (("write", fio_w), ("read", fio_r)) if v},
                 "runs": summaries,
             },
             indent=2,

@@ -9,49 +9,42 @@ PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 stamp="$VENV/.dlio-ext-setup"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 
-# Chromium (headless) for the test that opens `dlio-ext report` pages in a real browser
-# (tests/test_report.py skips, saying why, where there is none). Installed from the distribution as
-# root only, before the up-to-date check so an existing .venv gets it too; one apt-get update, and
-# only when it is missing. DLIO_EXT_CHROMIUM=0 skips it.
-chromium_step() {
-  if command -v chromium >/dev/null 2>&1; then
-    return 0
-  fi
-  if [ "${DLIO_EXT_CHROMIUM:-1}" = 0 ]; then
-    echo "setup: chromium skipped (DLIO_EXT_CHROMIUM=0): the browser test of report pages will skip"
+# System tools from the distribution (Debian packages), installed as root only, before the
+# up-to-date check so an existing .venv gets them too, and only when missing (one apt-get update
+# each time one is): whatever needs one and finds it missing says so and skips, it never fails.
+#   apt_step VAR "what needs it" "what happens without it" command... -- package...
+# VAR=0 in the environment skips that step.
+apt_step() {
+  local var=$1 why=$2 without=$3
+  shift 3
+  local cmds=() pkgs=()
+  while [ "$1" != -- ]; do cmds+=("$1"); shift; done
+  shift
+  pkgs=("$@")
+  local missing=0 c
+  for c in "${cmds[@]}"; do command -v "$c" >/dev/null 2>&1 || missing=1; done
+  [ "$missing" = 0 ] && return 0
+  if [ "${!var:-1}" = 0 ]; then
+    echo "setup: ${pkgs[*]} skipped ($var=0): $without"
   elif [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "setup: chromium not installed and not root with apt-get: the browser test of report pages" \
-      "will skip (install the chromium package to run it)"
+    echo "setup: ${pkgs[*]} not installed and not root with apt-get: $without"
   else
-    echo "setup: installing chromium (apt-get) for the browser test of report pages"
+    echo "setup: installing ${pkgs[*]} (apt-get) for $why"
     if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-      --no-install-recommends chromium >/dev/null; }; then
-      echo "setup: chromium could not be installed: the browser test of report pages will skip"
+      --no-install-recommends "${pkgs[@]}" >/dev/null; }; then
+      echo "setup: ${pkgs[*]} could not be installed: $without"
     fi
   fi
 }
-chromium_step
-
-# autoconf, automake and libtool, with which scripts/bench_metadata.py builds C mdtest (hpc/ior) as
-# its baseline (its mdtest rows say "not measured" without them). Debian packages, installed as
-# root only and only when one is missing, like chromium above. DLIO_EXT_AUTOTOOLS=0 skips it.
-autotools_step() {
-  if command -v autoreconf >/dev/null 2>&1 && command -v automake >/dev/null 2>&1 &&
-     command -v libtoolize >/dev/null 2>&1; then
-    return 0
-  fi
-  if [ "${DLIO_EXT_AUTOTOOLS:-1}" = 0 ] || [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "setup: autoconf/automake/libtool not installed: bench_metadata.py's mdtest rows will say" \
-      "not measured (install those packages to build mdtest)"
-  else
-    echo "setup: installing autoconf, automake, libtool (apt-get) to build mdtest for bench_metadata.py"
-    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-      --no-install-recommends autoconf automake libtool >/dev/null; }; then
-      echo "setup: autotools could not be installed: bench_metadata.py's mdtest rows will say not measured"
-    fi
-  fi
-}
-autotools_step
+# headless Chromium: the test that opens `dlio-ext report` pages in a real browser (tests/test_report.py)
+apt_step DLIO_EXT_CHROMIUM "the browser test of report pages" "that test will skip" \
+  chromium -- chromium
+# autotools: scripts/bench_metadata.py builds C mdtest (hpc/ior) with them, as its baseline
+apt_step DLIO_EXT_AUTOTOOLS "building mdtest for bench_metadata.py" "its mdtest rows will say not measured" \
+  autoreconf automake libtoolize -- autoconf automake libtool
+# fio: the limit the file benches (bench_kvcache.py, bench_checkpoint.py) measure dlio-ext against
+apt_step DLIO_EXT_FIO "the file benches' limits" "the benches' fio rows will say so" \
+  fio -- fio
 
 # the metadata workload's compiled loops (dlio_ext/storage/native), built ahead of the first run
 # (a run builds them itself otherwise, and runs the Python loops where it cannot)

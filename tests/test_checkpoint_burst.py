@@ -159,9 +159,10 @@ def _flip(path: Path, offset: int) -> None:
         f.write(bytes([b[0] ^ 0x01]))
 
 
-def test_corrupted_byte_fails_the_restore(tmp_path):
+@pytest.mark.parametrize("read_ahead", [1, 2, 3])
+def test_corrupted_byte_fails_the_restore(tmp_path, read_ahead):
     """One bit flipped in one shard between write and restore: that file's restore is a `corrupt`
-    error (the run is invalid), every other file verifies."""
+    error (the run is invalid), every other file verifies, however many chunks are read ahead."""
 
     class Corrupting(PosixBackend):
         def writer(self, key):
@@ -177,7 +178,12 @@ def test_corrupted_byte_fails_the_restore(tmp_path):
             w.close = close_then_flip
             return w
 
-    ctx = _ctx(tmp_path, Corrupting(str(tmp_path / "data"), fsync="file"), cold_restore="fadvise")
+    ctx = _ctx(
+        tmp_path,
+        Corrupting(str(tmp_path / "data"), fsync="file"),
+        cold_restore="fadvise",
+        read_ahead=read_ahead,
+    )
     wl = cb.CheckpointBurst(ctx)
     phases = wl.run()
     by = {p.name: p for p in phases}
@@ -212,6 +218,48 @@ def test_stale_file_is_detected(tmp_path):
     assert engine.read_file(plan.files(0, 0)[0], 0, memoryview(bytearray(1 * MiB))).ok
 
 
+@pytest.mark.parametrize("read_ahead", [1, 3])
+def test_read_ahead_keeps_reads_in_flight_and_a_failed_one_ends_the_file(tmp_path, read_ahead):
+    """A restore's reader keeps read_ahead chunks in flight (the backend sees that many reads at
+    once), every one verified; a read that fails mid-file ends that file's restore with that
+    error, and no read is still landing in a buffer once read_file returns."""
+    import threading
+    import time
+
+    from dlio_ext.storage.base import StorageError
+
+    class FakeSlowFailingPosix(PosixBackend):
+        fail_at: int | None = None
+        now = peak = running = 0
+        lock = threading.Lock()
+
+        def get_range(self, key, offset, into):
+            with self.lock:
+                self.now += 1
+                self.peak = max(self.peak, self.now)
+            try:
+                time.sleep(0.02)  # long enough for the reads queued behind this one to start
+                if offset == self.fail_at:
+                    raise StorageError(f"{key}: injected failure at {offset}", key)
+                return super().get_range(key, offset, into)
+            finally:
+                with self.lock:
+                    self.now -= 1
+
+    b = FakeSlowFailingPosix(str(tmp_path / "data"))
+    ctx = _ctx(tmp_path, b, restores=0, checkpoints=1, bytes_per_rank=12 * MiB, read_ahead=read_ahead)
+    cb.CheckpointBurst(ctx).run()
+    engine = cb.Engine(b, cb.Content(7, MiB, 4 * MiB, 1))
+    f = max(cb.Plan(ctx.config, ctx).files(0, 0), key=lambda x: x.nbytes)
+    bufs = [memoryview(bytearray(MiB)) for _ in range(read_ahead + 1)]
+    assert f.nbytes > 8 * MiB and engine.read_file(f, 0, bufs).ok
+    assert b.peak == read_ahead  # the one being verified is not being read
+    b.fail_at = 3 * MiB
+    ev = engine.read_file(f, 0, bufs)
+    assert not ev.ok and "injected failure at 3145728" in ev.error
+    assert b.now == 0  # every read ended before read_file returned
+
+
 @pytest.mark.parametrize("policy, calls", [("file", 2 * 2), ("none", 0)])
 def test_fsync_really_called(tmp_path, policy, calls):
     """os.fsync itself is counted (wrapped, still called): one per file when asked, none otherwise."""
@@ -231,13 +279,13 @@ def test_io_buffers_come_from_the_backend(tmp_path):
     b = PosixBackend(str(tmp_path / "data"))
     with mock.patch.object(b, "alloc", wraps=b.alloc) as spy:
         cb.CheckpointBurst(_ctx(tmp_path, b, restores=1)).run()
-    # 4 MiB pool of 1 MiB chunks, two read buffers for the one I/O thread
-    assert [c.args for c in spy.call_args_list] == [(MiB,)] * (4 + 2)
+    # 4 MiB pool of 1 MiB chunks, read_ahead (4) + 1 read buffers for the one I/O thread
+    assert [c.args for c in spy.call_args_list] == [(MiB,)] * (4 + 5)
     b = PosixBackend(str(tmp_path / "data2"))
     with mock.patch.object(b, "alloc", wraps=b.alloc) as spy:
         cb.CheckpointBurst(_ctx(tmp_path, b, restores=1, mode="async")).run()
     # ... and the host ring: the whole shard (3 MiB + 12345 bytes: 4 slots of 1 MiB)
-    assert [c.args for c in spy.call_args_list] == [(MiB,)] * (4 + 2 + 4)
+    assert [c.args for c in spy.call_args_list] == [(MiB,)] * (4 + 5 + 4)
 
 
 def test_gone_store_stops_the_burst_and_lists_what_it_left(tmp_path):
@@ -307,10 +355,11 @@ def _restores_read_neighbours(run: Path, ranks: int, layout_ranks: list[int]) ->
         assert restored and restored <= written | {".metadata"}, (r, restored, written)
 
 
-@pytest.mark.parametrize("ranks", [2, 4])
-def test_posix_bursts_and_cold_restores(tmp_path, ranks):
+@pytest.mark.parametrize("ranks, read_ahead", [(2, 1), (4, 3)])
+def test_posix_bursts_and_cold_restores(tmp_path, ranks, read_ahead):
     """N checkpoints then N restores; every rank restores its neighbour's shard, cold (4 ranks:
-    O_DIRECT; 2 ranks: buffered + fsync, evicted with fadvise and checked with mincore)."""
+    O_DIRECT, 3 chunks read ahead; 2 ranks: buffered + fsync, evicted with fadvise and checked
+    with mincore, 1 chunk ahead)."""
     n = 3
     direct = ranks == 4
     d = run_cli(
@@ -326,6 +375,7 @@ def test_posix_bursts_and_cold_restores(tmp_path, ranks):
         "workload.chunk_size=1048576",
         "workload.buffer_pool_bytes=8388608",
         "workload.cleanup=false",
+        f"workload.read_ahead={read_ahead}",
         *FAST,
         np=ranks,
     )
@@ -392,11 +442,10 @@ def test_dcp_layout_on_disk(tmp_path):
     assert c["layout"] == "dcp"
 
 
-def test_bad_config_is_one_line(tmp_path):
-    d = run_cli(
-        "run", "workload=checkpoint_burst/llama3_70b", "workload.scale=0", f"run.results_dir={tmp_path}"
-    )
-    assert d.code == 2 and "workload.scale=0" in d.err and d.err.count("\n") == 1
+@pytest.mark.parametrize("bad", ["workload.scale=0", "workload.read_ahead=0"])
+def test_bad_config_is_one_line(tmp_path, bad):
+    d = run_cli("run", "workload=checkpoint_burst/llama3_70b", bad, f"run.results_dir={tmp_path}")
+    assert d.code == 2 and bad in d.err and d.err.count("\n") == 1
 
 
 @pytest.mark.parametrize("ranks", [2, 4])
@@ -480,6 +529,6 @@ def test_peak_rss_does_not_grow_with_the_shard(tmp_path):
     c = d.summary()["checkpoint_burst"]
     peak, base = c["memory"]["peak_rss_bytes"]["max"], c["memory"]["baseline_rss_bytes"][0]
     assert c["buffer_pool_bytes"] == pool and c["memory"]["largest_shard_bytes"] == shard
-    # interpreter + libraries (the baseline), the pool, two read buffers, and slack
-    assert peak - base < pool + 2 * chunk + 48 * MiB, (peak, base)
+    # interpreter + libraries (the baseline), the pool, read_ahead (4) + 1 read buffers, and slack
+    assert peak - base < pool + 5 * chunk + 48 * MiB, (peak, base)
     assert peak < shard

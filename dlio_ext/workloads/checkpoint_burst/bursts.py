@@ -204,8 +204,11 @@ class Bursts:
             "baseline_rss_bytes": baseline,
             "pool_bytes": self.content.nbytes,
         }
-        # two read buffers per I/O thread: one being verified while the next chunk lands in the other
-        self.rbufs = [[alloc(cfg.chunk_size), alloc(cfg.chunk_size)] for _ in range(cfg.io_threads)]
+        # read_ahead + 1 read buffers per I/O thread: one being verified while the next chunks land
+        # in the others
+        self.rbufs = [
+            [alloc(cfg.chunk_size) for _ in range(cfg.read_ahead + 1)] for _ in range(cfg.io_threads)
+        ]
         if tier0 is not None:
             # a drain exists to make checkpoints durable: its writes are (fsync per file on posix),
             # unless the user chose storage.fsync

@@ -47,6 +47,9 @@ class Config:
     chunk_size: int = 16 << 20
     buffer_pool_bytes: int = 64 << 20
     io_threads: int = 1
+    # chunks a restore's I/O thread has in flight while it verifies the one before (each a
+    # chunk_size read buffer); threads of one file's reads, so one rank keeps several I/Os queued
+    read_ahead: int = 4
     verify: bool = True
     keep_checkpoints: int = 0
     cleanup: bool = True
@@ -97,6 +100,7 @@ class Config:
             positive("compute_seconds", self.compute_seconds, allow_zero=True),
             positive("host_buffer_bytes", self.host_buffer_bytes, allow_zero=True),
             positive("io_threads", self.io_threads),
+            positive("read_ahead", self.read_ahead),
             positive("keep_checkpoints", self.keep_checkpoints, allow_zero=True),
             positive("mtbf_hours", self.mtbf_hours, allow_zero=True),
             positive("accelerator_mttf_hours", self.accelerator_mttf_hours),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -64,15 +65,16 @@ class Engine:
 
     # read -----------------------------------------------------------------------------------------
     def read_file(self, f: PlannedFile, ckpt: int, rbufs: memoryview | Sequence[memoryview]) -> FileEvent:
-        """Read and verify one file. With two buffers the next chunk is fetched (on a helper
-        thread; the backend's read releases the GIL) while this one is verified, so checking every
-        byte costs no storage time."""
+        """Read and verify one file. With k + 1 buffers the next k chunks are fetched (on k helper
+        threads; the backend's read releases the GIL) while this one is verified, so checking every
+        byte costs no storage time and one reader keeps k reads queued at the device. Chunk i
+        lands in buffer i mod (k + 1): never one being verified or still being read into."""
         ev = FileEvent("restore", ckpt, f.name, f.nbytes, time.perf_counter())
         bufs = [rbufs] if isinstance(rbufs, memoryview) else list(rbufs)
         chunks = [(off, min(self.chunk, f.nbytes - off)) for off in range(0, f.nbytes, self.chunk)]
-        ahead = len(bufs) > 1 and len(chunks) > 1
-        pool = ThreadPoolExecutor(max_workers=1) if ahead else None
-        fut: Future[int] | None = None
+        depth = min(len(bufs) - 1, len(chunks) - 1)
+        pool = ThreadPoolExecutor(max_workers=depth) if depth > 0 else None
+        futs: deque[Future[int]] = deque()
 
         def fetch(i: int) -> int:
             off, n = chunks[i]
@@ -85,12 +87,13 @@ class Engine:
                 raise VerifyError(f"{f.key}: {size} bytes on storage, {f.nbytes} written", f.key)
             fh = StreamHash()
             c, fkey = self.content, self.content.file_key(ckpt, f.writer, f.index)
-            if pool is not None and chunks:
-                fut = pool.submit(fetch, 0)
+            if pool is not None:
+                futs.extend(pool.submit(fetch, i) for i in range(depth))
             for i, (off, n) in enumerate(chunks):
-                if fut is not None:
-                    got = fut.result()
-                    fut = pool.submit(fetch, i + 1) if pool is not None and i + 1 < len(chunks) else None
+                if pool is not None:
+                    got = futs.popleft().result()
+                    if i + depth < len(chunks):  # into the buffer verified last: done with
+                        futs.append(pool.submit(fetch, i + depth))
                 else:
                     got = fetch(i)
                 if i == 0:

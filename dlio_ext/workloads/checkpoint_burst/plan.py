@@ -138,12 +138,12 @@ def check_tier0(cfg: Config, tier0: Backend, ranks: int) -> None:
 
 
 def memory(cfg: Config, ranks: int) -> tuple[int, str]:
-    """Bytes a rank allocates before the clock: the buffer pool, two read buffers per I/O thread,
-    and in async mode the host ring (host_buffer_bytes; 0 = the whole shard)."""
-    need = cfg.buffer_pool_bytes + 2 * cfg.io_threads * cfg.chunk_size
+    """Bytes a rank allocates before the clock: the buffer pool, read_ahead + 1 read buffers per
+    I/O thread, and in async mode the host ring (host_buffer_bytes; 0 = the whole shard)."""
+    need = cfg.buffer_pool_bytes + (cfg.read_ahead + 1) * cfg.io_threads * cfg.chunk_size
     what = (
-        f"workload.buffer_pool_bytes={cfg.buffer_pool_bytes} + 2 x workload.io_threads={cfg.io_threads} "
-        f"x workload.chunk_size={cfg.chunk_size}"
+        f"workload.buffer_pool_bytes={cfg.buffer_pool_bytes} + (workload.read_ahead={cfg.read_ahead} + 1) "
+        f"x workload.io_threads={cfg.io_threads} x workload.chunk_size={cfg.chunk_size}"
     )
     if cfg.mode == "async":
         plan = plan_for(cfg, ranks)
