@@ -78,4 +78,6 @@ def test_histograms_read_from_state_merge_and_summarise_as_the_dense_ones():
 
 def test_a_state_with_buckets_out_of_range_is_refused():
     with pytest.raises(ValueError, match="buckets outside"):
-        Histogram.from_state({"idx": [10**6], "cnt": [1], "n": 1, "total_us": 1.0, "min_us": 1.0, "max_us": 1.0})
+        Histogram.from_state(
+            {"idx": [10**6], "cnt": [1], "n": 1, "total_us": 1.0, "min_us": 1.0, "max_us": 1.0}
+        )
