@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Does rank 0's reduction stay flat per rank from 2 to 1,024 ranks? (issue #14, item 3)
+"""Does rank 0's reduction stay flat per rank from 2 to 1,024 ranks, and what does a 16-rank run's
+start-up cost? (issue #14, item 3)
 
-    .venv/bin/python scripts/bench_harness.py [--ranks 2,16,128,1024] [--reps N] [--out DIR]
+    .venv/bin/python scripts/bench_harness.py [--ranks 2,16,128,1024] [--reps N] [--startup 16]
+        [--only merge|summarize|startup] [--ref GIT_REF] [--out DIR]
 
 Runs one real 4-rank checkpoint burst (as scripts/bench_report.py does), synthesises run
 directories of each rank count from its rank files, then times, in a fresh process each, what
@@ -21,8 +23,9 @@ read off per rank in CPU, which a loaded machine inflates far less than wall tim
 runs the same dlio-ext run with OpenBLAS's default thread count (what it cost before the CLI
 asked for one thread), and a per-process breakdown of the harness's imports follows.
 
-What it does not cover yet: the workload's own summarize (per-rank metrics, e.g. the checkpoint
-timeline), named by issue #14.
+Then each workload's own summarize (its sections of summary.json from every rank's metrics) at the
+same rank counts, from real 4-rank runs of checkpoint_burst, kv_cache and metadata (SUMMARIZE).
+`--only merge|summarize|startup` runs one section; `--ref REF` adds the start-up of another git ref.
 """
 
 from __future__ import annotations
