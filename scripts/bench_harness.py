@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_report import real_run, synthesise
+from bench_report import SOURCE_ARGS, real_run, synthesise
 from benchlib import OMPI_ENV, ROOT, command_line, dlio_ext_module, load_line, mpirun, say, utc_stamp
 
 #: run in a fresh interpreter: the merge of one run directory, its seconds and peak RSS
@@ -101,15 +101,7 @@ print(json.dumps({"seconds": dt, "rss_kib": resource.getrusage(resource.RUSAGE_S
 
 #: the workloads whose summarize is measured, with the arguments of their real 4-rank runs
 SUMMARIZED = {
-    "checkpoint_burst": [
-        "workload=checkpoint_burst/custom",
-        "workload.bytes_per_rank=4194304",
-        "workload.chunk_size=1048576",
-        "workload.buffer_pool_bytes=4194304",
-        "workload.compute_seconds=0",
-        "workload.checkpoints=2",
-        "workload.restores=2",
-    ],
+    "checkpoint_burst": SOURCE_ARGS,
     "kv_cache": ["workload=kv_cache/custom", "workload.scale=0.02", "workload.requests_per_user=3"],
     "metadata": ["workload=metadata/easy", "workload.items_per_rank=200"],
 }

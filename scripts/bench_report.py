@@ -49,18 +49,24 @@ SOURCE_RANKS = 4
 COMPARED = 10
 
 
+#: the real run the synthesised ones come from: a small checkpoint burst, written and restored twice
+SOURCE_ARGS = [
+    "workload=checkpoint_burst/custom",
+    "workload.bytes_per_rank=4194304",
+    "workload.chunk_size=1048576",
+    "workload.buffer_pool_bytes=4194304",
+    "workload.compute_seconds=0",
+    "workload.checkpoints=2",
+    "workload.restores=2",
+]
+
+
 def real_run(work: Path) -> Path:
     cmd = [
         *mpirun(SOURCE_RANKS),
         *dlio_ext_module(),
         "run",
-        "workload=checkpoint_burst/custom",
-        "workload.bytes_per_rank=4194304",
-        "workload.chunk_size=1048576",
-        "workload.buffer_pool_bytes=4194304",
-        "workload.compute_seconds=0",
-        "workload.checkpoints=2",
-        "workload.restores=2",
+        *SOURCE_ARGS,
         "storage.fsync=file",
         f"storage.root={work / 'data'}",
         f"run.dir={work / 'run4'}",

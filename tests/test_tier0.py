@@ -22,15 +22,14 @@ from dlio_ext.workloads.checkpoint_burst import CheckpointBurst
 pytest.importorskip("nixl_cu12")
 
 #: a small custom checkpoint: 4 MiB a rank, streamed in 1 MiB chunks, a 64 MiB memory tier a rank
-SMALL = [
+BURST = [
     "workload=checkpoint_burst/custom",
     "workload.bytes_per_rank=4194304",
     "workload.chunk_size=1048576",
     "workload.buffer_pool_bytes=4194304",
     "workload.compute_seconds=0.1",
-    "tier0=nixl",
-    "tier0.pool_bytes=67108864",
 ]
+SMALL = [*BURST, "tier0=nixl", "tier0.pool_bytes=67108864"]
 
 
 def _tier0(s: dict[str, Any]) -> dict[str, Any]:
@@ -135,7 +134,7 @@ def test_tier0_and_storage_in_one_place_is_refused(tmp_path: Path) -> None:
 def test_a_posix_tier0_works_as_flash_in_front_of_storage(tmp_path: Path) -> None:
     d = run_cli(
         "run",
-        *[a for a in SMALL if not a.startswith("tier0")],
+        *BURST,
         "tier0=posix",
         f"tier0.root={tmp_path / 'flash'}",
         "workload.checkpoints=2",
@@ -155,7 +154,8 @@ def test_a_posix_tier0_works_as_flash_in_front_of_storage(tmp_path: Path) -> Non
 
 
 #: slow drains (1 MB/s a rank) so a fault lands while checkpoint 0 is being drained
-SLOW = [*SMALL, "workload.checkpoints=2", "workload.restores=1", "workload.drain_mbps=1"]
+SLOW_DRAIN = ["workload.checkpoints=2", "workload.restores=1", "workload.drain_mbps=1"]
+SLOW = [*SMALL, *SLOW_DRAIN]
 
 
 def test_a_rank_killed_mid_drain_says_which_checkpoint_was_not_durable(tmp_path: Path) -> None:
@@ -247,9 +247,9 @@ def test_a_tier0_wiped_mid_drain_never_makes_a_checkpoint_durable(tmp_path: Path
     each chunk it copies against what was written, so no wiped byte reaches the durable store as
     a durable checkpoint, and the run says which checkpoint is not durable and why."""
     flash, run_dir = tmp_path / "flash", tmp_path / "run"
-    args = [a for a in SLOW if not a.startswith("tier0")]
+    slow = [*BURST, *SLOW_DRAIN]  # over a posix tier-0
     run = LiveRun(
-        ["run", *args, "tier0=posix", f"tier0.root={flash}", "workload.checkpoints=1", f"run.dir={run_dir}"],
+        ["run", *slow, "tier0=posix", f"tier0.root={flash}", "workload.checkpoints=1", f"run.dir={run_dir}"],
         np=2,
     )
     run.wait_for(r"checkpoint 1/1 to the tier-0 written by rank 0")

@@ -4,6 +4,7 @@ TLS the same way (`S3Settings.tls_verify`)."""
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import re
 from datetime import datetime
@@ -25,10 +26,9 @@ def http_date(value: Any) -> datetime:
     from dateutil.tz import tzutc
 
     if isinstance(value, str) and IMF_FIXDATE.fullmatch(value):
-        try:
+        # a day or month out of range falls through: botocore's parser then says what is wrong
+        with contextlib.suppress(ValueError):
             return email.utils.parsedate_to_datetime(value).replace(tzinfo=tzutc())
-        except ValueError:
-            pass  # a day or month out of range: botocore's parser says what is wrong
     parsed: datetime = parse_timestamp(value)
     return parsed
 
