@@ -49,6 +49,7 @@ _SIGNATURES = {
     "fl_unlink": [_P, _P, _I, _I, _P, _R],
     "fl_put": [_P, _P, _I, _I, _P, _P, _I, _I, _U, _R],
     "fl_get": [_P, _P, _I, _I, _P, _P, _I, _I, _I, _I, _U, _P, _P, _R],
+    "fl_read": [ctypes.c_char_p, _P, _I, _I, _R],
 }
 
 _lib: ctypes.CDLL | None = None
@@ -143,6 +144,25 @@ def _addr(buf: memoryview | array | bytes | np.ndarray | None) -> int | None:
     if isinstance(buf, bytes):
         return ctypes.cast(ctypes.c_char_p(buf), ctypes.c_void_p).value
     return ctypes.addressof(ctypes.c_char.from_buffer(buf))
+
+
+class Reader:
+    """PosixBackend.get as one compiled call (fl_read): open, fstat, read, close with the GIL
+    released once. One a thread (its Result is reused); `read` returns the Result: DONE with
+    `moved` the bytes read and `value` the file's size, TOO_BIG with `value` the size, FAILED
+    with `err` an errno."""
+
+    __slots__ = ("fn", "direct", "res", "_res")
+
+    def __init__(self, lib: ctypes.CDLL, direct: bool):
+        self.fn = lib.fl_read
+        self.direct = 1 if direct else 0
+        self.res = Result()
+        self._res = ctypes.byref(self.res)
+
+    def read(self, path: bytes, buf: memoryview) -> Result:
+        self.fn(path, _addr(buf), len(buf), self.direct, self._res)
+        return self.res
 
 
 class Paths:

@@ -22,6 +22,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#define ALIGN 4096
+
 /* A call interrupted by a signal is made again, as CPython's os functions do (PEP 475); the
  * signal's Python handler runs when the loop returns, a chunk later. */
 #define AGAIN(call) ({ int r_; do { r_ = (call); } while (r_ < 0 && errno == EINTR); r_; })
@@ -215,4 +217,53 @@ void fl_get(const char *blob, const int64_t *off, int64_t start, int64_t stop, d
     }
     res->ops = k;
     res->moved = moved;
+}
+
+/* PosixBackend.get in one call (the KV cache's chunk reads, hundreds of thousands a run): open
+ * (O_DIRECT when direct), fstat, a file larger than cap stops (TOO_BIG with value = its size), read
+ * until its size is in (under O_DIRECT: its size rounded up to 4 KiB, within cap; buf and cap are
+ * then 4 KiB aligned, as the caller checks) or EOF, close. DONE: value = the file's size, moved =
+ * the bytes read. Open, fstat, read and close are the calls
+ * the Python verb makes; made from here they release the GIL once instead of four times. */
+void fl_read(const char *path, unsigned char *buf, int64_t cap, int64_t direct, result_t *res) {
+    struct stat st;
+    stop_at(res, 1, DONE, 0, 0);
+    res->ops = res->moved = 0;
+    int fd = AGAIN(open(path, O_RDONLY | O_CLOEXEC | (direct ? O_DIRECT : 0)));
+    if (fd < 0) {
+        stop_at(res, 0, FAILED, errno, 0);
+        return;
+    }
+    if (AGAIN(fstat(fd, &st)) != 0) {
+        stop_at(res, 0, FAILED, closed(fd, errno), 0);
+        return;
+    }
+    int64_t size = (int64_t)st.st_size, span = size, got = 0;
+    if (size > cap) {
+        close(fd);
+        stop_at(res, 0, TOO_BIG, 0, size);
+        return;
+    }
+    if (direct && (span = (size + ALIGN - 1) / ALIGN * ALIGN) > cap)
+        span = cap;
+    int err = 0;
+    while (got < span) {
+        ssize_t r = pread(fd, buf + got, (size_t)(span - got), (off_t)got);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            err = errno;
+            break;
+        }
+        if (r == 0)
+            break;
+        got += r;
+    }
+    if ((err = closed(fd, err)) != 0) {
+        stop_at(res, 0, FAILED, err, 0);
+        return;
+    }
+    res->value = size;
+    res->ops = 1;
+    res->moved = got;
 }
