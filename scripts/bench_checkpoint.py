@@ -20,7 +20,9 @@ One run on this machine, every comparison over the same bytes and the same ranks
 3. DLIO 2.0.0's own checkpointing (PyTorchCheckpointing, checkpoint.type=all_ranks, the same
    G GiB per rank as one int8 tensor, via `dlio-ext dlio` with DLIO untouched): its checkpoint
    time as DLIO records it (rank 0's), the `sync` still owed when it returned, its peak RSS;
-4. peak RSS per rank (VmHWM) of the burst engine with a shard of at least 4 GiB (target <= 512 MiB),
+4. the burst write with `workload.write_behind=1` (one write of a file in flight per I/O thread,
+   the engine before issue #14's write-behind) beside the default 4, in every round;
+5. peak RSS per rank (VmHWM) of the burst engine with a shard of at least 4 GiB (target <= 512 MiB),
    from one more burst with that shard.
 
 Rounds interleave dlio-ext, fio and dd (who goes first alternates) so a noisy neighbour hits
@@ -77,8 +79,10 @@ def parallel_dd(cmds_per_rank: list[list[list[str]]]) -> float:
     return time.perf_counter() - t0
 
 
-def burst_run(ranks: int, nbytes: int, work: Path, results: Path) -> tuple[dict[str, Any], list[list[Path]]]:
-    """One dlio-ext run: 1 checkpoint + 1 restore; the files are kept for dd to read."""
+def burst_run(
+    ranks: int, nbytes: int, work: Path, results: Path, extra: tuple[str, ...] = ()
+) -> tuple[dict[str, Any], list[list[Path]]]:
+    """One dlio-ext run: 1 checkpoint + 1 restore (`extra` overrides); the files are kept for dd to read."""
     p = sh(
         [
             *mpirun(ranks),
@@ -99,6 +103,7 @@ def burst_run(ranks: int, nbytes: int, work: Path, results: Path) -> tuple[dict[
             f"workload.chunk_size={CHUNK}",
             f"workload.buffer_pool_bytes={4 * CHUNK}",
             "workload.cleanup=false",
+            *extra,
         ]
     )
     run_dir = Path(p.stdout.strip().splitlines()[-1].removeprefix("results: "))
@@ -226,8 +231,15 @@ def main() -> int:
         "restore": [],
         "fio_read": [],
         "dd_read": [],
+        "write_behind_1": [],
     }
-    ratios: dict[str, list[float]] = {"write": [], "restore": [], "write_dd": [], "restore_dd": []}
+    ratios: dict[str, list[float]] = {
+        "write": [],
+        "restore": [],
+        "write_dd": [],
+        "restore_dd": [],
+        "write_behind": [],
+    }
     # the limit: fio's sweep in round 1, its best config in every round (None: fio is missing)
     jobs = sorted({1, 2, 4, 8, a.ranks, 2 * a.ranks})
     fio_w: tuple[fio_limit.Shape, fio_limit.Config] | None = None
@@ -243,6 +255,15 @@ def main() -> int:
 
     summaries = []
     t_start = time.perf_counter()
+
+    def one_behind(rnd: int) -> None:
+        """The same burst with one write of a file in flight at a time (no write-behind)."""
+        work = scratch / f"behind1-{rnd}"
+        s1, _ = burst_run(
+            a.ranks, nbytes, work, outdir / "runs", ("workload.write_behind=1", "workload.restores=0")
+        )
+        samples["write_behind_1"].append(s1["checkpoint_burst"]["write"]["overall"]["GBps"])
+        shutil.rmtree(work)
 
     def dd_write(rnd: int) -> None:
         ddw = scratch / f"dd{rnd}"
@@ -268,6 +289,7 @@ def main() -> int:
         for rnd in range(a.rounds):
             if rnd % 2:
                 dd_write(rnd)  # alternate who goes first, so a neighbour's burst favours neither
+                one_behind(rnd)
             work = scratch / f"burst{rnd}"
             s, files = burst_run(a.ranks, nbytes, work, outdir / "runs")
             # fio reads the very files, rank r's job(s) first reading rank r+1's shard
@@ -302,10 +324,12 @@ def main() -> int:
                 fw.mkdir()
             if not rnd % 2:
                 dd_write(rnd)
+                one_behind(rnd)
             if fio_w is not None and fio_r is not None:
                 ratios["write"].append(samples["write"][-1] / samples["fio_write"][-1])
                 ratios["restore"].append(samples["restore"][-1] / samples["fio_read"][-1])
             ratios["write_dd"].append(samples["write"][-1] / samples["dd_write"][-1])
+            ratios["write_behind"].append(samples["write"][-1] / samples["write_behind_1"][-1])
             ratios["restore_dd"].append(samples["restore"][-1] / samples["dd_read"][-1])
             print(
                 f"round {rnd + 1}/{a.rounds}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in samples.items()),
@@ -361,6 +385,9 @@ def main() -> int:
         f"| burst write vs dd (sanity) | {med['write']:.3f} GB/s | "
         f"{a.ranks} x dd oflag=direct conv=fsync: {med['dd_write']:.3f} GB/s | {rwd:.2f} ({spread(ratios['write_dd'])}) "
         "| - | - |",
+        f"| burst write, write_behind=4 (default) vs 1 (one write of a file in flight) | {med['write']:.3f} GB/s | "
+        f"write_behind=1: {med['write_behind_1']:.3f} GB/s | {statistics.median(ratios['write_behind']):.2f} "
+        f"({spread(ratios['write_behind'])}) | - | - |",
         f"| cold restore vs dd (sanity) | {med['restore']:.3f} GB/s | "
         f"{a.ranks} x dd iflag=direct: {med['dd_read']:.3f} GB/s | {rrd:.2f} ({spread(ratios['restore_dd'])}) "
         "| - | - |",

@@ -25,7 +25,8 @@ so a noisy neighbour hits both sides alike; the table shows medians.
    alone and with its two `perf_counter` reads; `Histogram.record` for reference.
 
 Rows with `verify=false` show what the check of every byte costs (fio, dd and the raw client
-check nothing). A ratio above 1.0 against a limit means the limit was measured wrongly; the table
+check nothing); the "compiled call" rows what the posix `get` as one compiled call (storage.native)
+gains over the Python calls it replaces, on the same path. A ratio above 1.0 against a limit means the limit was measured wrongly; the table
 says so in that row's note. Prints a Markdown table and writes it, every sample and the host to
 results/bench-kvcache/<UTC time>/bench.json. Missed targets are reported, not hidden.
 """
@@ -56,6 +57,7 @@ from benchlib import ROOT, median_or_none, median_ratio
 from dlio_ext.metrics.histogram import Histogram
 from dlio_ext.storage import open_backend
 from dlio_ext.storage.base import Backend
+from dlio_ext.storage.posix import PosixBackend
 from dlio_ext.workloads import kv_cache as kv
 from dlio_ext.workloads.kv_cache.tiers import StorageTier
 
@@ -214,6 +216,8 @@ def _posix_case(rows: list[Row], reps: int, root: Path, case: Case) -> None:
     backend.check()
     server = make_server(backend, case, True, "bench/kvcache")
     plain = make_server(backend, case, False, "bench/kvcache")
+    # the same chunks read with `get` on the Python calls: what the compiled call is worth
+    python = make_server(PosixBackend(str(root), direct=True, compiled=False), case, True, "bench/kvcache")
     size = server.nbytes
     what = f"{case.label}, {case.chunks} chunks, {case.threads} in flight"
     say(f"posix: writing {case.chunks} x {size} B chunks (workload write path) and the dd files")
@@ -261,14 +265,25 @@ def _posix_case(rows: list[Row], reps: int, root: Path, case: Case) -> None:
         "-",
         note="the same dlio-ext samples as the first row; dd reads one long file (no open per chunk)",
     )
-    rows += [r, rn, rd]
+    rp = Row(
+        f"posix O_DIRECT chunk read, get as one compiled call vs the Python calls ({what})",
+        "GB/s",
+        "the same path with get on os.open/fstat/preadv/close (PosixBackend(compiled=False))",
+        "-",
+        note="the same dlio-ext samples as the first row; both verify every chunk",
+    )
+    rows += [r, rn, rd, rp]
     lat: list[dict[str, float]] = []
 
     def ours() -> None:
         gbps, latency = read_path(server, used, case.threads)
         r.project.append(gbps)
         rd.project.append(gbps)
+        rp.project.append(gbps)
         lat.append(latency)
+
+    def ours_python() -> None:
+        rp.baseline.append(read_path(python, used, case.threads)[0])
 
     def ours_plain() -> None:
         rn.project.append(read_path(plain, used, case.threads)[0])
@@ -282,10 +297,10 @@ def _posix_case(rows: list[Row], reps: int, root: Path, case: Case) -> None:
         r.baseline.append(g)
         rn.baseline.append(g)
 
-    steps = [ours, fio, dd, ours_plain]
+    steps = [ours, fio, dd, ours_plain, ours_python]
     if best is None:
         r.failure = rn.failure = "fio is not installed (scripts/setup.sh installs it; apt-get install fio)"
-        steps = [ours, dd, ours_plain]
+        steps = [ours, dd, ours_plain, ours_python]
     _interleave(reps, steps, f"posix {case.label}", r if best else rd)
     p50 = statistics.median(x["p50_ms"] for x in lat)
     p95 = statistics.median(x["p95_ms"] for x in lat)

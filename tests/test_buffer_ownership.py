@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,7 +32,7 @@ from helpers import run_cli
 
 from dlio_ext.compat.faults import FaultProxy
 from dlio_ext.s3server import ServerInfo, server_env
-from dlio_ext.storage import open_backend
+from dlio_ext.storage import open_backend, posix
 from dlio_ext.storage.base import Backend, StorageError
 from dlio_ext.storage.buffers import aligned_buffer
 from dlio_ext.storage.posix import PosixBackend
@@ -151,6 +153,38 @@ def test_writer_chunks_overwritten_after_each_write(backend: Backend) -> None:
             w.write(src[:n])
             _garbage(src)
     assert _read_back(backend, "own/stream2", sum(CHUNKS[:4])) == b"".join(want[:n] for n in CHUNKS[:4])
+
+
+def test_submitted_chunks_are_lent_until_their_write_is_done(backend: Backend) -> None:
+    """Writer.submit (write-behind): up to four chunks in flight from four source buffers, each
+    overwritten with garbage only once its own write is done, as the checkpoint engine does with
+    its pool. The object must be exactly the chunks as they were, in the order submitted."""
+    want = _content(sum(CHUNKS), 13)
+    srcs = [aligned_buffer(max(CHUNKS)) for _ in range(4)]
+    inflight: list[tuple[Any, memoryview, memoryview]] = []
+    held: list[int] = []
+
+    def landed() -> None:
+        fut, src, hand = inflight.pop(0)
+        fut.result()
+        _garbage(src)
+        if not _released(hand):
+            held.append(len(held))
+
+    with backend.writer("own/behind") as w:
+        off = 0
+        for i, n in enumerate(CHUNKS):
+            if len(inflight) == len(srcs):
+                landed()
+            src = srcs[i % len(srcs)]
+            src[:n] = want[off : off + n]
+            hand = src[:n]
+            inflight.append((w.submit(hand), src, hand))
+            off += n
+        while inflight:
+            landed()
+    assert _read_back(backend, "own/behind", len(want)) == want
+    assert not held, "a write was done but its chunk was still held"
 
 
 def _still(buf: memoryview, settle: float = 0.3) -> bool:
@@ -392,3 +426,68 @@ def test_a_client_holding_parts_until_close_makes_the_pool_grow_not_wait(
     assert not w.lent  # type: ignore[attr-defined]
     assert _read_back(b, "own/held", len(want)) == want
     b.close()
+
+
+@pytest.fixture
+def slow_checked_writes(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """FAKE timing only: every posix positional write (the real one) is held 20 ms first, as a
+    slow device would, so the engine's writes overlap; the chunk's bytes are hashed when the
+    write starts and again when it is done. Counts writes in flight and chunks that changed."""
+    seen: dict[str, Any] = {"now": 0, "max": 0, "changed": []}
+    lock = threading.Lock()
+    real = posix._PosixWriter._write_at
+
+    def write_at(self: Any, mv: memoryview, offset: int) -> None:
+        before = xxhash.xxh3_64_intdigest(mv)
+        with lock:
+            seen["now"] += 1
+            seen["max"] = max(seen["max"], seen["now"])
+        try:
+            time.sleep(0.02)
+            real(self, mv, offset)
+        finally:
+            with lock:
+                seen["now"] -= 1
+            if xxhash.xxh3_64_intdigest(mv) != before:
+                seen["changed"].append(offset)
+
+    monkeypatch.setattr(posix._PosixWriter, "_write_at", write_at)
+    return seen
+
+
+@pytest.mark.parametrize("depth", [4, 8])
+def test_write_behind_never_restamps_a_buffer_in_flight(
+    tmp_path: Path, slow_checked_writes: dict[str, Any], depth: int
+) -> None:
+    """The engine keeps `write_behind` chunks of a file in flight, each in its own pool buffer,
+    and restamps a buffer only once its write is done: no chunk changes while it is written, and
+    the file verifies whole. The pool (4 bodies) bounds the depth: 8 asked, 4 in flight."""
+    b = PosixBackend(str(tmp_path), direct=True)
+    content = cb.Content(5, MIB, 4 * MIB, 1)
+    f = cb.PlannedFile("f", "f", 13 * MIB + 3 * 4096 + 5, 0, 0, "optim")
+    ev = cb.Engine(b, content, write_behind=depth).write_file(f, 0)
+    assert ev.ok, ev.error
+    assert slow_checked_writes["changed"] == []
+    assert slow_checked_writes["max"] == 4
+    reader = cb.Engine(b, cb.Content(5, MIB, 4 * MIB, 1))
+    back = reader.read_file(f, 0, [aligned_buffer(MIB) for _ in range(3)])
+    assert back.ok, back.error
+    assert back.digest == ev.digest == reader.expected_digest(f, 0)
+
+
+def test_a_write_failing_in_flight_fails_the_file_and_leaves_nothing(tmp_path: Path) -> None:
+    """A write that fails while others are in flight (a full disk: a real 4 MiB tmpfs) fails the
+    file with the kernel's error once every write has landed; the half file is removed."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    d = tmp_path / "small"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(d)], check=True)
+    try:
+        b = PosixBackend(str(d))
+        f = cb.PlannedFile("full", "full", 8 * MIB, 0, 0, "optim")
+        ev = cb.Engine(b, cb.Content(5, MIB, 4 * MIB, 1), write_behind=4).write_file(f, 0)
+        assert not ev.ok and "No space left on device" in str(ev.error)
+        assert not (d / "full").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=False)

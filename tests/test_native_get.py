@@ -44,10 +44,8 @@ def _outcome(backend: PosixBackend, key: str, buf: memoryview) -> tuple[object, 
 
 
 def _python(backend: PosixBackend) -> PosixBackend:
-    """The same root and settings with this thread's compiled reader switched off."""
-    twin = PosixBackend(str(backend.root), backend.direct)
-    twin._local.reader = None
-    return twin
+    """The same root and settings on the Python calls."""
+    return PosixBackend(str(backend.root), backend.direct, compiled=False)
 
 
 @needs_cc

@@ -29,6 +29,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, cast
@@ -386,6 +387,21 @@ class Writer(abc.ABC):
         backend has copied or sent what it needs and never touches `chunk` again, so the caller
         may overwrite it at once. A backend that streams later (multipart parts, async clients)
         stages into buffers of its own."""
+
+    def submit(self, chunk: memoryview | bytes) -> Future[None]:
+        """Append `chunk`, perhaps still in flight when this returns (write-behind): `chunk` is
+        lent until the returned future is done, and the caller must not touch it before; the
+        future's `result()` raises the write's StorageError. Chunks land in the order submitted;
+        `close` waits for every one still in flight, `abort` too (then drops the stream). This
+        default writes at once and returns a done future: a writer that can overlap writes
+        (posix's positional writes) overrides it."""
+        done: Future[None] = Future()
+        try:
+            self.write(chunk)
+            done.set_result(None)
+        except StorageError as exc:
+            done.set_exception(exc)
+        return done
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -15,7 +15,9 @@ import os
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
@@ -45,6 +47,9 @@ FSYNC_POLICIES = ("none", "file", "file_and_dir")
 _DIRECT = getattr(os, "O_DIRECT", 0)
 #: ops a runner thread takes at once in a tight loop: a cached stat is ~3 us, 128 of them ~0.4 ms
 BARE_CHUNK = 128
+#: a writer's helper threads for `submit`: its caller bounds the writes in flight (the checkpoint
+#: engine's write_behind); threads are started only as writes overlap
+WRITE_BEHIND_THREADS = 16
 
 
 #: errno -> the kind a failed op is counted under, so the console can say "no space left on device"
@@ -84,9 +89,16 @@ class PosixBackend(Backend):
     Settings = PosixSettings
 
     def __init__(
-        self, root: str, direct: bool = False, fsync: str | None = "none", chunk_size: int = 8 << 20
+        self,
+        root: str,
+        direct: bool = False,
+        fsync: str | None = "none",
+        chunk_size: int = 8 << 20,
+        compiled: bool = True,
     ):
-        """`fsync=None`: the user did not choose; "none" unless a workload asks for durability."""
+        """`fsync=None`: the user did not choose; "none" unless a workload asks for durability.
+        `compiled=False` keeps `get` on the Python calls (a benchmark's A/B; DLIO_EXT_NATIVE=0
+        does it for a run)."""
         super().__init__()
         if fsync is not None and fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {FSYNC_POLICIES}")
@@ -99,6 +111,7 @@ class PosixBackend(Backend):
         self.fsync_source = "default" if fsync is None else "user"
         self.chunk_size = round_up(chunk_size)
         self._local = threading.local()
+        self._compiled = compiled
 
     @classmethod
     def from_settings(cls, settings: PosixSettings, run_dir: str | None = None) -> PosixBackend:
@@ -240,7 +253,7 @@ class PosixBackend(Backend):
         cannot be built or is off (DLIO_EXT_NATIVE=0)."""
         reader = getattr(self._local, "reader", False)
         if reader is False:
-            lib = native.library()
+            lib = native.library() if self._compiled else None
             reader = self._local.reader = None if lib is None else native.Reader(lib, self.direct)
         return reader
 
@@ -576,7 +589,7 @@ class PosixBackend(Backend):
         return super().describe() | {
             "fsync": self.fsync_policy,
             "fsync_source": self.fsync_source,
-            "get_calls": native.status(),
+            "get_calls": native.status() if self._compiled else "python (asked for)",
         }
 
     def where(self) -> str:
@@ -674,13 +687,47 @@ def _resident_pages(path: str) -> tuple[int, int]:
 
 
 class _PosixWriter(Writer):
-    """Streams chunks at increasing offsets; under O_DIRECT, unaligned pieces are staged."""
+    """Streams chunks at increasing offsets; under O_DIRECT, unaligned pieces are staged.
+    `submit` writes a chunk at its offset on a helper thread (pwrite releases the GIL), so a
+    writer keeps as many writes queued at the device as its caller lets it."""
 
     def __init__(self, backend: PosixBackend, key: str, fd: int):
         self.b, self.key, self.fd = backend, key, fd
         self.offset = 0
         self.pending = 0  # bytes staged in the bounce buffer (O_DIRECT only)
         self.stage = aligned_buffer(backend.chunk_size) if backend.direct else None
+        self.pool: ThreadPoolExecutor | None = None
+        self.inflight: deque[Future[None]] = deque()
+
+    def submit(self, chunk: memoryview | bytes) -> Future[None]:
+        mv = memoryview(chunk).cast("B")
+        if self.pending or (self.stage is not None and (len(mv) % ALIGN or not is_aligned(mv))):
+            # staged (O_DIRECT's unaligned pieces): in order, after every write in flight
+            self._settle()
+            return super().submit(mv)
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(WRITE_BEHIND_THREADS, thread_name_prefix="posix-write")
+        while self.inflight and self.inflight[0].done():
+            self.inflight.popleft()
+        fut = self.pool.submit(self._write_at, mv, self.offset)
+        self.offset += len(mv)
+        self.inflight.append(fut)
+        return fut
+
+    def _write_at(self, mv: memoryview, offset: int) -> None:
+        try:
+            self.b._write_all(self.fd, mv, offset)
+        except OSError as exc:
+            raise _translate(exc, self.key) from exc
+
+    def _settle(self) -> None:
+        """Wait for every write in flight; raise the first one's error (after all are done)."""
+        first: BaseException | None = None
+        while self.inflight:
+            exc = self.inflight.popleft().exception()
+            first = first or exc
+        if first is not None:
+            raise first
 
     def write(self, chunk: memoryview | bytes) -> None:
         mv = memoryview(chunk).cast("B")
@@ -709,17 +756,28 @@ class _PosixWriter(Writer):
 
     def close(self) -> None:
         try:
+            self._settle()
             self._flush()
             if self.b.fsync_policy != "none":
                 self.b._fsync(self.fd)
         except OSError as exc:
             raise _translate(exc, self.key) from exc
         finally:
+            self._stop()
             os.close(self.fd)
         if self.b.fsync_policy == "file_and_dir":
             self.b._fsync_dir(self.key)
 
+    def _stop(self) -> None:
+        """No write in flight, no helper thread left (before the fd goes)."""
+        with contextlib.suppress(StorageError):  # abort drops the stream: its errors are moot
+            self._settle()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+            self.pool = None
+
     def abort(self) -> None:
+        self._stop()
         os.close(self.fd)
         try:
             os.unlink(self.b.path(self.key))

@@ -186,7 +186,7 @@ class Bursts:
         # with a tier-0 the stall's bytes go there: its buffers (registered, for RDMA) serve both
         alloc = tier0.alloc if tier0 is not None else b.alloc
         self.content = Content(ctx.seed, cfg.chunk_size, cfg.buffer_pool_bytes, cfg.io_threads, alloc)
-        self.engine = Engine(b, self.content, cfg.verify)
+        self.engine = Engine(b, self.content, cfg.verify, cfg.write_behind)
         self.t0_engine = Engine(tier0, self.content, cfg.verify) if tier0 is not None else None
         self.cold = cold = ColdRestore(ctx, cfg.cold_restore)
         shift = cfg.restore_rank_shift

@@ -50,6 +50,9 @@ class Config:
     # chunks a restore's I/O thread has in flight while it verifies the one before (each a
     # chunk_size read buffer); threads of one file's reads, so one rank keeps several I/Os queued
     read_ahead: int = 4
+    # chunks of a file each I/O thread has in flight while it stamps the next (each holds its pool
+    # buffer until written, so at most buffer_pool_bytes / chunk_size / io_threads)
+    write_behind: int = 4
     verify: bool = True
     keep_checkpoints: int = 0
     cleanup: bool = True
@@ -101,6 +104,7 @@ class Config:
             positive("host_buffer_bytes", self.host_buffer_bytes, allow_zero=True),
             positive("io_threads", self.io_threads),
             positive("read_ahead", self.read_ahead),
+            positive("write_behind", self.write_behind),
             positive("keep_checkpoints", self.keep_checkpoints, allow_zero=True),
             positive("mtbf_hours", self.mtbf_hours, allow_zero=True),
             positive("accelerator_mttf_hours", self.accelerator_mttf_hours),

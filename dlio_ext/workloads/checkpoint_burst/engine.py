@@ -20,9 +20,12 @@ from dlio_ext.workloads.phases import FileEvent
 class Engine:
     """Streams planned files through a backend, chunk by chunk, from the content pool."""
 
-    def __init__(self, backend: Backend, content: Content, verify: bool = True):
+    def __init__(self, backend: Backend, content: Content, verify: bool = True, write_behind: int = 1):
         self.b, self.content, self.verify = backend, content, verify
         self.chunk = content.chunk
+        #: a file's chunks in flight at once (Writer.submit); each holds its pool buffer until its
+        #: write is done, so the pool's bodies of one I/O thread bound it too
+        self.write_behind = max(1, write_behind)
 
     # write ----------------------------------------------------------------------------------------
     def write_file(self, f: PlannedFile, ckpt: int, kind: str = "write") -> FileEvent:
@@ -30,6 +33,16 @@ class Engine:
         c = self.content
         fkey = c.file_key(ckpt, f.writer, f.index)
         fh = StreamHash()
+        # (write done, pool body it holds, chunk index), oldest first
+        inflight: deque[tuple[Future[None], int, int]] = deque()
+
+        def landed() -> None:
+            """Wait for the oldest write in flight (its error raises); its body is free again."""
+            fut, _, i = inflight.popleft()
+            fut.result()
+            if i == 0:
+                ev.first_byte = time.perf_counter()
+
         try:
             w = self.b.sized_writer(f.key, f.nbytes)  # a file's size is known: a medium may place it at once
             ev.opened = time.perf_counter()
@@ -39,22 +52,26 @@ class Engine:
                 while off < f.nbytes:
                     n = min(self.chunk, f.nbytes - off)
                     p = c.body(f.writer, f.index, i)
+                    # lent to the backend until its write is done: never restamped before
+                    while inflight and (
+                        len(inflight) >= self.write_behind or any(q == p for _, q, _ in inflight)
+                    ):
+                        landed()
                     buf = c.bufs[p]
                     words = c.stamp(buf, fkey, i, n, p)
-                    # borrowed for the call only: once write returns, buf is ours to restamp
-                    w.write(buf[:n])
-                    if i == 0:
-                        ev.first_byte = time.perf_counter()
+                    inflight.append((w.submit(buf[:n]), p, i))
                     fh.update(words, c.digest(p, n))
                     off += n
                     i += 1
+                while inflight:
+                    landed()
                 t = time.perf_counter()
                 closing = True
                 w.close()
                 ev.close_s = time.perf_counter() - t
             except BaseException:
                 if not closing:  # a failed close has already released (or aborted) the file
-                    abort(w)
+                    abort(w)  # waits for the writes still in flight: the pool is ours again after
                 raise
             ev.ok = True
             ev.digest = fh.hexdigest()
