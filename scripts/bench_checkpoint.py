@@ -20,6 +20,8 @@ One run on this machine, every comparison over the same bytes and the same ranks
 3. DLIO 2.0.0's own checkpointing (PyTorchCheckpointing, checkpoint.type=all_ranks, the same
    G GiB per rank as one int8 tensor, via `dlio-ext dlio` with DLIO untouched): its checkpoint
    time as DLIO records it (rank 0's), the `sync` still owed when it returned, its peak RSS;
+   Beside each limit, fio's best config of the sweep that keeps no more I/Os queued than
+   dlio-ext does (ranks x write_behind, ranks x read_ahead): what queue depth buys, apart;
 4. the burst write with `workload.write_behind=1` (one write of a file in flight per I/O thread,
    the engine before issue #14's write-behind) beside the default 4, in every round;
 5. peak RSS per rank (VmHWM) of the burst engine with a shard of at least 4 GiB (target <= 512 MiB),
@@ -47,9 +49,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import benchlib
+import benchlib  # before dlio_ext: it puts the checkout on sys.path
 import fio_limit
 from benchlib import ROOT, mpirun
+
+from dlio_ext.workloads.checkpoint_burst.config import Config as CkptConfig
 
 MiB, GiB = 1 << 20, 1 << 30
 CHUNK = 16 * MiB
@@ -232,6 +236,8 @@ def main() -> int:
         "fio_read": [],
         "dd_read": [],
         "write_behind_1": [],
+        "fio_write_same": [],
+        "fio_read_same": [],
     }
     ratios: dict[str, list[float]] = {
         "write": [],
@@ -239,12 +245,17 @@ def main() -> int:
         "write_dd": [],
         "restore_dd": [],
         "write_behind": [],
+        "write_same": [],
+        "restore_same": [],
     }
     # the limit: fio's sweep in round 1, its best config in every round (None: fio is missing)
     jobs = sorted({1, 2, 4, 8, a.ranks, 2 * a.ranks})
     fio_w: tuple[fio_limit.Shape, fio_limit.Config] | None = None
     fio_r: tuple[fio_limit.Shape, fio_limit.Config] | None = None
     sweeps: dict[str, dict[str, list[float]]] = {}
+    # fio at dlio-ext's own depth: ranks x the engine's defaults (writes / reads of a file in flight)
+    depth = {"write": a.ranks * CkptConfig().write_behind, "read": a.ranks * CkptConfig().read_ahead}
+    same: dict[str, fio_limit.Config | None] = {"write": None, "read": None}
 
     def say(msg: str) -> None:
         print(msg, file=sys.stderr)
@@ -303,6 +314,7 @@ def main() -> int:
                 best_r, sweeps["read"] = fio_limit.sweep(shape_r, jobs, say)
                 best_w, sweeps["write"] = fio_limit.sweep(shape_w, jobs, say)
                 fio_r, fio_w = (shape_r, best_r), (shape_w, best_w)
+                same = {side: fio_limit.within(sweeps[side], jobs, depth[side]) for side in same}
             if fio_r is not None:
                 fio_r = (shard_shape("read", shifted), fio_r[1])
             c = s["checkpoint_burst"]
@@ -317,11 +329,19 @@ def main() -> int:
             samples["dd_read"].append(total / parallel_dd(cmds) / 1e9)
             if fio_r is not None:
                 samples["fio_read"].append(fio_limit.run(*fio_r))
+                if same["read"] is not None:
+                    samples["fio_read_same"].append(fio_limit.run(fio_r[0], same["read"]))
+                    ratios["restore_same"].append(samples["restore"][-1] / samples["fio_read_same"][-1])
             shutil.rmtree(work)
             if fio_w is not None:
                 samples["fio_write"].append(fio_limit.run(*fio_w))
                 shutil.rmtree(fw)  # fio's files: the disk as free as for the next burst
                 fw.mkdir()
+                if same["write"] is not None:
+                    samples["fio_write_same"].append(fio_limit.run(fio_w[0], same["write"]))
+                    ratios["write_same"].append(samples["write"][-1] / samples["fio_write_same"][-1])
+                    shutil.rmtree(fw)
+                    fw.mkdir()
             if not rnd % 2:
                 dd_write(rnd)
                 one_behind(rnd)
@@ -381,6 +401,16 @@ def main() -> int:
             fio_r,
             med,
             ratios,
+        ),
+        *(
+            f"| {what} vs fio at the same depth | {med[key]:.3f} GB/s | "
+            f"{fio[0].describe(cfg)}, at most {depth[side]} in flight: {med[f'fio_{side}_same']:.3f} GB/s | "
+            f"{statistics.median(ratios[f'{key}_same']):.2f} ({spread(ratios[f'{key}_same'])}) | - | - |"
+            for what, key, side, fio in (
+                ("burst write", "write", "write", fio_w),
+                ("cold restore", "restore", "read", fio_r),
+            )
+            if fio is not None and (cfg := same[side]) is not None
         ),
         f"| burst write vs dd (sanity) | {med['write']:.3f} GB/s | "
         f"{a.ranks} x dd oflag=direct conv=fsync: {med['dd_write']:.3f} GB/s | {rwd:.2f} ({spread(ratios['write_dd'])}) "

@@ -218,6 +218,14 @@ def grid(jobs: Sequence[int]) -> list[Config]:
     return out + [Config(e, j, d) for e in ENGINES[1:] for j in jobs for d in DEPTHS]
 
 
+def within(seen: dict[str, list[float]], jobs: Sequence[int], inflight: int) -> Config | None:
+    """The fastest config of a sweep (`seen`: samples by label, as `sweep` returns them) that keeps
+    at most `inflight` I/Os queued (jobs x iodepth): fio at the caller's own depth, which tells
+    what queue depth buys apart from what the caller's own path costs."""
+    fits = [c for c in grid(jobs) if c.jobs * c.iodepth <= inflight and seen.get(c.label)]
+    return max(fits, key=lambda c: statistics.median(seen[c.label]), default=None)
+
+
 def sweep(
     shape: Shape, jobs: Sequence[int], say: Callable[[str], None], finalists: int = 4, again: int = 2
 ) -> tuple[Config, dict[str, list[float]]]:

@@ -71,3 +71,14 @@ def test_a_missing_file_fails_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match=r"^fio psync, 1 jobs x iodepth 1 (failed|moved)") as err:
         fio_limit.run(shape, fio_limit.Config("psync", 1, 1))
     assert "\n" not in str(err.value).strip()
+
+
+def test_within_picks_the_fastest_config_at_the_callers_depth() -> None:
+    seen = {c.label: [1.0] for c in fio_limit.grid([1, 2, 8])}
+    seen["io_uring, 8 jobs x iodepth 16"] = [9.0]  # 128 in flight: too deep
+    seen["libaio, 2 jobs x iodepth 4"] = [3.0, 2.0, 2.5]  # 8 in flight, median 2.5
+    seen["psync, 8 jobs x iodepth 1"] = [2.4]
+    best = fio_limit.within(seen, [1, 2, 8], 8)
+    assert best == fio_limit.Config("libaio", 2, 4)
+    assert fio_limit.within(seen, [1, 2, 8], 128) == fio_limit.Config("io_uring", 8, 16)
+    assert fio_limit.within({}, [1, 2, 8], 8) is None

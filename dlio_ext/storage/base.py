@@ -17,9 +17,12 @@ from a small pool of reused buffers. Consequences for a backend:
 - a read that fails must not leave a background part still landing in `into`: helpers are
   stopped and waited for before the error is raised;
 - a write that fails (or is aborted) leaves the caller's buffer alone just the same.
-No verb keeps a reference past its return. The one holder by design is `bare(verb, buf)`: the
-Bare it returns keeps `buf` for its lifetime, and each `call` borrows it for that call only, so
-the caller may change it between calls (a fresh stamp before every put).
+No verb keeps a reference past its return. Two holders by design: `bare(verb, buf)`: the Bare it
+returns keeps `buf` for its lifetime, and each `call` borrows it for that call only, so the caller
+may change it between calls (a fresh stamp before every put); and `Writer.submit(chunk)`
+(write-behind): `chunk` is lent until the future it returns is done, so the caller keeps that
+many buffers and touches each only once its write is done; `close` and `abort` wait for every
+write in flight.
 """
 
 from __future__ import annotations

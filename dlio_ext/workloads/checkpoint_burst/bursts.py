@@ -187,7 +187,9 @@ class Bursts:
         alloc = tier0.alloc if tier0 is not None else b.alloc
         self.content = Content(ctx.seed, cfg.chunk_size, cfg.buffer_pool_bytes, cfg.io_threads, alloc)
         self.engine = Engine(b, self.content, cfg.verify, cfg.write_behind)
-        self.t0_engine = Engine(tier0, self.content, cfg.verify) if tier0 is not None else None
+        self.t0_engine = (
+            Engine(tier0, self.content, cfg.verify, cfg.write_behind) if tier0 is not None else None
+        )
         self.cold = cold = ColdRestore(ctx, cfg.cold_restore)
         shift = cfg.restore_rank_shift
         if shift < 0:
