@@ -153,3 +153,15 @@ class LiveRun:
             except psutil.Error:
                 continue
         raise AssertionError(f"no rank {rank} under mpirun {self.p.pid}")
+
+
+def tmpfs(tmp_path: Path, request: pytest.FixtureRequest, size: str, name: str = "tmpfs") -> Path:
+    """A real tmpfs of `size` (a disk that fills up) at tmp_path/name, unmounted whatever happens;
+    the test is skipped where mounting needs a root this process is not."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / name
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=True)
+    request.addfinalizer(lambda: subprocess.run(["umount", "-l", str(mnt)], check=False))
+    return mnt

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +27,7 @@ import numpy as np
 import pytest
 import xxhash
 from conftest import S3_CLIENTS
-from helpers import run_cli
+from helpers import run_cli, tmpfs
 
 from dlio_ext.compat.faults import FaultProxy
 from dlio_ext.s3server import ServerInfo, server_env
@@ -475,19 +474,14 @@ def test_write_behind_never_restamps_a_buffer_in_flight(
     assert back.digest == ev.digest == reader.expected_digest(f, 0)
 
 
-def test_a_write_failing_in_flight_fails_the_file_and_leaves_nothing(tmp_path: Path) -> None:
+def test_a_write_failing_in_flight_fails_the_file_and_leaves_nothing(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """A write that fails while others are in flight (a full disk: a real 4 MiB tmpfs) fails the
     file with the kernel's error once every write has landed; the half file is removed."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    d = tmp_path / "small"
-    d.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(d)], check=True)
-    try:
-        b = PosixBackend(str(d))
-        f = cb.PlannedFile("full", "full", 8 * MIB, 0, 0, "optim")
-        ev = cb.Engine(b, cb.Content(5, MIB, 4 * MIB, 1), write_behind=4).write_file(f, 0)
-        assert not ev.ok and "No space left on device" in str(ev.error)
-        assert not (d / "full").exists()
-    finally:
-        subprocess.run(["umount", "-l", str(d)], check=False)
+    d = tmpfs(tmp_path, request, "4m")
+    b = PosixBackend(str(d))
+    f = cb.PlannedFile("full", "full", 8 * MIB, 0, 0, "optim")
+    ev = cb.Engine(b, cb.Content(5, MIB, 4 * MIB, 1), write_behind=4).write_file(f, 0)
+    assert not ev.ok and "No space left on device" in str(ev.error)
+    assert not (d / "full").exists()

@@ -5,14 +5,13 @@ under their root (checked in the config, and again by the posix backend)."""
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
+from helpers import run_cli, tmpfs
 
 from dlio_ext.s3server import ServerInfo, server_env
 from dlio_ext.storage.base import NotFound, StorageError
@@ -43,21 +42,10 @@ def _one_line(err: str) -> str:
     return lines[0]
 
 
-def _tmpfs(tmp_path: Path, request: pytest.FixtureRequest, size: str) -> Path:
-    """A tmpfs of `size`, umounted whatever happens."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=True)
-    request.addfinalizer(lambda: subprocess.run(["umount", "-l", str(mnt)], check=False))
-    return mnt
-
-
 @pytest.fixture
 def small_tmpfs(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
     """A 16 MiB file system that really fills up."""
-    return _tmpfs(tmp_path, request, "16m")
+    return tmpfs(tmp_path, request, "16m")
 
 
 def _used(mnt: Path) -> int:
@@ -73,7 +61,7 @@ def _used(mnt: Path) -> int:
 def test_kv_tier_holds_its_bound_under_mpirun(tmp_path: Path, request: pytest.FixtureRequest):
     """2 ranks, a tier of 16 chunks: the file system never holds more than 16 named chunks,
     during the run (sampled every millisecond, plus the evicted chunks open by readers) or after it."""
-    root = _tmpfs(tmp_path, request, "64m")
+    root = tmpfs(tmp_path, request, "64m")
     bound_chunks = 16
     samples: list[int] = []
     done = threading.Event()

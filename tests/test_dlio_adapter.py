@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from helpers import PY, ROOT, mpi_cmd
 
+from dlio_ext.storage import native
+
 RANKS = 2
 FILES = 4
 EPOCHS = 2
@@ -224,6 +226,7 @@ def test_dlio_training_on_posix_odirect(tmp_path):
         "cache_control": "O_DIRECT",
         "cache_note": "O_DIRECT: every read bypasses the page cache",
         "fsync_source": "default",
+        "get_calls": native.status(),
     }
     assert report["io"]["reads"] == EPOCHS * FILES
     assert report["io"]["read_bytes"] == EPOCHS * sum(f.stat().st_size for f in files)

@@ -6,6 +6,7 @@ Real parts: mpirun with 2 and 4 ranks, NIXL/UCX over shared memory, SeaweedFS.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import LiveRun, run_cli
+from helpers import LiveRun, run_cli, tmpfs
 
 from dlio_ext.metrics import results
 from dlio_ext.s3server import ServerInfo, server_env, start_server, stop_server
@@ -272,3 +273,56 @@ def test_a_tier0_wiped_mid_drain_never_makes_a_checkpoint_durable(tmp_path: Path
     on_store = [p for p in (run_dir / "data").rglob("*") if p.is_file()]
     for p in on_store:
         assert p.read_bytes()[:8] != b"\0" * 8, p
+    # and the cleanup removed what of it reached the store (a checkpoint that is not one)
+    assert on_store == [] and s["cleanup"] == {**s["cleanup"], "failed": 0, "left_behind": []}
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    """A real 24 MiB tmpfs as the durable store: a disk that fills up."""
+    return tmpfs(tmp_path, request, "24m", "disk")
+
+
+def _fill(d: Path) -> None:
+    """Take every free byte of the file system under `d` (another tenant's data)."""
+    block = b"\0" * (1 << 20)
+    # unbuffered: the write that finds no space raises here, and closing has nothing to flush
+    with (d / "filler").open("wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(block)
+
+
+def test_a_durable_store_full_mid_drain_names_the_checkpoints_and_leaves_none_of_them(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """The durable store fills up (another tenant) while checkpoints drain from a posix tier-0:
+    every drain that hits the full disk fails with the kernel's "no space", those checkpoints are
+    named not durable, the run is invalid, and nothing of them is left on the store after the
+    run's cleanup (the files a failed drain got down are deleted too, none listed as left)."""
+    run_dir = tmp_path / "run"
+    run = LiveRun(
+        [
+            "run",
+            *BURST,
+            "tier0=posix",
+            f"tier0.root={tmp_path / 'flash'}",
+            f"storage.root={small_disk / 'data'}",
+            "workload.checkpoints=3",
+            "workload.keep_checkpoints=1",
+            "workload.restores=1",
+            "workload.drain_mbps=2",
+            f"run.dir={run_dir}",
+        ],
+        np=2,
+    )
+    run.wait_for(r"checkpoint 1/3 to the tier-0 written by rank 0")
+    _fill(small_disk)
+    done = run.finish()
+    assert done.code == 1, done.err[-3000:]
+    s = done.summary()
+    t = _tier0(s)
+    assert t["not_durable"] and not s["valid"], t
+    assert "no space left on device" in done.err and "drain FAILED on rank" in done.err, done.err[-3000:]
+    assert s["counters"]["errors_by_kind"].get("no_space", 0) > 0, s["counters"]
+    left = [p for p in (small_disk / "data").rglob("*") if p.is_file()]
+    assert left == [] and s["cleanup"]["left_behind"] == [], left

@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
-from typing import cast
+from typing import ClassVar, cast
 
 from dlio_ext.storage import native
 from dlio_ext.storage.base import (
@@ -87,6 +87,9 @@ class PosixSettings(Settings):
 class PosixBackend(Backend):
     name = "posix"
     Settings = PosixSettings
+    #: a writer's `submit` writes chunks at their offsets on helper threads (a subclass whose
+    #: `_write_all` is not safe from several threads at once says False: it writes at once)
+    overlapping_writes: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -701,6 +704,8 @@ class _PosixWriter(Writer):
 
     def submit(self, chunk: memoryview | bytes) -> Future[None]:
         mv = memoryview(chunk).cast("B")
+        if not self.b.overlapping_writes:
+            return super().submit(mv)
         if self.pending or (self.stage is not None and (len(mv) % ALIGN or not is_aligned(mv))):
             # staged (O_DIRECT's unaligned pieces): in order, after every write in flight
             self._settle()

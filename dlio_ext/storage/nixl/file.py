@@ -43,7 +43,8 @@ class FileMedium(PosixBackend):
     (`_bounce`) go through NIXL; every other verb is the posix backend's own."""
 
     def __init__(self, agent: Agent, root: str, direct: bool = False, fsync: str | None = None):
-        super().__init__(root, direct, fsync, STAGE)
+        # compiled=False: a get reads through _read_into (NIXL), not the compiled system calls
+        super().__init__(root, direct, fsync, STAGE, compiled=False)
         self.agent = agent
         self._stages = threading.local()
         self._lock = threading.Lock()

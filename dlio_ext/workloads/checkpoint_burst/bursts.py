@@ -164,6 +164,9 @@ class Bursts:
         self.cold: ColdRestore | None = None
         self.written: list[int] = []
         self.deleted: list[int] = []
+        #: checkpoints whose drain to the durable store failed: never restored from, but what of
+        #: them reached the store is deleted (or listed as left) with the rest at cleanup
+        self.partial: list[int] = []
         self._metadata: dict[int, bytes] = {}
         #: rank 0's log for the burst lines; None on the other ranks
         self.log: Any = ctx.log if ctx.rank == 0 else None
@@ -481,12 +484,13 @@ class Bursts:
 
     def _cleanup(self, retained: list[int]) -> None:
         ctx, b = self.ctx, self.b
-        for k in retained:
+        for k in [*retained, *self.partial]:
             self.delete_checkpoint(k)
         ctx.world.barrier()
         if ctx.rank == 0 and b.capabilities.get("mkdir") == "native":
             prefix = self.plan.prefix
-            dirs = [f"{prefix}/{cl.checkpoint_dir(1, k + 1)}" for k in self.written] + [prefix, ctx.run_id]
+            made = sorted({*self.written, *self.partial})
+            dirs = [f"{prefix}/{cl.checkpoint_dir(1, k + 1)}" for k in made] + [prefix, ctx.run_id]
             for d in dirs:
                 with contextlib.suppress(StorageError):  # not empty (another run's files) or gone: left
                     b.rmdir(d)
@@ -573,6 +577,8 @@ class Bursts:
             results.append(drain.result)
             if drainer.ok.get(drain.ckpt):
                 self.written.append(drain.ckpt)
+            else:
+                self.partial.append(drain.ckpt)
         self.info["drained"] = list(dlog.drained)
         self.info["drain_failed"] = {str(k): v for k, v in dlog.failed.items()}
         self.info["in_tier0_at_end"] = list(self.in_tier0)
