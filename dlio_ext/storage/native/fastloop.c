@@ -65,6 +65,29 @@ static inline void pack_stamp(unsigned char out[16], uint64_t a, uint64_t b) {
     }
 }
 
+/* Read fd from offset 0 into buf: the first read asks for `ask` bytes, the next ones for what is
+ * still missing of `want` (ask >= want), until `want` bytes are in or EOF; a read interrupted by a
+ * signal is made again. *got: the bytes read. Returns 0, or the errno of a failed read. */
+static int read_to(int fd, unsigned char *buf, int64_t ask, int64_t want, int64_t *got) {
+    int64_t upto = ask;
+    *got = 0;
+    for (;;) {
+        struct iovec iov = {buf + *got, (size_t)(upto - *got)};
+        ssize_t r = preadv(fd, &iov, 1, (off_t)*got);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno;
+        }
+        if (r == 0)
+            return 0;
+        *got += r;
+        if (*got >= want)
+            return 0;
+        upto = want;
+    }
+}
+
 /* stat each path; with verify_size >= 0, a size other than it stops the loop (MISMATCH). */
 void fl_stat(const char *blob, const int64_t *off, int64_t start, int64_t stop, double *lat,
              int64_t verify_size, result_t *res) {
@@ -181,19 +204,8 @@ void fl_get(const char *blob, const int64_t *off, int64_t start, int64_t stop, d
         }
         /* the first read asks for all of cap, as PosixBackend's preadv does (even for an empty
          * file); then what is still missing */
-        for (int first = 1; !err && (first || got < want); first = 0) {
-            struct iovec iov = {buf + got, (size_t)((first ? cap : want) - got)};
-            ssize_t r = preadv(fd, &iov, 1, (off_t)got);
-            if (r < 0) {
-                if (errno == EINTR)
-                    continue;
-                err = errno;
-                break;
-            }
-            if (r == 0)
-                break;
-            got += r;
-        }
+        if (!err)
+            err = read_to(fd, buf, cap, want, &got);
         if ((err = closed(fd, err)) != 0) {
             stop_at(res, i, FAILED, err, 0);
             break;
@@ -246,19 +258,8 @@ void fl_read(const char *path, unsigned char *buf, int64_t cap, int64_t direct, 
     }
     if (direct && (span = (size + ALIGN - 1) / ALIGN * ALIGN) > cap)
         span = cap;
-    int err = 0;
-    while (got < span) {
-        ssize_t r = pread(fd, buf + got, (size_t)(span - got), (off_t)got);
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            err = errno;
-            break;
-        }
-        if (r == 0)
-            break;
-        got += r;
-    }
+    /* as the Python verb: no read at all for an empty file */
+    int err = span > 0 ? read_to(fd, buf, span, span, &got) : 0;
     if ((err = closed(fd, err)) != 0) {
         stop_at(res, 0, FAILED, err, 0);
         return;
